@@ -1,0 +1,140 @@
+"""RefineNet decoder as released with AsymFusion (SPEC section 5), and the full segmentation model.
+
+Module names follow the reference's PyTorch attribute names, so that weight conversion is a
+renaming (see asymfusion_jax.convert).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asymfusion_jax import resize
+from asymfusion_jax.models.layers import max_pool, shared_conv, torch_default_kernel_init
+from asymfusion_jax.models.resnet import ResNet
+
+
+def _conv3x3(features, name, dtype, use_bias=False):
+  return shared_conv(features, 3, use_bias=use_bias, dtype=dtype,
+                     kernel_init=torch_default_kernel_init, name=name)
+
+
+def upsample(x: jax.Array, like: jax.Array) -> jax.Array:
+  """Bilinear align_corners=True resizing of x to the spatial size of `like`."""
+  return resize.resize(x, like.shape[-3:-1], 'bilinear_align_corners')
+
+
+class RCU(nn.Module):
+  """Residual conv unit chain. Per block: r = relu(x); x = conv_b(relu(conv_a(r))) + r.
+
+  The residual is relu(x), not x: the reference's in-place ReLU rewrites the saved residual.
+  """
+  features: int
+  num_blocks: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    for i in range(1, self.num_blocks + 1):
+      r = jax.nn.relu(x)
+      h = _conv3x3(self.features, f'{i}_conv', self.dtype, use_bias=True)(r)
+      h = _conv3x3(self.features, f'{i}_conv_relu_varout_dimred', self.dtype)(jax.nn.relu(h))
+      x = h + r
+    return x
+
+
+class CRP(nn.Module):
+  """Chained residual pooling: top = conv(maxpool5x5(top)); x = x + top, four times."""
+  features: int
+  num_stages: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    top = x
+    for i in range(1, self.num_stages + 1):
+      top = _conv3x3(self.features, f'{i}_outvar_dimred', self.dtype)(max_pool(top, 5, 1))
+      x = x + top
+    return x
+
+
+class RefineNet(nn.Module):
+  """AsymFusion RefineNet: multimodal ResNet encoder, shared RefineNet decoder, learned ensemble.
+
+  apply(variables, x, train=...) with x of shape (M, B, H, W, 3) returns float32 logits of shape
+  (M + 1, B, h, w, K) at stride 4: the M branch predictions, then their alpha-weighted ensemble.
+  Training needs rngs={'dropout': key}; with frozen_bn=False it also needs mutable=['batch_stats'].
+
+  Attributes:
+    depth: ResNet depth (26 tiny, 50, 101, 152).
+    num_classes: K.
+    num_modalities: M; the input's first axis must equal it.
+    fusion: AsymFusion in the encoder (needs M >= 2 to have an effect).
+    dtype: compute dtype; parameters, BatchNorm statistics and the returned logits are float32.
+    frozen_bn: use running BatchNorm statistics in training too, and never update them.
+    width: encoder base width (64 in the paper). decoder_width: decoder width (256 in the paper;
+      the deepest path uses twice that).
+  """
+  depth: int = 101
+  num_classes: int = 40
+  num_modalities: int = 2
+  fusion: bool = True
+  dtype: Any = jnp.float32
+  frozen_bn: bool = False
+  width: int = 64
+  decoder_width: int = 256
+  dropout_rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if x.ndim != 5 or x.shape[0] != self.num_modalities:
+      raise ValueError(f'RefineNet(num_modalities={self.num_modalities}) expects input of shape '
+                       f'(M={self.num_modalities}, B, H, W, C), got {x.shape}')
+    dt, w = self.dtype, self.decoder_width
+    feats = ResNet(self.depth, self.fusion, self.width, dt, name='backbone')(
+        x, use_running_average=self.frozen_bn or not train)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    l1, l2 = feats['l1'], feats['l2']
+    l3, l4 = drop(feats['l3']), drop(feats['l4'])
+
+    x4 = _conv3x3(2 * w, 'p_ims1d2_outl1_dimred', dt)(l4)
+    x4 = RCU(2 * w, 2, dt, name='adapt_stage1_b')(x4)
+    x4 = CRP(2 * w, dtype=dt, name='mflow_conv_g1_pool')(jax.nn.relu(x4))
+    x4 = RCU(2 * w, 3, dt, name='mflow_conv_g1_b')(x4)
+    x4 = _conv3x3(w, 'mflow_conv_g1_b3_joint_varout_dimred', dt)(x4)
+    top = upsample(x4, l3)
+
+    for g, lateral in ((2, l3), (3, l2), (4, l1)):
+      y = _conv3x3(w, f'p_ims1d2_outl{g}_dimred', dt)(lateral)
+      y = RCU(w, 2, dt, name=f'adapt_stage{g}_b')(y)
+      y = _conv3x3(w, f'adapt_stage{g}_b2_joint_varout_dimred', dt)(y)
+      y = jax.nn.relu(y + top)
+      y = CRP(w, dtype=dt, name=f'mflow_conv_g{g}_pool')(y)
+      y = RCU(w, 3, dt, name=f'mflow_conv_g{g}_b')(y)
+      if g < 4:
+        y = _conv3x3(w, f'mflow_conv_g{g}_b3_joint_varout_dimred', dt)(y)
+        top = upsample(y, (l2, l1)[g - 2])
+      else:
+        top = y
+
+    x1 = drop(top)
+    logits = _conv3x3(self.num_classes, 'clf_conv', dt, use_bias=True)(x1).astype(jnp.float32)
+    alpha = self.param('alpha', nn.initializers.ones, (self.num_modalities,), jnp.float32)
+    weights = jax.nn.softmax(alpha)
+    ensemble = jnp.einsum('m,m...->...', weights, jax.lax.stop_gradient(logits))
+    return jnp.concatenate([logits, ensemble[None]], axis=0)
+
+
+def build_model(config) -> RefineNet:
+  """The RefineNet that a config describes (its `model` section, modalities and compute dtype)."""
+  return RefineNet(
+      depth=config.model.depth,
+      num_classes=config.model.num_classes,
+      num_modalities=len(config.modalities),
+      fusion=config.model.fusion,
+      dtype=jnp.dtype(config.compute_dtype),
+      frozen_bn=config.frozen_bn,
+      width=config.model.width,
+      decoder_width=config.model.decoder_width,
+      dropout_rate=config.model.dropout_rate)

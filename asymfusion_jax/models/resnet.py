@@ -1,0 +1,106 @@
+"""ResNet v1 (torchvision layout) with shared convolutions, per-modality BatchNorm and AsymFusion.
+
+The input is (M, B, H, W, 3). Every convolution kernel is shared by the M modalities; only the
+BatchNorm layers are per modality. The last bottleneck of every stage with at least two blocks
+exchanges information between modalities through channel shuffle and pixel shift (SPEC section 4).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from asymfusion_jax import fusion
+from asymfusion_jax.models.layers import ModalBatchNorm, max_pool, shared_conv
+
+# Bottleneck blocks per stage. 26 is a tiny depth for tests (two blocks per stage, so every stage
+# still has a fusion block).
+STAGE_SIZES = {
+    26: (2, 2, 2, 2),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
+EXPANSION = 4
+STAGE_NAMES = ('l1', 'l2', 'l3', 'l4')
+
+
+def stage_sizes(depth: int) -> tuple[int, ...]:
+  if depth not in STAGE_SIZES:
+    raise ValueError(f'unsupported ResNet depth {depth}; choose one of {sorted(STAGE_SIZES)}')
+  return STAGE_SIZES[depth]
+
+
+class Bottleneck(nn.Module):
+  """torchvision's Bottleneck (stride on the 3x3 conv), optionally with AsymFusion."""
+  features: int
+  stride: int = 1
+  downsample: bool = False
+  fuse: bool = False
+  use_running_average: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    def bn(name):
+      return ModalBatchNorm(self.use_running_average, dtype=self.dtype, name=name)
+
+    h = jax.nn.relu(bn('bn1')(shared_conv(self.features, 1, dtype=self.dtype, name='conv1')(x)))
+    if self.fuse:
+      shifted = fusion.pixel_shift(h)
+      h = fusion.channel_shuffle(h)
+    h = shared_conv(self.features, 3, stride=self.stride, dtype=self.dtype, name='conv2')(h)
+    h = jax.nn.relu(bn('bn2')(h))
+    if self.fuse:
+      # Modality m receives the shifted features of its partner (m + 1) mod M.
+      h = h + jnp.roll(shifted, -1, axis=0)
+      h = fusion.channel_shuffle(h)
+    h = bn('bn3')(shared_conv(self.features * EXPANSION, 1, dtype=self.dtype, name='conv3')(h))
+
+    shortcut = x
+    if self.downsample:
+      shortcut = shared_conv(self.features * EXPANSION, 1, stride=self.stride, dtype=self.dtype,
+                             name='downsample_conv')(x)
+      shortcut = bn('downsample_bn')(shortcut)
+    return jax.nn.relu(h + shortcut)
+
+
+class ResNet(nn.Module):
+  """Multimodal ResNet backbone returning {'stem', 'l1', 'l2', 'l3', 'l4'} features.
+
+  Attributes:
+    depth: 26 (tiny, for tests), 50, 101 or 152.
+    fusion: AsymFusion in the last block of every stage. Off leaves shared convolutions with
+      per-modality BatchNorm only. Fusion needs at least two modalities; M = 1 runs without it.
+    width: channels of the stem and of the first stage's bottleneck (64 in the paper).
+  """
+  depth: int = 101
+  fusion: bool = True
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, use_running_average: bool = True) -> dict[str, jax.Array]:
+    if x.ndim != 5:
+      raise ValueError(f'ResNet expects (M, B, H, W, C) input, got shape {x.shape}')
+    num_modalities = x.shape[0]
+    fuse = self.fusion and num_modalities >= 2
+    x = x.astype(self.dtype)
+    x = shared_conv(self.width, 7, stride=2, dtype=self.dtype, name='conv1')(x)
+    x = ModalBatchNorm(use_running_average, dtype=self.dtype, name='bn1')(x)
+    x = jax.nn.relu(x)
+    features = {'stem': x}
+    x = max_pool(x, 3, 2)
+    for s, num_blocks in enumerate(stage_sizes(self.depth)):
+      for i in range(num_blocks):
+        x = Bottleneck(
+            features=self.width * 2**s,
+            stride=2 if (s > 0 and i == 0) else 1,
+            downsample=(i == 0),
+            fuse=fuse and num_blocks >= 2 and i == num_blocks - 1,
+            use_running_average=use_running_average,
+            dtype=self.dtype,
+            name=f'layer{s + 1}_{i}')(x)
+      features[STAGE_NAMES[s]] = x
+    return features

@@ -1,0 +1,11 @@
+"""RGB-D AsymFusion, RefineNet-101 (the paper's default; 50.8 mIoU in the paper).
+
+  python -m asymfusion_jax.main --config=configs/nyudv2_refinenet101.py --workdir=/tmp/nyudv2_refinenet101 \
+      --config.data.manual_dir=/path/to/nyudv2 --config.init.torch_resnet=/path/to/resnet101.pth
+"""
+
+from asymfusion_jax import config_lib
+
+
+def get_config():
+  return config_lib.nyudv2_paper(depth=101, modalities=('rgb', 'depth'), fusion=True, epochs_per_stage=100)
