@@ -16,25 +16,31 @@ import numpy as np
 
 
 def linear_taps(in_size: int, out_size: int, align_corners: bool):
-  """[(indices, weights)] of the two taps of linear interpolation, each shaped (out_size,)."""
-  i = np.arange(out_size, dtype=np.float64)
+  """[(indices, weights)] of the two taps of linear interpolation, each shaped (out_size,).
+
+  Source coordinates are computed in float32, as PyTorch does, so that results match it bit for
+  bit in the coordinates (float64 would differ by up to ~1e-4 at large non-integer ratios).
+  """
+  i = np.arange(out_size, dtype=np.float32)
   if align_corners:
-    scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-    src = i * scale
+    scale = np.float32((in_size - 1) / (out_size - 1)) if out_size > 1 else np.float32(0)
+    src = scale * i
   else:
-    src = np.maximum((i + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    scale = np.float32(in_size / out_size)
+    src = np.maximum(scale * (i + np.float32(0.5)) - np.float32(0.5), np.float32(0))
   i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   i1 = np.minimum(i0 + 1, in_size - 1)
-  lam = src - i0
+  lam = src - i0.astype(np.float32)
   return [(i0, 1.0 - lam), (i1, lam)]
 
 
 def cubic_taps(in_size: int, out_size: int, a: float = -0.75):
   """[(indices, weights)] of the four taps of OpenCV's INTER_CUBIC (half-pixel, border replicate)."""
   i = np.arange(out_size, dtype=np.float64)
-  src = (i + 0.5) * (in_size / out_size) - 0.5
+  # OpenCV computes the coordinate in double and stores it as float before splitting it.
+  src = ((i + 0.5) * (in_size / out_size) - 0.5).astype(np.float32)
   base = np.floor(src).astype(np.int64)
-  t = src - base
+  t = (src - base.astype(np.float32)).astype(np.float32)
 
   def near(d):  # |d| <= 1
     return ((a + 2) * d - (a + 3)) * d * d + 1
