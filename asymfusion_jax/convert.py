@@ -1,0 +1,403 @@
+"""Weights between PyTorch state_dicts and the Flax models.
+
+Two PyTorch layouts are understood (SPEC section 9):
+
+- torchvision's ResNet-50/101/152 (`conv1.weight`, `bn1.running_mean`, `layer3.5.conv2.weight`,
+  ...), the ImageNet initialisation of the encoder;
+- the reference AsymFusion RefineNet, whose shared convolutions sit in `ModuleParallel` wrappers
+  (`layer3.5.conv2.module.weight`) and whose BatchNorms are one `BatchNorm2d` per modality
+  (`layer3.5.bn2.bn_1.running_var`), optionally saved from DataParallel (`module.` prefix).
+
+The Flax module names mirror the PyTorch attribute names, so a conversion is a renaming plus a
+transposition of the convolution kernels, torch (out, in, kh, kw) <-> Flax (kh, kw, in, out), and a
+stacking of the per-modality BatchNorm vectors into (M, C) arrays. Every conversion is checked
+against the shapes that the Flax model expects (from jax.eval_shape, so nothing is allocated), and
+missing, unexpected or mis-shaped keys are all reported at once, by name.
+
+`num_batches_tracked`, the one PyTorch BatchNorm buffer without a Flax counterpart: it only
+changes the computation when a BatchNorm has momentum=None (a cumulative average), and every
+BatchNorm here uses momentum 0.1 (SPEC section 2), so it is inert in both frameworks. It is
+checked (a 0-d value, where PyTorch puts it) but not stored in the Flax variables, whose
+`batch_stats` shapes the model defines. Export writes 0 (what a fresh PyTorch BatchNorm holds, and
+what frozen-BatchNorm training leaves) or, for a faithful round trip, the counters of a given
+state_dict: `refinenet_to_torch(refinenet_from_torch(sd), num_batches_tracked=sd) == sd`.
+
+Command line (reads the .pth with asymfusion_jax.torch_pickle, so torch is not needed):
+
+  python -m asymfusion_jax.convert --torch=refinenet.pth --config=configs/nyudv2_refinenet101.py \
+      --out=/tmp/refinenet101_ckpt
+
+writes an orbax checkpoint (asymfusion_jax.variables_io) that `config.init.checkpoint` can load.
+Given a reference RefineNet .pth it holds the full model variables; given a torchvision ResNet
+.pth it holds the encoder only, at the full model's paths ({'params': {'backbone': ...},
+'batch_stats': {'backbone': ...}}); training initialises the decoder itself.
+"""
+
+import dataclasses
+import functools
+import re
+from typing import Any, Iterator, Mapping
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from asymfusion_jax import torch_pickle
+from asymfusion_jax import variables_io
+from asymfusion_jax.models.refinenet import RefineNet, build_model
+from asymfusion_jax.models.resnet import STAGE_SIZES, ResNet
+
+DATA_PARALLEL_PREFIX = 'module.'
+NUM_BATCHES_TRACKED = 'num_batches_tracked'
+# Flax BatchNorm leaves and their PyTorch names, in the order PyTorch lists them.
+_BN_LEAVES = (('params', 'scale', 'weight'), ('params', 'bias', 'bias'),
+              ('batch_stats', 'mean', 'running_mean'), ('batch_stats', 'var', 'running_var'))
+_DOWNSAMPLE = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1'}
+# Spatial size of the abstract input used to get the expected shapes; any size >= 32 works.
+_SHAPE_PROBE_SIZE = 64
+_MAX_LISTED = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+  """One PyTorch state_dict value and where it lives in the Flax variables.
+
+  kind: 'kernel' (a convolution kernel, transposed), 'copy' (same array), 'row' (row `row` of a
+  per-modality (M, C) BatchNorm array) or 'counter' (num_batches_tracked, no Flax counterpart).
+  """
+  torch_key: str
+  kind: str
+  collection: str | None = None
+  path: tuple[str, ...] = ()
+  row: int | None = None
+  torch_shape: tuple[int, ...] = ()
+
+
+def _torch_module_name(path: tuple[str, ...]) -> str:
+  """The PyTorch module path of the Flax module at `path` (inside a RefineNet's params)."""
+  if path and path[0] == 'backbone':
+    parts = []
+    for name in path[1:]:
+      block = re.fullmatch(r'layer(\d+)_(\d+)', name)
+      parts.append(f'layer{block[1]}.{block[2]}' if block else _DOWNSAMPLE.get(name, name))
+    return '.'.join(parts)
+  # The decoder's RCU and CRP chains are one block wrapped in an nn.Sequential, hence the '.0.'.
+  return '.0.'.join(path)
+
+
+def _modules(params: Mapping[str, Any], path: tuple[str, ...] = ()) -> Iterator:
+  """Yields (module path, {leaf name: leaf}) for every module that holds parameters, in order."""
+  leaves = {k: v for k, v in params.items() if not isinstance(v, Mapping)}
+  if leaves:
+    yield path, leaves
+  for name, child in params.items():
+    if isinstance(child, Mapping):
+      yield from _modules(child, path + (name,))
+
+
+def _get(tree: Mapping[str, Any], path: tuple[str, ...]):
+  for name in path:
+    tree = tree[name]
+  return tree
+
+
+def _entries(variables: Mapping[str, Any], reference: bool) -> list[_Entry]:
+  """Every PyTorch state_dict entry of `variables` (RefineNet layout), in the Flax tree's order.
+
+  reference=True gives the reference AsymFusion names (`.module.` convs, per-modality `bn_{m}`
+  with num_batches_tracked); False gives torchvision's names, where all modalities' BatchNorm rows
+  come from the one ImageNet BatchNorm.
+  """
+  entries = []
+  for path, leaves in _modules(variables['params']):
+    name = _torch_module_name(path)
+    if 'kernel' in leaves and set(leaves) <= {'kernel', 'bias'}:
+      base = name + ('.module' if reference else '')
+      kh, kw, cin, cout = leaves['kernel'].shape
+      entries.append(_Entry(f'{base}.weight', 'kernel', 'params', path + ('kernel',),
+                            torch_shape=(cout, cin, kh, kw)))
+      if 'bias' in leaves:
+        entries.append(_Entry(f'{base}.bias', 'copy', 'params', path + ('bias',),
+                              torch_shape=tuple(leaves['bias'].shape)))
+    elif set(leaves) == {'scale', 'bias'}:
+      num_modalities, channels = leaves['scale'].shape
+      for m in range(num_modalities):
+        prefix = f'{name}.bn_{m}' if reference else name
+        for collection, leaf, torch_name in _BN_LEAVES:
+          entries.append(_Entry(f'{prefix}.{torch_name}', 'row', collection, path + (leaf,),
+                                row=m, torch_shape=(channels,)))
+        if reference or m == 0:
+          entries.append(_Entry(f'{prefix}.{NUM_BATCHES_TRACKED}', 'counter'))
+    elif not path:
+      for leaf, value in leaves.items():
+        entries.append(_Entry(leaf, 'copy', 'params', (leaf,), torch_shape=tuple(value.shape)))
+    else:
+      raise ValueError(f'no PyTorch name for the Flax module {"/".join(path)} with parameters '
+                       f'{sorted(leaves)}')
+  return entries
+
+
+def _to_numpy(value) -> np.ndarray:
+  """A NumPy view of a torch tensor (duck-typed, so the library never imports torch) or array."""
+  if hasattr(value, 'detach'):
+    value = value.detach().cpu()
+  if hasattr(value, 'numpy'):
+    value = value.numpy()
+  return np.asarray(value)
+
+
+def _strip_data_parallel(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Drops the `module.` prefix that DataParallel puts on every key (when every key has it)."""
+  keys = list(state_dict)
+  if keys and all(k.startswith(DATA_PARALLEL_PREFIX) for k in keys):
+    return {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def _listing(title: str, items: list[str]) -> str:
+  shown = items[:_MAX_LISTED]
+  more = f'\n    ... and {len(items) - len(shown)} more' if len(items) > len(shown) else ''
+  return f'  {title} ({len(items)}):\n    ' + '\n    '.join(shown) + more
+
+
+def _from_torch(state_dict: Mapping[str, Any], abstract: Mapping[str, Any], reference: bool,
+                what: str) -> dict[str, Any]:
+  """Fills the variables shaped like `abstract` from a (prefix-free, NumPy) state_dict."""
+  entries = _entries(abstract, reference)
+  shapes = {e.torch_key: e.torch_shape for e in entries}
+  missing = [e.torch_key for e in entries
+             if e.kind != 'counter' and e.torch_key not in state_dict]
+  missing = list(dict.fromkeys(missing))  # torchvision BatchNorms serve every modality's row.
+  unexpected = [k for k in state_dict if k not in shapes]
+  misshaped = [f'{k}: got {state_dict[k].shape}, expected {shape}'
+               for k, shape in shapes.items()
+               if k in state_dict and state_dict[k].shape != shape]
+  if missing or unexpected or misshaped:
+    parts = [_listing(title, items) for title, items in (
+        ('missing keys', missing), ('unexpected keys', unexpected),
+        ('mis-shaped keys', misshaped)) if items]
+    raise ValueError(f'the state_dict does not match {what}:\n' + '\n'.join(parts))
+
+  leaves = {}
+  for e in entries:
+    if e.kind == 'counter':
+      continue
+    value = state_dict[e.torch_key]
+    target = _get(abstract[e.collection], e.path)
+    buf = leaves.setdefault((e.collection, e.path), np.empty(target.shape, target.dtype))
+    if e.kind == 'kernel':
+      buf[...] = value.transpose(2, 3, 1, 0)
+    elif e.kind == 'row':
+      buf[e.row] = value
+    else:
+      buf[...] = value
+
+  def fill(key_path, _):
+    collection, *path = (k.key for k in key_path)
+    return leaves[collection, tuple(path)]
+
+  return jax.tree_util.tree_map_with_path(fill, dict(abstract))
+
+
+def _abstract_variables(model, num_modalities: int, **init_kwargs) -> dict[str, Any]:
+  probe = jax.ShapeDtypeStruct(
+      (num_modalities, 1, _SHAPE_PROBE_SIZE, _SHAPE_PROBE_SIZE, 3), jnp.float32)
+  init = functools.partial(model.init, **init_kwargs)
+  return dict(jax.eval_shape(init, jax.random.key(0), probe))
+
+
+def _require(state_dict: Mapping[str, Any], key: str) -> np.ndarray:
+  if key not in state_dict:
+    raise ValueError(f'the state_dict has no key {key!r}, so its model cannot be inferred')
+  return state_dict[key]
+
+
+def _infer_depth(state_dict: Mapping[str, Any], conv_suffix: str) -> int:
+  """The ResNet depth whose blocks per stage match the `layer{s}.{i}.conv1` keys present."""
+  blocks = []
+  for s in range(1, 5):
+    count = 0
+    while f'layer{s}.{count}.conv1{conv_suffix}' in state_dict:
+      count += 1
+    blocks.append(count)
+  for depth, sizes in STAGE_SIZES.items():
+    if tuple(blocks) == sizes:
+      return depth
+  raise ValueError(f'the state_dict has {tuple(blocks)} blocks per stage (keys '
+                   f'layer{{s}}.{{i}}.conv1{conv_suffix}), which matches no supported ResNet '
+                   f'depth: {STAGE_SIZES}')
+
+
+def _describe(model) -> str:
+  fields = ('depth', 'width', 'num_modalities', 'decoder_width', 'num_classes')
+  values = ', '.join(f'{f}={getattr(model, f)}' for f in fields if hasattr(model, f))
+  return f'{type(model).__name__}({values})'
+
+
+def resnet_from_torch(state_dict: Mapping[str, Any], num_modalities: int,
+                      model: ResNet | None = None) -> dict[str, Any]:
+  """A torchvision ResNet state_dict as multimodal backbone variables.
+
+  Args:
+    state_dict: torchvision ResNet-50/101/152 keys (torch tensors or NumPy arrays; a DataParallel
+      `module.` prefix is dropped). `fc.*` is ignored: the classifier has no place here.
+    num_modalities: M. The ImageNet BatchNorm is copied to every modality (SPEC section 8).
+    model: the ResNet to fill (its depth and width are checked against the state_dict); by
+      default one whose depth and width are inferred from the keys.
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} laid out as a ResNet's init gives them, i.e. as
+    params['backbone'] and batch_stats['backbone'] of a RefineNet.
+
+  Raises:
+    ValueError: naming every missing, unexpected or mis-shaped key.
+  """
+  state_dict = {k: _to_numpy(v) for k, v in _strip_data_parallel(state_dict).items()
+                if not k.startswith('fc.')}
+  if model is None:
+    model = ResNet(depth=_infer_depth(state_dict, '.weight'),
+                   width=_require(state_dict, 'conv1.weight').shape[0])
+  abstract = _abstract_variables(model, num_modalities)
+  wrapped = {name: {'backbone': abstract[name]} for name in variables_io.COLLECTIONS}
+  what = f'torchvision weights for {_describe(model)} with {num_modalities} modalities'
+  variables = _from_torch(state_dict, wrapped, reference=False, what=what)
+  return {name: variables[name]['backbone'] for name in variables_io.COLLECTIONS}
+
+
+def _infer_refinenet(state_dict: Mapping[str, Any]) -> RefineNet:
+  """The RefineNet whose hyperparameters the reference state_dict's keys and shapes imply."""
+  num_modalities = 0
+  while f'bn1.bn_{num_modalities}.weight' in state_dict:
+    num_modalities += 1
+  if num_modalities == 0:
+    hint = (' (this looks like a torchvision ResNet: use resnet_from_torch)'
+            if 'bn1.weight' in state_dict else '')
+    raise ValueError('not a state_dict of the reference AsymFusion RefineNet: it has no key '
+                     f'bn1.bn_0.weight{hint}')
+  return RefineNet(
+      depth=_infer_depth(state_dict, '.module.weight'),
+      num_classes=_require(state_dict, 'clf_conv.module.weight').shape[0],
+      num_modalities=num_modalities,
+      width=_require(state_dict, 'conv1.module.weight').shape[0],
+      decoder_width=_require(state_dict, 'p_ims1d2_outl2_dimred.module.weight').shape[0])
+
+
+def refinenet_from_torch(state_dict: Mapping[str, Any], num_modalities: int | None = None,
+                         model: RefineNet | None = None) -> dict[str, Any]:
+  """The reference AsymFusion RefineNet's state_dict as variables of asymfusion_jax's RefineNet.
+
+  Args:
+    state_dict: SPEC section 9 keys, with or without DataParallel's `module.` prefix (torch
+      tensors or NumPy arrays). num_batches_tracked entries may be present or not; they are
+      checked and dropped (see the module docstring).
+    num_modalities: M, checked against the state_dict's `bn1.bn_{m}` keys; inferred when None.
+    model: the RefineNet to fill (e.g. build_model(config)); by default one with the depth, widths,
+      number of classes and modalities that the state_dict implies. Fusion has no parameters, so
+      the variables serve a model with or without it.
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} for RefineNet.apply, float32.
+
+  Raises:
+    ValueError: naming every missing, unexpected or mis-shaped key.
+  """
+  state_dict = {k: _to_numpy(v) for k, v in _strip_data_parallel(state_dict).items()}
+  if model is None:
+    model = _infer_refinenet(state_dict)
+  if num_modalities is not None and num_modalities != model.num_modalities:
+    raise ValueError(f'num_modalities={num_modalities} disagrees with {_describe(model)} '
+                     '(inferred from the keys bn1.bn_{m}.weight unless a model is given)')
+  abstract = _abstract_variables(model, model.num_modalities, train=False)
+  return _from_torch(state_dict, abstract, reference=True,
+                     what=f'the reference AsymFusion {_describe(model)}')
+
+
+def refinenet_to_torch(variables: Mapping[str, Any], num_batches_tracked=0,
+                       prefix: str = '') -> dict[str, np.ndarray]:
+  """asymfusion_jax RefineNet variables as the reference implementation's state_dict.
+
+  Args:
+    variables: {'params': ..., 'batch_stats': ...} of a RefineNet.
+    num_batches_tracked: the BatchNorm counters to write, which the Flax variables do not hold
+      (see the module docstring): an int for all of them, or a state_dict (with or without the
+      `module.` prefix) to copy every `...bn_{m}.num_batches_tracked` from.
+    prefix: put before every key, e.g. 'module.' for a DataParallel model.
+
+  Returns:
+    {key: NumPy array} with SPEC section 9's keys: float32 weights and buffers (kernels
+    as (out, in, kh, kw)) and int64 0-d num_batches_tracked, ready for
+    `model.load_state_dict({k: torch.from_numpy(v) ...})`.
+  """
+  counters = None
+  if isinstance(num_batches_tracked, Mapping):
+    counters = _strip_data_parallel(num_batches_tracked)
+  out = {}
+  for e in _entries(variables, reference=True):
+    if e.kind == 'counter':
+      if counters is None:
+        value = num_batches_tracked
+      elif e.torch_key in counters:
+        value = _to_numpy(counters[e.torch_key])
+      else:
+        raise ValueError(f'num_batches_tracked has no entry {e.torch_key!r}')
+      out[prefix + e.torch_key] = np.asarray(value, np.int64).reshape(())
+      continue
+    value = np.asarray(_get(variables[e.collection], e.path), np.float32)
+    if e.kind == 'kernel':
+      value = value.transpose(3, 2, 0, 1)
+    elif e.kind == 'row':
+      value = value[e.row]
+    out[prefix + e.torch_key] = np.ascontiguousarray(value)
+  return out
+
+
+def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False) -> dict[str, Any]:
+  """Converts a .pth (reference RefineNet or torchvision ResNet) and saves it for `config`.
+
+  A reference RefineNet is checked against build_model(config); a torchvision ResNet against
+  the config's encoder, and only the encoder variables are written, under 'backbone'.
+
+  Returns:
+    The variables written to out_dir.
+  """
+  state_dict = _strip_data_parallel(torch_pickle.load_state_dict(torch_path))
+  num_modalities = len(config.modalities)
+  if 'conv1.module.weight' in state_dict:
+    variables = refinenet_from_torch(state_dict, num_modalities, model=build_model(config))
+  elif 'conv1.weight' in state_dict:
+    encoder = ResNet(depth=config.model.depth, fusion=config.model.fusion,
+                     width=config.model.width)
+    backbone = resnet_from_torch(state_dict, num_modalities, model=encoder)
+    variables = {name: {'backbone': backbone[name]} for name in variables_io.COLLECTIONS}
+  else:
+    raise ValueError(f'{torch_path} is neither a reference AsymFusion RefineNet '
+                     '(conv1.module.weight) nor a torchvision ResNet (conv1.weight)')
+  variables_io.save_variables(out_dir, variables, overwrite=overwrite)
+  return variables
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
+  variables = convert_file(args.torch, args.config, args.out, overwrite=args.overwrite)
+  count = sum(np.size(x) for x in jax.tree.leaves(variables['params']))
+  logging.info('wrote %d parameters from %s to %s', count, args.torch, args.out)
+
+
+def _define_flags():
+  """CLI flags, defined only when run as a script so that importing this module defines none."""
+  flags.DEFINE_string('torch', None, 'PyTorch .pth: a reference RefineNet or a torchvision ResNet.')
+  flags.DEFINE_string('out', None, 'Directory of the orbax checkpoint to write.')
+  flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
+  config_flags.DEFINE_config_file('config', None, 'Config file of the model to convert for.')
+  flags.mark_flags_as_required(['torch', 'out', 'config'])
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
