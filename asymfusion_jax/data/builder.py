@@ -1,0 +1,76 @@
+"""TFDS builder for NYUDv2 (40 classes) from the preprocessed folder layout (see `layout`).
+
+NYUDv2 is not downloadable in this layout, so the builder only reads a folder the user names
+(`manual_dir`). The same builder reads the synthetic dataset, which is written in that layout.
+Images are re-encoded on the way in: colour as RGB (OpenCV decodes BGR), depth as 16-bit PNG
+whatever its bit depth on disk, so the prepared dataset always decodes depth to exact uint16
+values. Examples keep their list-file position (`index`) because TFDS stores them in a hashed
+order; readers sort by it to recover the list order.
+"""
+
+import inspect
+
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from asymfusion_jax.data import layout
+
+NUM_CLASSES = 40
+IGNORE_LABEL = 255
+
+
+class Nyudv2(tfds.core.GeneratorBasedBuilder):
+  """NYUDv2 RGB-D semantic segmentation: 795 train / 654 val images, 40 classes."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Preprocessed layout: rgb/, depth/, masks/, train.txt, val.txt.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """
+  Put the preprocessed NYUDv2 folder in `manual_dir`: `rgb/`, `depth/` and `masks/` PNGs (masks
+  with labels 0..39 and 255 for unlabelled pixels, depth as 8- or 16-bit single-channel PNG) and
+  the list files `train.txt` and `val.txt`, whose lines are
+  `rgb/NNNNNN.png<TAB>masks/NNNNNN.png<TAB>depth/NNNNNN.png`.
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    # TFDS computes this through the optional `importlib_resources` package for builders that live
+    # in a package, and fails where it is not installed; this is the value it would compute.
+    return epath.Path(inspect.getfile(cls))
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description='NYUDv2 RGB-D semantic segmentation, 40 classes, ignore label 255.',
+        features=tfds.features.FeaturesDict({
+            'rgb': tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
+            'depth': tfds.features.Image(shape=(None, None, 1), dtype=np.uint16),
+            'label': tfds.features.Image(shape=(None, None, 1), dtype=np.uint8),
+            'index': tfds.features.Scalar(dtype=np.int32),
+            'name': tfds.features.Text(),
+        }),
+        supervised_keys=None,
+        homepage='https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html',
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    manual_dir = dl_manager.manual_dir
+    # Parse both lists first, so a malformed list fails before anything is written.
+    entries = {split: layout.read_list(manual_dir, split) for split in layout.LIST_FILES}
+    self.info.metadata['fingerprint'] = layout.fingerprint(manual_dir)
+    self.info.metadata['num_classes'] = NUM_CLASSES
+    self.info.metadata['ignore_label'] = IGNORE_LABEL
+    return {split: self._generate_examples(manual_dir, split_entries)
+            for split, split_entries in entries.items()}
+
+  def _generate_examples(self, manual_dir, entries: list[layout.Entry]):
+    for index, entry in enumerate(entries):
+      example = layout.read_example(manual_dir, entry, NUM_CLASSES, IGNORE_LABEL)
+      yield index, {
+          'rgb': example['rgb'],
+          'depth': example['depth'][..., None],
+          'label': example['label'][..., None],
+          'index': index,
+          'name': entry.rgb,
+      }
