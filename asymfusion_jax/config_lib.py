@@ -27,6 +27,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = T
   c.data.manual_dir = ''  # Folder with rgb/, depth/, masks/, train.txt, val.txt.
   c.data.tfds_data_dir = ''  # Where TFDS keeps the prepared dataset; '' is TFDS's default.
   c.data.synthetic = False  # Generate the synthetic dataset into manual_dir if it is missing.
+  c.data.synthetic_image_size = (96, 128)  # (height, width) of generated synthetic images.
   c.data.num_train = 795
   c.data.num_val = 654
   c.data.ignore_label = 255

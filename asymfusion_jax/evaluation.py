@@ -1,0 +1,90 @@
+"""Exact evaluation over the whole validation set (SPEC section 6).
+
+Every validation image counts once, at full resolution: per-batch confusion matrices of every
+branch and of the ensemble are summed on the host in int64, then pixel acc, mean acc and mIoU are
+taken once. The first config.num_prediction_images images are also written as colour-coded PNGs.
+"""
+
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from asymfusion_jax import metrics, resize, sharding, visualize
+from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.data import pipeline
+
+
+def branch_names(config) -> list[str]:
+  return list(config.modalities) + ['ensemble']
+
+
+def flatten(results: dict) -> dict[str, float]:
+  """{'eval/<branch>/<metric>': value} for metrics.jsonl and TensorBoard."""
+  return {f'eval/{branch}/{k}': v for branch, res in results.items() for k, v in res.items()}
+
+
+def eval_step(variables, batch, *, model, num_classes):
+  logits = model.apply(variables, batch['image'], train=False)
+  return metrics.confusion_matrix(logits, batch['label'], num_classes, batch['mask'])
+
+
+def predict_step(variables, image, label_size, *, model):
+  """Per-branch argmax predictions at label resolution, (M + 1, B, H, W)."""
+  logits = model.apply(variables, image, train=False)
+  return jnp.argmax(resize.resize(logits, label_size, 'cubic_opencv'), axis=-1)
+
+
+def _unnormalise(name: str, x: np.ndarray) -> np.ndarray:
+  """Raw pixel values of a normalised (H, W, 3) input, for display."""
+  m = modality_lib.get(name)
+  return (x * np.asarray(m.std) + np.asarray(m.mean)) / m.scale
+
+
+class Evaluator:
+  """Runs the validation pass; compiled functions are cached across calls."""
+
+  def __init__(self, model, config, mesh):
+    self.model, self.config, self.mesh = model, config, mesh
+    self._eval = jax.jit(functools.partial(eval_step, model=model,
+                                           num_classes=config.model.num_classes),
+                         out_shardings=sharding.replicated(mesh))
+    self._predict = jax.jit(functools.partial(predict_step, model=model), static_argnums=2)
+
+  def run(self, variables, workdir: str | None = None) -> dict:
+    """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and logs the table."""
+    config = self.config
+    names = branch_names(config)
+    total = np.zeros((len(names), config.model.num_classes, config.model.num_classes), np.int64)
+    to_draw = config.num_prediction_images if workdir and jax.process_index() == 0 else 0
+    drawn = 0
+    for local in pipeline.eval_batches(config, jax.process_index(), jax.process_count()):
+      batch = sharding.global_batch(self.mesh, local)
+      total += np.asarray(jax.device_get(self._eval(variables, batch)), np.int64)
+      if drawn < to_draw and jax.process_count() == 1:
+        drawn += self._draw(variables, batch, local, workdir, drawn, to_draw - drawn)
+    results = metrics.branch_scores(total, names)
+    logging.info('Evaluation (%d labelled pixels):\n%s', int(total[0].sum()),
+                 metrics.format_table(results))
+    print(metrics.format_table(results), flush=True)
+    return results
+
+  def _draw(self, variables, batch, local, workdir, first, limit) -> int:
+    names = branch_names(self.config)
+    preds = np.asarray(self._predict(variables, batch['image'], tuple(local['label'].shape[1:])))
+    out_dir = os.path.join(workdir, 'predictions')
+    count = 0
+    for b in np.flatnonzero(local['mask'])[:limit]:
+      raw = {name: _unnormalise(name, local['image'][m, b])
+             for m, name in enumerate(self.config.modalities)}
+      blank = np.zeros(local['label'].shape[1:] + (3,), np.uint8)
+      rgb = np.clip(np.rint(raw['rgb']), 0, 255).astype(np.uint8) if 'rgb' in raw else blank
+      visualize.save_prediction_panel(
+          os.path.join(out_dir, f'{first + count:04d}.png'),
+          rgb, raw['depth'][..., 0] if 'depth' in raw else blank, local['label'][b],
+          {name: preds[i, b] for i, name in enumerate(names)})
+      count += 1
+    return count

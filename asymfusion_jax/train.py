@@ -1,0 +1,263 @@
+"""Training and evaluation of AsymFusion segmentation from an ml_collections config.
+
+`train_and_evaluate(config, workdir)` is the main job; `evaluate_checkpoint` is `--mode=eval`.
+The step functions are pure and run under jax.jit with the batch sharded over a ('data',) mesh.
+A run resumes from its workdir: the batch of step t and the dropout key of step t are functions
+of (seed, t) alone, so a resumed run ends with the same parameters as an uninterrupted one.
+"""
+
+import functools
+import json
+import math
+import os
+import signal
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from asymfusion_jax import checkpointing, evaluation, initialization, losses, optim, sharding
+from asymfusion_jax.data import pipeline
+from asymfusion_jax.logger import MetricLogger, Progress
+from asymfusion_jax.models import build_model
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # Raw uint32 key data, so orbax stores it as a plain array.
+
+  def variables(self):
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+
+def init_variables(model, config, rng) -> dict:
+  # Parameter shapes do not depend on the image size; a small one keeps init cheap.
+  x = jnp.zeros((len(config.modalities), 1, 64, 64, 3), jnp.float32)
+  return dict(model.init({'params': rng}, x, train=False))
+
+
+def create_train_state(model, tx, config, mesh) -> TrainState:
+  """A replicated TrainState initialised from config.seed, under jit so nothing runs eagerly."""
+  def make():
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    variables = init_variables(model, config, init_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                      batch_stats=variables.get('batch_stats', {}),
+                      opt_state=tx.init(variables['params']), rng=train_rng)
+  return jax.jit(make, out_shardings=sharding.replicated(mesh))()
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx, ignore_label: int):
+  """One SGD step on the sum of the M + 1 outputs' cross-entropies (SPEC section 6)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    if model.frozen_bn:
+      logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': dropout_rng})
+      new_stats = state.batch_stats
+    else:
+      logits, updates = model.apply(variables, batch['image'], train=True,
+                                    rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      new_stats = updates['batch_stats']
+    return losses.segmentation_loss(logits, batch['label'], ignore_label), new_stats
+
+  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                            opt_state=opt_state)
+  return new_state, {'loss': loss}
+
+
+def jit_train_step(model, tx, config, mesh, state, example_batch):
+  step_fn = functools.partial(train_step, model=model, tx=tx,
+                              ignore_label=config.data.ignore_label)
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+  return jax.jit(step_fn,
+                 in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+class _Termination:
+  """Turns SIGTERM into a flag that the training loop checks after every step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: leave signals alone.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint, then exiting.')
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+class _LossWatch:
+  """Collects per-step losses on device and checks them for NaN/Inf in one transfer."""
+
+  def __init__(self):
+    self._pending = []
+
+  def add(self, step: int, loss: jax.Array) -> None:
+    self._pending.append((step, loss))
+
+  def drain(self) -> list[tuple[int, float]]:
+    values = jax.device_get([loss for _, loss in self._pending])
+    out = [(step, float(v)) for (step, _), v in zip(self._pending, values)]
+    self._pending = []
+    bad = [(s, v) for s, v in out if not math.isfinite(v)]
+    if bad:
+      raise FloatingPointError(
+          f'training loss is {bad[0][1]} at step {bad[0][0]} (non-finite at steps '
+          f'{[s for s, _ in bad]}); stopping. The last good checkpoint is kept.')
+    return out
+
+
+def write_config(config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def resolve_data_paths(config, workdir: str):
+  """A copy of config whose empty synthetic-data paths point into the workdir."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if config.data.synthetic and not config.data.manual_dir:
+      config.data.manual_dir = os.path.join(os.path.abspath(workdir), 'data', 'synthetic')
+    if config.data.synthetic and not config.data.tfds_data_dir:
+      config.data.tfds_data_dir = os.path.join(os.path.abspath(workdir), 'data', 'tfds')
+  return config
+
+
+def steps_per_epoch(config) -> int:
+  return max(1, pipeline.num_examples(config, 'train') // config.batch_size)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains with periodic evaluation; returns the last evaluation's results."""
+  os.makedirs(workdir, exist_ok=True)
+  config = resolve_data_paths(config, workdir)
+  sharding.check_batch_size(config.batch_size)
+  sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
+  if jax.process_index() == 0:
+    pipeline.prepare(config)
+  sync('data prepared')
+  write_config(config, workdir)
+
+  mesh = sharding.make_mesh()
+  per_epoch = steps_per_epoch(config)
+  total = optim.total_steps(config, per_epoch)
+  eval_every = config.eval_every_epochs * per_epoch
+  model = build_model(config)
+  tx = optim.make_optimizer(config, per_epoch)
+  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+  state = create_train_state(model, tx, config, mesh)
+
+  restored, record = ckpts.restore_latest(checkpointing.abstract(state))
+  if restored is not None:
+    state, best_miou = restored, record['best_miou']
+    logging.info('Resumed from the checkpoint of step %d in %s.', record['step'], workdir)
+  else:
+    state, best_miou = initialization.from_pretrained(state, config), -1.0
+
+  logger = MetricLogger(workdir)
+  start = int(state.step)
+  batches = pipeline.train_batches(config, start_step=start, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  evaluator = evaluation.Evaluator(model, config, mesh)
+  losses_seen = _LossWatch()
+  progress = Progress(total)
+  lr = optim.learning_rate_schedules(config, per_epoch)
+  step_fn = None
+  results = {}
+
+  def save(step, best=False):
+    ckpts.save(state, {'step': step, 'data_position': step, 'best_miou': best_miou}, best=best)
+
+  with _Termination() as term:
+    for step in range(start, total):
+      batch = sharding.global_batch(mesh, next(batches))
+      if step_fn is None:
+        step_fn = jit_train_step(model, tx, config, mesh, state, batch)
+      state, metrics = step_fn(state, batch)
+      losses_seen.add(step, metrics['loss'])
+      done = step + 1
+      if step == start:
+        jax.block_until_ready(state)
+        progress.start(done)
+      if done % config.log_every_steps == 0 or done == total:
+        logged = losses_seen.drain()
+        rate = progress.report(done)
+        logger.write(done, {
+            'train/loss': float(np.mean([v for _, v in logged])),
+            'train/lr_encoder': float(lr['encoder'](step)),
+            'train/lr_decoder': float(lr['decoder'](step)),
+            'steps_per_second': rate})
+      if done % eval_every == 0 or done == total:
+        losses_seen.drain()
+        results = evaluator.run(state.variables(), workdir)
+        logger.write(done, evaluation.flatten(results))
+        miou = results['ensemble']['miou']
+        if miou > best_miou:
+          best_miou = miou
+          save(done, best=True)
+        save(done)
+        progress.start(done)  # Throughput excludes evaluation and checkpointing.
+      elif done % config.checkpoint_every_steps == 0 or term.requested:
+        losses_seen.drain()
+        save(done)
+      if term.requested:
+        logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
+        break
+  ckpts.close()
+  logger.close()
+  return results
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
+  """--mode=eval: evaluates the best checkpoint, or the periodic one of `step`."""
+  config = resolve_data_paths(config, workdir)
+  if jax.process_index() == 0:
+    pipeline.prepare(config)
+  sync('data prepared')
+  mesh = sharding.make_mesh()
+  model = build_model(config)
+  tx = optim.make_optimizer(config, steps_per_epoch(config))
+  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+  state, record = ckpts.restore(checkpointing.abstract(create_train_state(model, tx, config, mesh)),
+                                step)
+  logging.info('Evaluating the checkpoint of step %d.', record['step'])
+  results = evaluation.Evaluator(model, config, mesh).run(state.variables(), workdir)
+  MetricLogger(workdir).write(record['step'], evaluation.flatten(results))
+  ckpts.close()
+  with open(os.path.join(workdir, f'eval_step_{record["step"]}.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)

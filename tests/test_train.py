@@ -1,0 +1,143 @@
+"""The training program end to end on a tiny synthetic dataset: logs, checkpoints, resumption,
+SIGTERM, corrupt checkpoints, NaN detection and evaluation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from asymfusion_jax import checkpointing, train
+from tests import tiny
+
+TRAIN_KEYS = {'step', 'train/loss', 'train/lr_encoder', 'train/lr_decoder', 'steps_per_second'}
+EVAL_KEYS = {'step'} | {f'eval/{b}/{m}' for b in ('rgb', 'depth', 'ensemble')
+                        for m in ('pixel_acc', 'mean_acc', 'miou')}
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def final_params(workdir):
+  ckpts = checkpointing.Checkpoints(workdir)
+  step = ckpts.periodic.latest_step()
+  restored = ckpts.periodic.restore(step)
+  ckpts.close()
+  return step, jax.tree.map(np.asarray, restored['state']['params'])
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory, tiny_data):
+  workdir = str(tmp_path_factory.mktemp('full'))
+  results = train.train_and_evaluate(tiny.config(tiny_data), workdir)
+  return workdir, results
+
+
+def test_logs_checkpoints_and_predictions(full_run):
+  workdir, results = full_run
+  records = read_metrics(workdir)
+  train_records = [r for r in records if 'train/loss' in r]
+  eval_records = [r for r in records if 'eval/ensemble/miou' in r]
+  assert [r['step'] for r in train_records] == list(range(2, 13, 2))
+  assert all(set(r) == TRAIN_KEYS for r in train_records)
+  assert [r['step'] for r in eval_records] == [4, 8, 12]
+  assert all(set(r) == EVAL_KEYS for r in eval_records)
+  assert [r['train/lr_encoder'] for r in train_records] == pytest.approx(
+      [0.05, 0.05, 0.02, 0.02, 0.01, 0.01])
+  assert eval_records[-1]['eval/ensemble/miou'] == pytest.approx(results['ensemble']['miou'])
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['modalities'] == ['rgb', 'depth']
+  assert sorted(os.listdir(os.path.join(workdir, 'predictions'))) == ['0000.png', '0001.png',
+                                                                    '0002.png']
+  assert any(f.startswith('events') for f in os.listdir(os.path.join(workdir, 'tensorboard')))
+  ckpts = checkpointing.Checkpoints(workdir)
+  assert ckpts.periodic.all_steps() == [8, 12]
+  best_step = ckpts.best.latest_step()
+  ckpts.close()
+  best_miou = max(r['eval/ensemble/miou'] for r in eval_records)
+  assert next(r for r in eval_records if r['step'] == best_step)['eval/ensemble/miou'] == best_miou
+
+
+def test_eval_mode_reproduces_logged_metrics(full_run, tiny_data):
+  workdir, _ = full_run
+  eval_records = [r for r in read_metrics(workdir) if 'eval/ensemble/miou' in r]
+  results = train.evaluate_checkpoint(tiny.config(tiny_data), workdir, step=12)
+  assert results['ensemble']['miou'] == pytest.approx(eval_records[-1]['eval/ensemble/miou'])
+  assert results['rgb']['pixel_acc'] == pytest.approx(eval_records[-1]['eval/rgb/pixel_acc'])
+
+
+def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
+  workdir = str(tmp_path)
+  config = tiny.config(tiny_data)
+  config.max_steps = 6
+  train.train_and_evaluate(config, workdir)
+  assert final_params(workdir)[0] == 6
+  train.train_and_evaluate(tiny.config(tiny_data), workdir)  # The same command, resumed.
+  step, params = final_params(workdir)
+  ref_step, ref_params = final_params(full_run[0])
+  assert step == ref_step == 12
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params,
+               ref_params)
+
+
+def test_corrupt_latest_checkpoint_is_skipped(full_run, tmp_path, caplog):
+  import shutil
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(full_run[0], workdir)
+  latest = os.path.join(workdir, 'checkpoints', '12', 'state')
+  for root, _, files in os.walk(latest):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  ckpts = checkpointing.Checkpoints(workdir)
+  target = checkpointing.Checkpoints(full_run[0])
+  reference = target.periodic.restore(8)['state']
+  target.close()
+  state, record = ckpts.restore_latest(checkpointing.abstract(reference))
+  ckpts.close()
+  assert record['step'] == 8
+  assert 'step 12' in caplog.text
+  jax.tree.map(np.testing.assert_array_equal, state, reference)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
+  config = tiny.config(tiny_data)
+  config.optim.lr_encoder = (1e30, 1e30, 1e30)
+  config.optim.lr_decoder = (1e30, 1e30, 1e30)
+  with pytest.raises(FloatingPointError, match=r'at step \d+'):
+    train.train_and_evaluate(config, str(tmp_path))
+  ckpts = checkpointing.Checkpoints(str(tmp_path))
+  steps = ckpts.periodic.all_steps()
+  for step in steps:
+    params = ckpts.periodic.restore(step)['state']['params']
+    assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+  ckpts.close()
+
+
+def test_sigterm_saves_a_checkpoint(tiny_data, tmp_path):
+  workdir = str(tmp_path)
+  long_run = {'max_steps': 100000, 'log_every_steps': 1, 'checkpoint_every_steps': 100000,
+              'eval_every_epochs': 100000, 'optim.epochs_per_stage': (100000,) * 3}
+  cmd = [sys.executable, '-m', 'asymfusion_jax.main', '--config=configs/demo.py',
+         f'--workdir={workdir}'] + tiny.flags(tiny_data, **long_run)
+  proc = subprocess.Popen(cmd, cwd=tiny.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  metrics = os.path.join(workdir, 'metrics.jsonl')
+  deadline = time.time() + 300
+  while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+    assert proc.poll() is None, proc.stdout.read().decode()
+    assert time.time() < deadline
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=120)[0].decode()
+  assert proc.returncode == 0, out
+  ckpts = checkpointing.Checkpoints(workdir)
+  steps = ckpts.periodic.all_steps()
+  ckpts.close()
+  assert len(steps) == 1 and steps[0] >= 3, out

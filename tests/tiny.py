@@ -1,0 +1,45 @@
+"""A tiny configuration of the demo, shared by the training, export and device tests."""
+
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Overrides of configs/demo.py: 16 training images of 48x64, 4 steps per epoch, 12 steps in all.
+OVERRIDES = {
+    'model.width': 8,
+    'model.decoder_width': 16,
+    'data.num_train': 16,
+    'data.num_val': 6,
+    'data.synthetic_image_size': (48, 64),
+    'data.min_short_side': 32,
+    'data.num_workers': 2,
+    'batch_size': 4,
+    'crop_size': 32,
+    'eval_batch_size': 4,
+    'optim.epochs_per_stage': (1, 1, 1),
+    'optim.lr_encoder': (0.05, 0.02, 0.01),
+    'optim.lr_decoder': (0.05, 0.02, 0.01),
+    'log_every_steps': 2,
+    'eval_every_epochs': 1,
+    'checkpoint_every_steps': 1000,
+    'num_prediction_images': 3,
+}
+
+
+def config(data_dirs: dict, variant: str = 'fused'):
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  c = demo.get_config(variant)
+  for key, value in {**OVERRIDES, **data_dirs}.items():
+    *parents, leaf = key.split('.')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def flags(data_dirs: dict, **extra) -> list[str]:
+  """The same overrides (updated by `extra`) as flags for `python -m asymfusion_jax.main`."""
+  def fmt(v):
+    return '(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple) else str(v)
+  return [f'--config.{k}={fmt(v)}' for k, v in {**OVERRIDES, **data_dirs, **extra}.items()]
