@@ -31,6 +31,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   if FLAGS.distributed:
+    try:  # CPU processes exchange collectives through gloo; GPUs and TPUs ignore this option.
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    except AttributeError:  # Newer JAX chooses CPU collectives by itself.
+      pass
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices %s, global device count %d',

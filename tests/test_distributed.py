@@ -1,0 +1,63 @@
+"""The same short run on 1 device, on 4 simulated CPU devices and on 2 processes gives the same
+losses: data parallelism changes where the batch is computed, not what is computed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from asymfusion_jax import train
+from experiments import multihost
+from tests import tiny
+
+SHORT = {'max_steps': 4, 'log_every_steps': 1, 'num_prediction_images': 0}
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  return [r['train/loss'] for r in records if 'train/loss' in r], records[-1]
+
+
+@pytest.fixture(scope='module')
+def single_device_run(tiny_data, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('one_device'))
+  config = tiny.config(tiny_data)
+  for k, v in SHORT.items():
+    config[k] = v
+  train.train_and_evaluate(config, workdir)
+  return losses(workdir)
+
+
+def test_four_devices_match_one(tiny_data, single_device_run, tmp_path):
+  ref_losses, ref_eval = single_device_run
+  workdir = str(tmp_path / 'four')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  cmd = [sys.executable, '-m', 'asymfusion_jax.main', '--config=configs/demo.py',
+         f'--workdir={workdir}'] + tiny.flags(tiny_data, **SHORT)
+  out = subprocess.run(cmd, cwd=tiny.REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-4000:]
+  assert 'global device count 4' in out.stderr
+  four_losses, four_eval = losses(workdir)
+  assert len(ref_losses) == 4
+  np.testing.assert_allclose(four_losses, ref_losses, rtol=1e-4)
+  assert four_eval['eval/ensemble/pixel_acc'] == pytest.approx(ref_eval['eval/ensemble/pixel_acc'], rel=1e-3)
+
+
+def test_two_processes_match_one(tiny_data, single_device_run, tmp_path):
+  ref_losses, ref_eval = single_device_run
+  workdir = str(tmp_path / 'two')
+  cwd = os.getcwd()
+  os.chdir(tiny.REPO)
+  try:
+    outputs = multihost.launch(2, ['--config=configs/demo.py', f'--workdir={workdir}']
+                               + tiny.flags(tiny_data, **SHORT), timeout=600)
+  finally:
+    os.chdir(cwd)
+  assert 'JAX process 1/2' in outputs[1]
+  two_losses, two_eval = losses(workdir)
+  np.testing.assert_allclose(two_losses, ref_losses, rtol=1e-4)
+  assert two_eval['eval/ensemble/pixel_acc'] == pytest.approx(ref_eval['eval/ensemble/pixel_acc'], rel=1e-3)
