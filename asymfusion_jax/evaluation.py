@@ -67,8 +67,7 @@ class Evaluator:
       if drawn < to_draw and jax.process_count() == 1:
         drawn += self._draw(variables, batch, local, workdir, drawn, to_draw - drawn)
     results = metrics.branch_scores(total, names)
-    logging.info('Evaluation (%d labelled pixels):\n%s', int(total[0].sum()),
-                 metrics.format_table(results))
+    logging.info('Evaluated %d labelled pixels.', int(total[0].sum()))
     print(metrics.format_table(results), flush=True)
     return results
 

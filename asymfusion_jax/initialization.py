@@ -26,7 +26,8 @@ def merge(variables: dict, pretrained: dict, source: str) -> dict:
   mismatched = [f'{k}: {np.shape(v)} vs model {flat[k].shape}' for k, v in new.items()
                 if tuple(np.shape(v)) != tuple(flat[k].shape)]
   if mismatched:
-    raise ValueError(f'{source}: shape mismatch: {mismatched[:10]}')
+    raise ValueError(f'{source}: {len(mismatched)} arrays do not fit the model (pretrained vs '
+                     f'model shape): {mismatched[:10]}{" ..." if len(mismatched) > 10 else ""}')
   kept = len(flat) - len(new)
   logging.info('Loaded %d arrays from %s; %d model arrays keep their initialisation.',
                len(new), source, kept)

@@ -41,8 +41,8 @@ def get_config(variant: str = 'fused'):
   # learning rates are higher than the fine-tuning rates of the paper.
   c.frozen_bn = False
   c.optim.epochs_per_stage = (24, 8, 8)
-  c.optim.lr_encoder = (0.02, 0.01, 0.004)
-  c.optim.lr_decoder = (0.02, 0.01, 0.004)
+  c.optim.lr_encoder = (0.01, 0.005, 0.002)
+  c.optim.lr_decoder = (0.01, 0.005, 0.002)
   c.optim.weight_decay = 1e-4
 
   c.log_every_steps = 25
