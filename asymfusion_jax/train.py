@@ -118,19 +118,27 @@ class _LossWatch:
 
   def __init__(self):
     self._pending = []
+    self._checked = []
 
   def add(self, step: int, loss: jax.Array) -> None:
     self._pending.append((step, loss))
 
-  def drain(self) -> list[tuple[int, float]]:
+  def check(self) -> None:
+    """Raises FloatingPointError naming the steps whose loss is not finite."""
     values = jax.device_get([loss for _, loss in self._pending])
-    out = [(step, float(v)) for (step, _), v in zip(self._pending, values)]
+    checked = [(step, float(v)) for (step, _), v in zip(self._pending, values)]
     self._pending = []
-    bad = [(s, v) for s, v in out if not math.isfinite(v)]
+    bad = [(s, v) for s, v in checked if not math.isfinite(v)]
     if bad:
       raise FloatingPointError(
           f'training loss is {bad[0][1]} at step {bad[0][0]} (non-finite at steps '
           f'{[s for s, _ in bad]}); stopping. The last good checkpoint is kept.')
+    self._checked += checked
+
+  def drain(self) -> list[float]:
+    """The checked losses since the last drain."""
+    self.check()
+    out, self._checked = [v for _, v in self._checked], []
     return out
 
 
@@ -196,6 +204,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def save(step, best=False):
     ckpts.save(state, {'step': step, 'data_position': step, 'best_miou': best_miou}, best=best)
 
+  if start >= total:
+    logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
+                 workdir, start, total)
+    results = evaluator.run(state.variables(), workdir)
   with _Termination() as term:
     for step in range(start, total):
       batch = sharding.global_batch(mesh, next(batches))
@@ -211,12 +223,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logged = losses_seen.drain()
         rate = progress.report(done)
         logger.write(done, {
-            'train/loss': float(np.mean([v for _, v in logged])),
+            'train/loss': float(np.mean(logged)),
             'train/lr_encoder': float(lr['encoder'](step)),
             'train/lr_decoder': float(lr['decoder'](step)),
             'steps_per_second': rate})
       if done % eval_every == 0 or done == total:
-        losses_seen.drain()
+        losses_seen.check()
         results = evaluator.run(state.variables(), workdir)
         logger.write(done, evaluation.flatten(results))
         miou = results['ensemble']['miou']
@@ -226,7 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(done)
         progress.start(done)  # Throughput excludes evaluation and checkpointing.
       elif done % config.checkpoint_every_steps == 0 or term.requested:
-        losses_seen.drain()
+        losses_seen.check()
         save(done)
       if term.requested:
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
