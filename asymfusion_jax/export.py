@@ -1,0 +1,455 @@
+"""Deployable forms of a trained model: a jax.export inference program, or a reference .pth.
+
+  python -m asymfusion_jax.export --workdir=DIR [--step=N] --out=model.jax
+  python -m asymfusion_jax.export --checkpoint=CKPT --config=configs/X.py --out=model.jax
+  python -m asymfusion_jax.export --workdir=DIR --format=torch --out=refinenet.pth
+
+The model comes from a training workdir (its best checkpoint, or the periodic one of --step;
+the config is WORKDIR/config.json) or from a variables checkpoint written by
+`python -m asymfusion_jax.convert` together with the config file it was converted for.
+
+--format=jax (the default) writes the eval-mode forward pass as a serialized `jax.export`
+artifact with the variables baked in as constants, lowered for every platform in --platforms, so
+that one artifact exported on a CPU also runs on a GPU or TPU. Its input is (M, B, H, W, 3)
+float32 normalised images, with a symbolic batch size B and H, W fixed at export (--height,
+--width: the fusion pixel shift and the align-corners upsampling build static gather indices from
+the feature sizes). Its output is the (M + 1, B, ceil(H/4), ceil(W/4), K) float32 logits: the M
+branches, then the ensemble. FILE.json, the sidecar, says how to feed it and read it (see
+`sidecar`). Running it needs only jax: `jax.export.deserialize(blob).call(x)`.
+
+--format=torch writes the variables as a state_dict of the reference PyTorch implementation
+(SPEC section 9) in torch.save's zip format, without importing torch.
+
+Nothing is written unless the whole export succeeds: the files go to temporaries beside --out,
+which are renamed at the end (the sidecar first, so an artifact never lacks its sidecar).
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import pickle
+import struct
+import sys
+import tempfile
+from typing import Any, Iterator, Mapping, Sequence
+import zipfile
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from asymfusion_jax import checkpointing
+from asymfusion_jax import config_io
+from asymfusion_jax import convert
+from asymfusion_jax import optim
+from asymfusion_jax import sharding
+from asymfusion_jax import torch_pickle
+from asymfusion_jax import train
+from asymfusion_jax import variables_io
+from asymfusion_jax.data import modalities
+from asymfusion_jax.models import build_model
+
+FORMATS = ('jax', 'torch')
+PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
+# TPU lowering works without a TPU, so the default artifact runs on every usual accelerator.
+DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
+BATCH_DIM = 'b'
+OUTPUT_STRIDE = 4
+SIDECAR_SUFFIX = '.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A trained model to export.
+
+  Attributes:
+    config: the config that builds its model (build_model) and names its modalities.
+    variables: {'params', 'batch_stats'} as NumPy arrays.
+    step: the training step of the checkpoint; None for a converted checkpoint.
+    origin: where it came from, for the sidecar and the log.
+  """
+  config: Any
+  variables: dict
+  step: int | None
+  origin: str
+
+
+def _abstract_train_state(config):
+  """ShapeDtypeStructs of the TrainState that training saves, computed without allocating it.
+
+  The optimizer state's structure and shapes do not depend on the learning-rate schedule's step
+  counts, so one step per epoch stands in for the dataset size: export needs no dataset.
+  """
+  model = build_model(config)
+  tx = optim.make_optimizer(config, 1)
+  mesh = sharding.make_mesh()
+  shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, config, mesh))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.replicated(mesh)), shapes)
+
+
+def from_workdir(workdir: str, step: int | None = None) -> Source:
+  """The best checkpoint of a training workdir, or its periodic checkpoint of `step`.
+
+  Raises:
+    FileNotFoundError: no workdir, no config.json in it, or no such checkpoint.
+  """
+  config = config_io.load_workdir_config(workdir)
+  # Checkpoints() creates its directories; look first, so that a wrong path stays untouched.
+  folder = os.path.join(workdir, 'best' if step is None else 'checkpoints')
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f'no checkpoints in {folder}; train first'
+                            + ('' if step is None else ' or pass another --step'))
+  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+  try:
+    state, record = ckpts.restore(_abstract_train_state(config), step)
+  finally:
+    ckpts.close()
+  return Source(config, jax.device_get(state.variables()), int(record['step']),
+                f'workdir {os.path.abspath(workdir)}')
+
+
+def from_checkpoint(checkpoint: str, config) -> Source:
+  """A variables checkpoint (asymfusion_jax.convert, variables_io) for the model of `config`.
+
+  Raises:
+    FileNotFoundError: no such directory.
+    ValueError: it is not a variables checkpoint, or does not match the config's model.
+  """
+  model = build_model(config)
+  target = jax.eval_shape(lambda: train.init_variables(model, config, jax.random.key(0)))
+  variables = variables_io.load_variables(checkpoint, target)
+  return Source(config, jax.device_get(variables), None,
+                f'checkpoint {os.path.abspath(checkpoint)}')
+
+
+# The jax.export artifact.
+
+
+def default_image_size(config) -> tuple[int, int]:
+  """(H, W) of the artifact's input when --height/--width are not given.
+
+  The size of the dataset's images where the config knows it (synthetic data), else the
+  training crop. For NYUDv2 evaluation at full resolution pass --height=480 --width=640.
+  """
+  if config.data.get('synthetic', False):
+    height, width = config.data.synthetic_image_size
+    return int(height), int(width)
+  return int(config.crop_size), int(config.crop_size)
+
+
+def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
+  """The platforms as a tuple, or a ValueError naming the valid ones."""
+  platforms = tuple(platforms)
+  unknown = [p for p in platforms if p not in PLATFORMS]
+  if not platforms or unknown or len(set(platforms)) != len(platforms):
+    raise ValueError(f'--platforms must be distinct names among {PLATFORMS}, got {platforms}')
+  return platforms
+
+
+def export_forward(source: Source, height: int, width: int,
+                   platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
+  """The eval-mode forward pass with the variables as constants, input (M, b, H, W, 3)."""
+  if height < 1 or width < 1:
+    raise ValueError(f'the input size must be positive, got {height}x{width}')
+  model = build_model(source.config)
+  variables = source.variables
+  forward = jax.jit(lambda x: model.apply(variables, x, train=False))
+  batch, = jax.export.symbolic_shape(BATCH_DIM)
+  spec = jax.ShapeDtypeStruct((len(source.config.modalities), batch, height, width, 3),
+                              jnp.float32)
+  return jax.export.export(forward, platforms=check_platforms(platforms))(spec)
+
+
+def _shape(aval) -> list:
+  return [d if isinstance(d, int) else str(d) for d in aval.shape]
+
+
+def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dict:
+  """The JSON description that deployment needs besides the artifact.
+
+  modalities (input order along axis 0), raw_pad_value, normalisation and formula come from
+  data.modalities.to_json: how raw pixels become the input. outputs names the M + 1 output
+  rows. Shapes list symbolic dimensions by name ('b': any batch size >= 1).
+  """
+  config = source.config
+  (inp,), (out,) = exported.in_avals, exported.out_avals
+  return {
+      'artifact': artifact,
+      'format': 'jax.export',
+      **modalities.to_json(config.modalities),
+      'outputs': list(config.modalities) + ['ensemble'],
+      'num_classes': int(config.model.num_classes),
+      'ignore_label': int(config.data.ignore_label),
+      'output_stride': OUTPUT_STRIDE,
+      'input_shape': _shape(inp),
+      'input_dtype': str(inp.dtype),
+      'output_shape': _shape(out),
+      'output_dtype': str(out.dtype),
+      'platforms': list(exported.platforms),
+      'step': source.step,
+      'source': source.origin,
+      'model': config.model.to_dict(),
+      'compute_dtype': config.compute_dtype,
+      'jax_version': jax.__version__,
+      'calling_convention_version': exported.calling_convention_version,
+  }
+
+
+def sidecar_path(out: str) -> str:
+  """FILE.json beside FILE, whatever FILE's own suffix."""
+  return out + SIDECAR_SUFFIX
+
+
+# torch.save's zip format, written without torch (the inverse of asymfusion_jax.torch_pickle).
+
+
+@dataclasses.dataclass(frozen=True)
+class _Global:
+  module: str
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reduce:
+  func: _Global
+  args: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class _PersistentId:
+  pid: tuple
+
+
+_ORDERED_DICT = _Global('collections', 'OrderedDict')
+_REBUILD_TENSOR = _Global('torch._utils', '_rebuild_tensor_v2')
+# The storage class of each dtype: the reader's table inverted, so that the two always agree.
+_STORAGE_NAMES = {
+    np.dtype(v): k
+    for k, v in torch_pickle._STORAGE_DTYPES.items()  # pylint: disable=protected-access
+}
+_ZIP_ALIGNMENT = 64  # torch.save aligns every storage record to 64 bytes (for mmap).
+
+
+def _opcodes(obj) -> Iterator[bytes]:
+  """Pickle protocol 2 opcodes of obj: the few types that a state_dict pickle holds.
+
+  Written out by hand because the pickle module would import `torch` to pickle a reference to
+  `torch._utils._rebuild_tensor_v2`. A dict becomes an OrderedDict, as torch writes it.
+  """
+  if isinstance(obj, bool):
+    yield pickle.NEWTRUE if obj else pickle.NEWFALSE
+  elif isinstance(obj, int):
+    if -2**31 <= obj < 2**31:
+      yield pickle.BININT + struct.pack('<i', obj)
+    else:
+      raw = obj.to_bytes((obj.bit_length() + 8) // 8, 'little', signed=True)
+      yield pickle.LONG1 + bytes([len(raw)]) + raw
+  elif isinstance(obj, str):
+    raw = obj.encode('utf-8')
+    yield pickle.BINUNICODE + struct.pack('<I', len(raw)) + raw
+  elif isinstance(obj, tuple):
+    yield pickle.MARK
+    for item in obj:
+      yield from _opcodes(item)
+    yield pickle.TUPLE
+  elif isinstance(obj, _Global):
+    yield pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode('ascii')
+  elif isinstance(obj, _Reduce):
+    yield from _opcodes(obj.func)
+    yield from _opcodes(obj.args)
+    yield pickle.REDUCE
+  elif isinstance(obj, _PersistentId):
+    yield from _opcodes(obj.pid)
+    yield pickle.BINPERSID
+  elif isinstance(obj, dict):
+    yield from _opcodes(_Reduce(_ORDERED_DICT, ()))
+    yield pickle.MARK
+    for key, value in obj.items():
+      yield from _opcodes(key)
+      yield from _opcodes(value)
+    yield pickle.SETITEMS
+  else:
+    raise TypeError(f'cannot write {type(obj).__name__} into a state_dict pickle')
+
+
+def _tensor(key: str, array: np.ndarray) -> _Reduce:
+  """torch's pickle of a contiguous CPU tensor whose storage is the record data/<key>."""
+  if array.dtype not in _STORAGE_NAMES:
+    raise TypeError(f'no torch storage type for dtype {array.dtype}')
+  storage = _PersistentId(
+      ('storage', _Global('torch', _STORAGE_NAMES[array.dtype]), key, 'cpu', int(array.size)))
+  strides = tuple(int(np.prod(array.shape[i + 1:])) for i in range(array.ndim))
+  shape = tuple(int(n) for n in array.shape)
+  return _Reduce(_REBUILD_TENSOR, (storage, 0, shape, strides, False, {}))
+
+
+def _write_aligned(archive: zipfile.ZipFile, file, name: str, data: bytes) -> None:
+  """Stores one record so that its data starts at a multiple of _ZIP_ALIGNMENT in the file."""
+  info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+  header = 30 + len(name.encode('utf-8'))  # The fixed local header, then the name.
+  pad = -(file.tell() + header) % _ZIP_ALIGNMENT
+  if pad and pad < 4:  # An extra field needs 4 bytes of its own.
+    pad += _ZIP_ALIGNMENT
+  if pad:
+    info.extra = b'FB' + struct.pack('<H', pad - 4) + b'Z' * (pad - 4)
+  archive.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+
+
+def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray],
+                    archive_name: str = 'archive') -> None:
+  """Writes {key: array} as torch.save(OrderedDict of tensors, path) would.
+
+  The zip holds <archive_name>/data.pkl (the OrderedDict, with a persistent id per storage),
+  data/<i> (each array's raw little-endian bytes, 64-byte aligned) and the version, byteorder and
+  format records. torch.load (weights_only=True too) and torch_pickle.load_state_dict read it.
+  """
+  arrays = [(str(k), np.asarray(v, order='C')) for k, v in state_dict.items()]
+  tree = {k: _tensor(str(i), a) for i, (k, a) in enumerate(arrays)}
+  data_pkl = pickle.PROTO + bytes([2]) + b''.join(_opcodes(tree)) + pickle.STOP
+  with open(path, 'wb') as file, zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED) as archive:
+    def record(name, data):
+      _write_aligned(archive, file, f'{archive_name}/{name}', data)
+    record('data.pkl', data_pkl)
+    record('.format_version', b'1')
+    record('.storage_alignment', str(_ZIP_ALIGNMENT).encode())
+    record('byteorder', b'little')
+    for i, (_, a) in enumerate(arrays):
+      record(f'data/{i}', a.astype(a.dtype.newbyteorder('<'), copy=False).tobytes())
+    record('version', b'3\n')
+
+
+# Writing.
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+@contextlib.contextmanager
+def _replaced_atomically(paths: Sequence[str]) -> Iterator[list[str]]:
+  """Temporary paths beside `paths`; renamed onto them, in order, only if the block succeeds."""
+  temps = []
+  try:
+    for path in paths:
+      directory = os.path.dirname(os.path.abspath(path))
+      os.makedirs(directory, exist_ok=True)
+      fd, temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
+                                  dir=directory)
+      os.close(fd)
+      temps.append(temp)
+      os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename.
+    yield temps
+    for temp, path in zip(temps, paths):
+      os.replace(temp, path)
+  finally:
+    for temp in temps:
+      if os.path.exists(temp):
+        os.remove(temp)
+
+
+def write_jax(source: Source, out: str, height: int | None = None, width: int | None = None,
+              platforms: Sequence[str] = DEFAULT_PLATFORMS) -> dict:
+  """Writes the artifact to `out` and its sidecar to sidecar_path(out); returns the sidecar."""
+  default_h, default_w = default_image_size(source.config)
+  exported = export_forward(source, default_h if height is None else height,
+                            default_w if width is None else width, platforms)
+  blob = exported.serialize()
+  meta = sidecar(source, exported, os.path.basename(out))
+  with _replaced_atomically([sidecar_path(out), out]) as (meta_temp, blob_temp):
+    with open(meta_temp, 'w') as f:
+      json.dump(meta, f, indent=2)
+    with open(blob_temp, 'wb') as f:
+      f.write(blob)
+  return meta
+
+
+def write_torch(source: Source, out: str) -> None:
+  """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`."""
+  state_dict = convert.refinenet_to_torch(source.variables)
+  with _replaced_atomically([out]) as (temp,):
+    save_state_dict(temp, state_dict)
+
+
+def export(source: Source, out: str, fmt: str = 'jax', **jax_options) -> None:
+  """Writes `source` to `out` in format `fmt` ('jax': write_jax with jax_options; 'torch')."""
+  if fmt == 'jax':
+    write_jax(source, out, **jax_options)
+  elif fmt == 'torch':
+    if jax_options:
+      raise ValueError(f'{sorted(jax_options)} only apply to --format=jax')
+    write_torch(source, out)
+  else:
+    raise ValueError(f'unknown export format {fmt!r}; choose one of {FORMATS}')
+
+
+# Command line.
+
+
+def _source_from_flags(args) -> Source:
+  if bool(args.workdir) == bool(args.checkpoint):
+    raise app.UsageError('pass exactly one of --workdir (a training run) and --checkpoint '
+                         '(a converted checkpoint, with --config)')
+  if args.workdir:
+    if args.config is not None:
+      raise app.UsageError('--config goes with --checkpoint; a workdir\'s config is read from '
+                           f'{config_io.CONFIG_FILE}')
+    return from_workdir(args.workdir, args.step)
+  if args.config is None:
+    raise app.UsageError('--checkpoint needs --config, the config file of its model')
+  if args.step is not None:
+    raise app.UsageError('--step selects a checkpoint of a --workdir; a converted --checkpoint '
+                         'has only one')
+  return from_checkpoint(args.checkpoint, args.config)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
+  options = {}
+  if args.format == 'jax':
+    options = {'height': args.height, 'width': args.width, 'platforms': args.platforms}
+  elif args['height'].present or args['width'].present or args['platforms'].present:
+    raise app.UsageError('--height, --width and --platforms only apply to --format=jax')
+  try:
+    check_platforms(args.platforms)  # Before the checkpoint is read, so a typo fails at once.
+    source = _source_from_flags(args)
+    export(source, args.out, args.format, **options)
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f'export failed, nothing written: {e}')
+  logging.info('Exported the %s (step %s) as %s to %s.', source.origin, source.step,
+               args.format, args.out)
+
+
+def _define_flags():
+  """CLI flags, defined only when run as a script so that importing this module defines none."""
+  flags.DEFINE_string('workdir', None, 'Training workdir to export (its config.json and best '
+                      'checkpoint, or the checkpoint of --step).')
+  flags.DEFINE_integer('step', None, 'With --workdir: export the periodic checkpoint of this step '
+                       'instead of the best one.')
+  flags.DEFINE_string('checkpoint', None, 'Instead of --workdir: a checkpoint written by '
+                      '`python -m asymfusion_jax.convert`; needs --config.')
+  config_flags.DEFINE_config_file('config', None, 'With --checkpoint: its config file.')
+  flags.DEFINE_string('out', None, 'File to write. --format=jax also writes OUT.json.')
+  flags.DEFINE_enum('format', 'jax', FORMATS, 'jax: a jax.export artifact with a JSON sidecar; '
+                    'torch: a .pth state_dict of the reference PyTorch implementation.')
+  flags.DEFINE_list('platforms', list(DEFAULT_PLATFORMS),
+                    f'--format=jax: platforms to lower for, among {PLATFORMS}.')
+  flags.DEFINE_integer('height', None, '--format=jax: input height (default: the synthetic '
+                       'image height, else config.crop_size).', lower_bound=1)
+  flags.DEFINE_integer('width', None, '--format=jax: input width (default: the synthetic image '
+                       'width, else config.crop_size).', lower_bound=1)
+  flags.mark_flags_as_required(['out'])
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
