@@ -14,8 +14,8 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+def _manager(directory: str, max_to_keep: int, create: bool) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=False)
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
@@ -23,9 +23,13 @@ def _manager(directory: str, max_to_keep: int) -> ocp.CheckpointManager:
 class Checkpoints:
   """The periodic and best checkpoint managers of one workdir."""
 
-  def __init__(self, workdir: str, keep: int = 2):
-    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), keep)
-    self.best = _manager(os.path.join(workdir, 'best'), 1)
+  def __init__(self, workdir: str, keep: int = 2, create: bool = True):
+    """create=False only reads: a workdir without checkpoints is an error, and nothing is made."""
+    if not create and not any(os.path.isdir(os.path.join(workdir, d))
+                              for d in ('checkpoints', 'best')):
+      raise FileNotFoundError(f'no checkpoints in {workdir} (neither checkpoints/ nor best/)')
+    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), keep, create)
+    self.best = _manager(os.path.join(workdir, 'best'), 1, create)
 
   def save(self, state, record: dict, best: bool = False) -> None:
     manager = self.best if best else self.periodic

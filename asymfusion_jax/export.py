@@ -100,12 +100,7 @@ def from_workdir(workdir: str, step: int | None = None) -> Source:
     FileNotFoundError: no workdir, no config.json in it, or no such checkpoint.
   """
   config = config_io.load_workdir_config(workdir)
-  # Checkpoints() creates its directories; look first, so that a wrong path stays untouched.
-  folder = os.path.join(workdir, 'best' if step is None else 'checkpoints')
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f'no checkpoints in {folder}; train first'
-                            + ('' if step is None else ' or pass another --step'))
-  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
     state, record = ckpts.restore(_abstract_train_state(config), step)
   finally:

@@ -5,12 +5,25 @@ TensorBoard event files under `DIR/tensorboard`. Only process 0 writes.
 """
 
 import json
+import logging as logging_std
 import math
 import os
 import time
 
 from absl import logging
 import jax
+
+
+class _LibraryInfoFilter(logging_std.Filter):
+  """Drops INFO records of orbax and TFDS, which log several lines per checkpoint or read."""
+
+  def filter(self, record):
+    noisy = ('/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname)
+    return record.levelno >= logging_std.WARNING or not noisy
+
+
+def quiet_library_logs() -> None:
+  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
 class MetricLogger:

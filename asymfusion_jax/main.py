@@ -12,7 +12,7 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from asymfusion_jax import train
+from asymfusion_jax import logger, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
@@ -30,6 +30,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  logger.quiet_library_logs()
   if FLAGS.distributed:
     try:  # CPU processes exchange collectives through gloo; GPUs and TPUs ignore this option.
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')

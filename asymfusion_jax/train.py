@@ -257,7 +257,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   mesh = sharding.make_mesh()
   model = build_model(config)
   tx = optim.make_optimizer(config, steps_per_epoch(config))
-  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   state, record = ckpts.restore(checkpointing.abstract(create_train_state(model, tx, config, mesh)),
                                 step)
   logging.info('Evaluating the checkpoint of step %d.', record['step'])

@@ -241,7 +241,7 @@ def test_missing_checkpoints_are_named(workdir, tiny_data, tmp_path):
   untrained = tmp_path / 'untrained'
   untrained.mkdir()
   train.write_config(tiny.config(tiny_data), str(untrained))
-  with pytest.raises(FileNotFoundError, match='no checkpoints in .*best; train first'):
+  with pytest.raises(FileNotFoundError, match=r'no checkpoints in .*untrained \(neither checkpoints/ nor best/\)'):
     export.from_workdir(str(untrained))
   assert listing(untrained) == ['config.json']
   config = tiny.config(tiny_data)
