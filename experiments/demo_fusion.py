@@ -30,12 +30,22 @@ flags.mark_flag_as_required('workdir')
 
 
 def run_variant(variant: str, workdir: str, max_steps: int) -> dict:
+  """Trains one variant; returns {branch: scores} of its final evaluation."""
   config = demo.get_config(variant)
   config.data.manual_dir = os.path.join(workdir, 'data', 'synthetic')
   config.data.tfds_data_dir = os.path.join(workdir, 'data', 'tfds')
   config.max_steps = max_steps
-  # For one modality the ensemble is that branch itself (softmax of a single alpha is 1).
-  return train.train_and_evaluate(config, os.path.join(workdir, variant))['ensemble']
+  return train.train_and_evaluate(config, os.path.join(workdir, variant))
+
+
+def branch_miou_table(table: dict) -> str:
+  """mIoU of every branch of every variant ('-' where a variant has no such branch)."""
+  branches = ('rgb', 'depth', 'ensemble')
+  lines = [f'{"variant":<10}' + ''.join(f'  {b:>8}' for b in branches)]
+  for variant, results in table.items():
+    cells = [f'{results[b]["miou"]:8.2f}' if b in results else f'{"-":>8}' for b in branches]
+    lines.append(f'{variant:<10}' + ''.join(f'  {c}' for c in cells))
+  return '\n'.join(lines)
 
 
 def main(argv):
@@ -46,8 +56,11 @@ def main(argv):
     table[variant] = run_variant(variant, FLAGS.workdir, FLAGS.max_steps)
   with open(os.path.join(FLAGS.workdir, 'results.json'), 'w') as f:
     json.dump(table, f, indent=2)
-  print('\nValidation scores (ensemble output of each model, %):')
-  print(metrics.format_table(table))
+  # For one modality the ensemble is that branch itself (softmax of a single alpha is 1).
+  print('\nValidation scores of each model\'s ensemble output (%):')
+  print(metrics.format_table({v: r['ensemble'] for v, r in table.items()}))
+  print('\nmIoU of every branch (%):')
+  print(branch_miou_table(table))
 
 
 if __name__ == '__main__':
