@@ -28,12 +28,9 @@ import contextlib
 import dataclasses
 import json
 import os
-import pickle
-import struct
 import sys
 import tempfile
-from typing import Any, Iterator, Mapping, Sequence
-import zipfile
+from typing import Any, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -41,7 +38,6 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
@@ -201,124 +197,6 @@ def sidecar_path(out: str) -> str:
   return out + SIDECAR_SUFFIX
 
 
-# torch.save's zip format, written without torch (the inverse of asymfusion_jax.torch_pickle).
-
-
-@dataclasses.dataclass(frozen=True)
-class _Global:
-  module: str
-  name: str
-
-
-@dataclasses.dataclass(frozen=True)
-class _Reduce:
-  func: _Global
-  args: tuple
-
-
-@dataclasses.dataclass(frozen=True)
-class _PersistentId:
-  pid: tuple
-
-
-_ORDERED_DICT = _Global('collections', 'OrderedDict')
-_REBUILD_TENSOR = _Global('torch._utils', '_rebuild_tensor_v2')
-# The storage class of each dtype: the reader's table inverted, so that the two always agree.
-_STORAGE_NAMES = {
-    np.dtype(v): k
-    for k, v in torch_pickle._STORAGE_DTYPES.items()  # pylint: disable=protected-access
-}
-_ZIP_ALIGNMENT = 64  # torch.save aligns every storage record to 64 bytes (for mmap).
-
-
-def _opcodes(obj) -> Iterator[bytes]:
-  """Pickle protocol 2 opcodes of obj: the few types that a state_dict pickle holds.
-
-  Written out by hand because the pickle module would import `torch` to pickle a reference to
-  `torch._utils._rebuild_tensor_v2`. A dict becomes an OrderedDict, as torch writes it.
-  """
-  if isinstance(obj, bool):
-    yield pickle.NEWTRUE if obj else pickle.NEWFALSE
-  elif isinstance(obj, int):
-    if -2**31 <= obj < 2**31:
-      yield pickle.BININT + struct.pack('<i', obj)
-    else:
-      raw = obj.to_bytes((obj.bit_length() + 8) // 8, 'little', signed=True)
-      yield pickle.LONG1 + bytes([len(raw)]) + raw
-  elif isinstance(obj, str):
-    raw = obj.encode('utf-8')
-    yield pickle.BINUNICODE + struct.pack('<I', len(raw)) + raw
-  elif isinstance(obj, tuple):
-    yield pickle.MARK
-    for item in obj:
-      yield from _opcodes(item)
-    yield pickle.TUPLE
-  elif isinstance(obj, _Global):
-    yield pickle.GLOBAL + f'{obj.module}\n{obj.name}\n'.encode('ascii')
-  elif isinstance(obj, _Reduce):
-    yield from _opcodes(obj.func)
-    yield from _opcodes(obj.args)
-    yield pickle.REDUCE
-  elif isinstance(obj, _PersistentId):
-    yield from _opcodes(obj.pid)
-    yield pickle.BINPERSID
-  elif isinstance(obj, dict):
-    yield from _opcodes(_Reduce(_ORDERED_DICT, ()))
-    yield pickle.MARK
-    for key, value in obj.items():
-      yield from _opcodes(key)
-      yield from _opcodes(value)
-    yield pickle.SETITEMS
-  else:
-    raise TypeError(f'cannot write {type(obj).__name__} into a state_dict pickle')
-
-
-def _tensor(key: str, array: np.ndarray) -> _Reduce:
-  """torch's pickle of a contiguous CPU tensor whose storage is the record data/<key>."""
-  if array.dtype not in _STORAGE_NAMES:
-    raise TypeError(f'no torch storage type for dtype {array.dtype}')
-  storage = _PersistentId(
-      ('storage', _Global('torch', _STORAGE_NAMES[array.dtype]), key, 'cpu', int(array.size)))
-  strides = tuple(int(np.prod(array.shape[i + 1:])) for i in range(array.ndim))
-  shape = tuple(int(n) for n in array.shape)
-  return _Reduce(_REBUILD_TENSOR, (storage, 0, shape, strides, False, {}))
-
-
-def _write_aligned(archive: zipfile.ZipFile, file, name: str, data: bytes) -> None:
-  """Stores one record so that its data starts at a multiple of _ZIP_ALIGNMENT in the file."""
-  info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-  header = 30 + len(name.encode('utf-8'))  # The fixed local header, then the name.
-  pad = -(file.tell() + header) % _ZIP_ALIGNMENT
-  if pad and pad < 4:  # An extra field needs 4 bytes of its own.
-    pad += _ZIP_ALIGNMENT
-  if pad:
-    info.extra = b'FB' + struct.pack('<H', pad - 4) + b'Z' * (pad - 4)
-  archive.writestr(info, data, compress_type=zipfile.ZIP_STORED)
-
-
-def save_state_dict(path: str, state_dict: Mapping[str, np.ndarray],
-                    archive_name: str = 'archive') -> None:
-  """Writes {key: array} as torch.save(OrderedDict of tensors, path) would.
-
-  The zip holds <archive_name>/data.pkl (the OrderedDict, with a persistent id per storage),
-  data/<i> (each array's raw little-endian bytes, 64-byte aligned) and the version, byteorder and
-  format records. torch.load (weights_only=True too) and torch_pickle.load_state_dict read it.
-  """
-  arrays = [(str(k), np.asarray(v, order='C')) for k, v in state_dict.items()]
-  tree = {k: _tensor(str(i), a) for i, (k, a) in enumerate(arrays)}
-  data_pkl = pickle.PROTO + bytes([2]) + b''.join(_opcodes(tree)) + pickle.STOP
-  with open(path, 'wb') as file, zipfile.ZipFile(file, 'w', zipfile.ZIP_STORED) as archive:
-    def record(name, data):
-      _write_aligned(archive, file, f'{archive_name}/{name}', data)
-    record('data.pkl', data_pkl)
-    record('.format_version', b'1')
-    record('.storage_alignment', str(_ZIP_ALIGNMENT).encode())
-    record('byteorder', b'little')
-    for i, (_, a) in enumerate(arrays):
-      record(f'data/{i}', a.astype(a.dtype.newbyteorder('<'), copy=False).tobytes())
-    record('version', b'3\n')
-
-
 # Writing.
 
 
@@ -370,7 +248,7 @@ def write_torch(source: Source, out: str) -> None:
   """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`."""
   state_dict = convert.refinenet_to_torch(source.variables)
   with _replaced_atomically([out]) as (temp,):
-    save_state_dict(temp, state_dict)
+    torch_pickle.save_state_dict(temp, state_dict)
 
 
 def export(source: Source, out: str, fmt: str = 'jax', **jax_options) -> None:

@@ -196,7 +196,7 @@ def test_state_dict_writer_dtypes_shapes_and_alignment(tmp_path):
       'unicodé': np.asarray([-7], np.int8),
   }
   path = tmp_path / 'x.pth'
-  export.save_state_dict(str(path), state_dict)
+  torch_pickle.save_state_dict(str(path), state_dict)
   loaded = torch.load(path)
   assert list(loaded) == list(state_dict)
   for key, value in state_dict.items():
@@ -272,7 +272,7 @@ def test_failure_while_writing_leaves_nothing(best, tmp_path, monkeypatch):
       f.write(b'half a file')
     raise OSError('disk full')
 
-  monkeypatch.setattr(export, 'save_state_dict', broken)
+  monkeypatch.setattr(torch_pickle, 'save_state_dict', broken)
   with pytest.raises(OSError, match='disk full'):
     export.write_torch(best, str(tmp_path / 'refinenet.pth'))
   assert listing(tmp_path) == []
