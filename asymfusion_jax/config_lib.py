@@ -20,7 +20,8 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = T
   c.model.width = 64
   c.model.decoder_width = 256
   c.model.dropout_rate = 0.5
-  c.compute_dtype = 'float32'
+  c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
+  c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'nyudv2'

@@ -48,7 +48,7 @@ from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
 from asymfusion_jax import variables_io
 from asymfusion_jax.data import modalities
-from asymfusion_jax.models import build_model
+from asymfusion_jax.models import build_model, resolve_compute_dtype
 
 FORMATS = ('jax', 'torch')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
@@ -186,7 +186,7 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
       'step': source.step,
       'source': source.origin,
       'model': config.model.to_dict(),
-      'compute_dtype': config.compute_dtype,
+      'compute_dtype': str(resolve_compute_dtype(config.compute_dtype)),  # What the artifact runs.
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,
   }

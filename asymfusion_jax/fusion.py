@@ -9,7 +9,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # (dh, dw) of channel groups 0..3: out[i, j] = x[i + dh, j + dw]. (-1, 0) moves content down a row.
 SHIFT_OFFSETS = ((-1, 0), (0, -1), (0, 1), (1, 0))
@@ -30,28 +29,6 @@ def channel_shuffle(x: jax.Array) -> jax.Array:
   return jnp.concatenate([x[..., :s], jnp.roll(x[..., s:], -1, axis=0)], axis=-1)
 
 
-def _shift_indices(height: int, width: int, channels: int, reverse: bool):
-  """Static gather indices into the one-pixel zero-padded image, one per output (i, j, c).
-
-  Channels past s read the padded corner (0, 0), which is zero, so they come out zero.
-  """
-  g = channels // 5
-  offsets = np.array(SHIFT_OFFSETS[::-1] if reverse else SHIFT_OFFSETS)
-  dh = np.zeros(channels, np.int32)
-  dw = np.zeros(channels, np.int32)
-  dh[:4 * g] = np.repeat(offsets[:, 0], g)
-  dw[:4 * g] = np.repeat(offsets[:, 1], g)
-  rows = np.arange(height)[:, None, None] + 1 + dh[None, None, :]
-  cols = np.arange(width)[None, :, None] + 1 + dw[None, None, :]
-  rows, cols = np.broadcast_arrays(rows, cols)
-  rows, cols = rows.copy(), cols.copy()
-  outside = np.arange(channels) >= 4 * g
-  rows[..., outside] = 0
-  cols[..., outside] = 0
-  chans = np.broadcast_to(np.arange(channels), rows.shape)
-  return rows, cols, chans
-
-
 @functools.partial(jax.jit, static_argnames='reverse')
 def pixel_shift(x: jax.Array, reverse: bool = False) -> jax.Array:
   """Moves channel group k of every modality by one pixel along SHIFT_OFFSETS[k].
@@ -59,7 +36,39 @@ def pixel_shift(x: jax.Array, reverse: bool = False) -> jax.Array:
   out[..., i, j, c] = x[..., i + dh, j + dw, c], zero outside the image; channels [s, C) are
   zero. reverse=True applies the offsets in reversed order. No modalities are mixed.
   """
-  *_, height, width, channels = x.shape
-  rows, cols, chans = _shift_indices(height, width, channels, reverse)
-  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 3) + [(1, 1), (1, 1), (0, 0)])
-  return padded[..., rows, cols, chans]
+  return _shift(x, reverse)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _shift(x: jax.Array, reverse: bool) -> jax.Array:
+  """The four groups as one batch: a vmap of one dynamic slice of the zero-padded image.
+
+  The group axis is vectorised, not looped over, so the program has one slice op whatever C is.
+  """
+  *lead, height, width, channels = x.shape
+  g = channels // 5
+  offsets = jnp.asarray(SHIFT_OFFSETS[::-1] if reverse else SHIFT_OFFSETS, jnp.int32)
+  groups = x[..., :4 * g].reshape(*lead, height, width, 4, g)
+  padded = jnp.pad(groups, [(0, 0)] * len(lead) + [(1, 1), (1, 1), (0, 0), (0, 0)])
+
+  def take(group, offset):  # group: (..., H + 2, W + 2, g)
+    start = [0] * len(lead) + [1 + offset[0], 1 + offset[1], 0]
+    return jax.lax.dynamic_slice(group, start, (*lead, height, width, g))
+
+  shifted = jax.vmap(take, in_axes=(-2, 0), out_axes=-2)(padded, offsets)
+  zeros = jnp.zeros((*lead, height, width, channels - 4 * g), x.dtype)
+  return jnp.concatenate([shifted.reshape(*lead, height, width, 4 * g), zeros], axis=-1)
+
+
+def _shift_fwd(x, reverse):
+  return _shift(x, reverse), None
+
+
+def _shift_bwd(reverse, unused_residuals, g):
+  # The adjoint of moving group k by (dh, dw) with zero fill is moving it by (-dh, -dw), and the
+  # reversed offset list is exactly the negated one: a shift again, not the scatter-add that
+  # autodiff of the slicing would produce.
+  return (_shift(g, not reverse),)
+
+
+_shift.defvjp(_shift_fwd, _shift_bwd)

@@ -6,6 +6,14 @@ import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+# triton (which torch.optim and torch._dynamo import) segfaults when it is first imported after
+# TensorFlow, which the data pipeline and the metric logger load; importing it first avoids that.
+try:
+  import torch  # pylint: disable=g-import-not-at-top,unused-import
+  import triton.runtime  # pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):

@@ -70,3 +70,18 @@ def test_fusion_ops_are_jit_compatible_and_trace_once():
   shift = jax.jit(fusion.pixel_shift, static_argnames='reverse')
   np.testing.assert_array_equal(shift(x), fusion.pixel_shift(x))
   np.testing.assert_array_equal(jax.jit(fusion.channel_shuffle)(x), fusion.channel_shuffle(x))
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_pixel_shift_gradient_is_the_reverse_shift(reverse):
+  """The custom VJP equals autodiff of the NumPy-checked forward: <shift(x), y> = <x, shift*(y)>."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 1, 4, 6, 13)).astype(np.float32)
+  y = rng.normal(size=x.shape).astype(np.float32)
+  grad = jax.grad(lambda x: (fusion.pixel_shift(x, reverse=reverse) * y).sum())(x)
+  expected = np.zeros_like(x)
+  for idx in np.ndindex(x.shape):  # d/dx[idx] of sum(shift(x) * y), by finite basis vectors.
+    e = np.zeros_like(x)
+    e[idx] = 1.0
+    expected[idx] = (numpy_pixel_shift(e, reverse) * y).sum()
+  np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)

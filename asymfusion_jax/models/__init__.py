@@ -1,7 +1,8 @@
 """Flax modules of AsymFusion: the multimodal ResNet encoder and the RefineNet segmentation model."""
 
 from asymfusion_jax.models.layers import ModalBatchNorm
-from asymfusion_jax.models.refinenet import RefineNet, build_model
+from asymfusion_jax.models.refinenet import RefineNet, build_model, resolve_compute_dtype
 from asymfusion_jax.models.resnet import STAGE_SIZES, Bottleneck, ResNet
 
-__all__ = ['build_model', 'Bottleneck', 'ModalBatchNorm', 'RefineNet', 'ResNet', 'STAGE_SIZES']
+__all__ = ['build_model', 'Bottleneck', 'ModalBatchNorm', 'RefineNet', 'ResNet', 'STAGE_SIZES',
+           'resolve_compute_dtype']

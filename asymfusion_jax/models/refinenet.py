@@ -14,6 +14,11 @@ from asymfusion_jax import resize
 from asymfusion_jax.models.layers import max_pool, shared_conv, torch_default_kernel_init
 from asymfusion_jax.models.resnet import ResNet
 
+# Values of RefineNet.remat.
+REMAT = ('none', 'backbone', 'all')
+# Values of config.compute_dtype.
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'auto')
+
 
 def _conv3x3(features, name, dtype, use_bias=False):
   return shared_conv(features, 3, use_bias=use_bias, dtype=dtype,
@@ -75,6 +80,11 @@ class RefineNet(nn.Module):
     frozen_bn: use running BatchNorm statistics in training too, and never update them.
     width: encoder base width (64 in the paper). decoder_width: decoder width (256 in the paper;
       the deepest path uses twice that).
+    remat: rematerialisation (activation recomputation in the backward pass), one of REMAT:
+      'none'; 'backbone' recomputes every encoder bottleneck from its input; 'all' also every
+      RCU and CRP unit of the decoder, whose stride-4 activations at 256 channels are the
+      largest of the model. Trades compute for memory; outputs are unchanged and gradients
+      agree to float32 rounding.
   """
   depth: int = 101
   num_classes: int = 40
@@ -85,33 +95,37 @@ class RefineNet(nn.Module):
   width: int = 64
   decoder_width: int = 256
   dropout_rate: float = 0.5
+  remat: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if x.ndim != 5 or x.shape[0] != self.num_modalities:
       raise ValueError(f'RefineNet(num_modalities={self.num_modalities}) expects input of shape '
                        f'(M={self.num_modalities}, B, H, W, C), got {x.shape}')
+    if self.remat not in REMAT:
+      raise ValueError(f'unknown remat {self.remat!r}; choose one of {REMAT}')
     dt, w = self.dtype, self.decoder_width
-    feats = ResNet(self.depth, self.fusion, self.width, dt, name='backbone')(
-        x, use_running_average=self.frozen_bn or not train)
+    rcu, crp = (nn.remat(RCU), nn.remat(CRP)) if self.remat == 'all' else (RCU, CRP)
+    feats = ResNet(self.depth, self.fusion, self.width, dt, remat=self.remat != 'none',
+                   name='backbone')(x, use_running_average=self.frozen_bn or not train)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     l1, l2 = feats['l1'], feats['l2']
     l3, l4 = drop(feats['l3']), drop(feats['l4'])
 
     x4 = _conv3x3(2 * w, 'p_ims1d2_outl1_dimred', dt)(l4)
-    x4 = RCU(2 * w, 2, dt, name='adapt_stage1_b')(x4)
-    x4 = CRP(2 * w, dtype=dt, name='mflow_conv_g1_pool')(jax.nn.relu(x4))
-    x4 = RCU(2 * w, 3, dt, name='mflow_conv_g1_b')(x4)
+    x4 = rcu(2 * w, 2, dt, name='adapt_stage1_b')(x4)
+    x4 = crp(2 * w, dtype=dt, name='mflow_conv_g1_pool')(jax.nn.relu(x4))
+    x4 = rcu(2 * w, 3, dt, name='mflow_conv_g1_b')(x4)
     x4 = _conv3x3(w, 'mflow_conv_g1_b3_joint_varout_dimred', dt)(x4)
     top = upsample(x4, l3)
 
     for g, lateral in ((2, l3), (3, l2), (4, l1)):
       y = _conv3x3(w, f'p_ims1d2_outl{g}_dimred', dt)(lateral)
-      y = RCU(w, 2, dt, name=f'adapt_stage{g}_b')(y)
+      y = rcu(w, 2, dt, name=f'adapt_stage{g}_b')(y)
       y = _conv3x3(w, f'adapt_stage{g}_b2_joint_varout_dimred', dt)(y)
       y = jax.nn.relu(y + top)
-      y = CRP(w, dtype=dt, name=f'mflow_conv_g{g}_pool')(y)
-      y = RCU(w, 3, dt, name=f'mflow_conv_g{g}_b')(y)
+      y = crp(w, dtype=dt, name=f'mflow_conv_g{g}_pool')(y)
+      y = rcu(w, 3, dt, name=f'mflow_conv_g{g}_b')(y)
       if g < 4:
         y = _conv3x3(w, f'mflow_conv_g{g}_b3_joint_varout_dimred', dt)(y)
         top = upsample(y, (l2, l1)[g - 2])
@@ -126,6 +140,23 @@ class RefineNet(nn.Module):
     return jnp.concatenate([logits, ensemble[None]], axis=0)
 
 
+def resolve_compute_dtype(name: str, backend: str | None = None) -> jnp.dtype:
+  """The dtype that config.compute_dtype names; 'auto' picks one for the backend.
+
+  'auto' is bfloat16 on GPUs and TPUs, whose matrix units run bf16 convolutions at several
+  times the float32 rate and where bf16 halves activation memory, and float32 on CPUs, where
+  XLA runs bf16 convolutions in float32 anyway (the casts only add work) and where tests
+  compare against float32 references. Parameters, BatchNorm statistics, logits and the loss
+  are float32 in every case.
+  """
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'unknown compute_dtype {name!r}; choose one of {COMPUTE_DTYPES}')
+  if name == 'auto':
+    backend = backend or jax.default_backend()
+    name = 'float32' if backend == 'cpu' else 'bfloat16'
+  return jnp.dtype(name)
+
+
 def build_model(config) -> RefineNet:
   """The RefineNet that a config describes (its `model` section, modalities and compute dtype)."""
   return RefineNet(
@@ -133,8 +164,9 @@ def build_model(config) -> RefineNet:
       num_classes=config.model.num_classes,
       num_modalities=len(config.modalities),
       fusion=config.model.fusion,
-      dtype=jnp.dtype(config.compute_dtype),
+      dtype=resolve_compute_dtype(config.compute_dtype),
       frozen_bn=config.frozen_bn,
       width=config.model.width,
       decoder_width=config.model.decoder_width,
-      dropout_rate=config.model.dropout_rate)
+      dropout_rate=config.model.dropout_rate,
+      remat=config.model.remat)

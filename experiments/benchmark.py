@@ -1,0 +1,401 @@
+"""Times the library's own train (or eval) step on synthetic batches of a config's shapes.
+
+  python experiments/benchmark.py --config=configs/nyudv2_refinenet101.py \
+      [--config.batch_size=6 --config.crop_size=500 --config.compute_dtype=bfloat16] \
+      [--mode=train|eval] [--steps=20 --warmup=3] [--peak_tflops=989] [--dump_hlo=/tmp/hlo] \
+      [--compile_only]
+
+The step is the one training runs: train.create_train_state, train.jit_train_step (jitted,
+donated, sharded over the ('data',) mesh) with the paper optimiser, or, for --mode=eval, the
+jitted evaluation.eval_step with the sharding the Evaluator gives it. It is lowered and
+compiled once ahead of time, so that compile time is measured on its own and the timed steps
+run exactly the executable training would run; every timed step ends in block_until_ready.
+
+Both modes use the config's batch_size and a square crop_size image, so that their figures
+compare (the real evaluation runs eval_batch_size full-resolution images).
+
+Reported: compile time (`compile_s` = tracing and lowering, `lower_s`, plus XLA's compilation,
+`xla_compile_s`); the median step time over --steps steps after --warmup steps; images per
+second (B images of M modalities each count as B); the process's CPU time per step
+(`process_cpu_s_per_step`, steadier than wall time on a CPU shared with other jobs); peak
+memory; XLA's FLOP count of the compiled step and the FLOP/s achieved, as a fraction of
+--peak_tflops when given. A table goes to stdout and the last line is one JSON object
+(`compile_s`, `step_ms`, `images_per_s`, `tflop_per_step`, `peak_memory_gb`, and more), so
+scripts read `tail -n 1`.
+
+Peak memory comes from the device allocator (memory_stats()['peak_bytes_in_use']) where the
+backend has one (GPU, TPU). The CPU backend has none, so there the figure is the compiled
+step's own buffer plan: arguments + outputs + temporaries - donated (aliased) bytes, which is
+the step's peak footprint as XLA planned it, not a measurement. `peak_memory_source` says
+which one was used; `planned_memory_gb` is the buffer plan on every backend. The allocator's
+peak counts everything the process holds on the device (the train state, the batch), like
+PyTorch's max_memory_allocated does.
+
+--compile_only stops after compiling: compile time, FLOPs and the buffer plan of a setting too
+slow to run where you are (the paper setting on a CPU). Timing figures are then null.
+
+--dump_hlo=DIR writes the step's StableHLO as lowered (what the program asks for, before any
+backend rewrites: dtypes of every convolution as the model requested them) and the optimised
+HLO the backend will run, each with a summary (convolutions by dtype and batch size,
+transposes, dtype conversions, unfused elementwise ops) that is also printed.
+"""
+
+import collections
+import functools
+import json
+import math
+import os
+import re
+import statistics
+import sys
+import time
+
+from absl import app, flags
+import jax
+from ml_collections import config_flags
+import numpy as np
+
+# Runnable as a script from the repository root without installing anything.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from asymfusion_jax import evaluation, optim, sharding, train  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import models  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+
+# How many optimiser steps an epoch has only matters for the stage boundaries of the learning
+# rate schedule; the benchmark never reaches one, so any value works.
+_STEPS_PER_EPOCH = 1000
+_JSON_KEYS = ('compile_s', 'step_ms', 'images_per_s', 'tflop_per_step', 'peak_memory_gb')
+
+
+def synthetic_batch(config, mode: str, seed: int = 0) -> dict:
+  """This process's rows of a batch with the dtypes and shapes of the data pipeline's batches.
+
+  Random normal images (not zeros, which can run faster than real data) and labels drawn from
+  the K classes with a tenth of the pixels set to the ignore label, as real crops have.
+  """
+  rng = np.random.default_rng([seed, jax.process_index()])
+  m, s = len(config.modalities), config.crop_size
+  b = config.batch_size // jax.process_count()
+  k, ignore = config.model.num_classes, config.data.ignore_label
+  label = rng.integers(0, k, size=(b, s, s), dtype=np.int32)
+  label[rng.random((b, s, s)) < 0.1] = ignore
+  batch = {'image': rng.standard_normal((m, b, s, s, 3), dtype=np.float32), 'label': label}
+  if mode == 'eval':
+    batch['mask'] = np.ones((b,), bool)
+  return batch
+
+
+def build_step(config, mode: str, seed: int = 0, abstract: bool = False):
+  """(jitted step, its arguments) for the config: the library's own step, state and sharding.
+
+  abstract=True gives the train state as shapes and dtypes only (jax.eval_shape; the step's
+  in_shardings place it), which is enough to lower and compile the step without initialising
+  anything. The synthetic batch is this process's share of the global batch.
+  """
+  sharding.check_batch_size(config.batch_size)
+  mesh = sharding.make_mesh()
+  model = models.build_model(config)
+  tx = optim.make_optimizer(config, _STEPS_PER_EPOCH)
+  make_state = functools.partial(train.create_train_state, model, tx, config, mesh)
+  state = jax.eval_shape(make_state) if abstract else make_state()
+  batch = sharding.global_batch(mesh, synthetic_batch(config, mode, seed))
+  if mode == 'train':
+    return train.jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
+  # As evaluation.Evaluator jits it.
+  step = jax.jit(functools.partial(evaluation.eval_step, model=model,
+                                   num_classes=config.model.num_classes),
+                 out_shardings=sharding.replicated(mesh))
+  return step, (state.variables(), batch)
+
+
+def _as_dict(analysis):
+  """cost_analysis() is a dict in current JAX and a one-element list in older releases."""
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return dict(analysis or {})
+
+
+def planned_memory(compiled) -> float | None:
+  """Bytes of XLA's buffer plan for the step: arguments + outputs + temporaries - donated."""
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if mem is None:
+    return None
+  return float(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               - mem.alias_size_in_bytes)
+
+
+def peak_memory(compiled, ran: bool) -> tuple[float | None, str]:
+  """(peak bytes, source): the allocator's peak where there is one, else XLA's buffer plan."""
+  try:
+    stats = jax.local_devices()[0].memory_stats() if ran else None
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and 'peak_bytes_in_use' in stats:
+    return float(stats['peak_bytes_in_use']), 'memory_stats.peak_bytes_in_use'
+  planned = planned_memory(compiled)
+  if planned is None:
+    return None, 'unavailable'
+  return planned, 'memory_analysis (arguments + outputs + temporaries - aliased)'
+
+
+# ---------------------------------------------------------------------------------------------
+# HLO inspection.
+
+_STABLEHLO_CONV = re.compile(
+    r'stablehlo\.convolution.*?dim_numbers = \[([^\]]*)\]x\[[^\]]*\]->\[[^\]]*\].*'
+    r':\s*\(tensor<([^>]*)>,\s*tensor<([^>]*)>\)\s*->\s*tensor<([^>]*)>')
+_HLO_INSTR = re.compile(
+    r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\(([^)]*)\)')
+_HLO_CUSTOM_CONV = re.compile(
+    r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*\(.*?\)\s+custom-call\(([^)]*)\).*'
+    r'custom_call_target="__cudnn\$conv')
+_HLO_PARAM = re.compile(r'([\w.\-]+):\s*(\w+)\[([\d,]*)\]')
+_HLO_CONV_LABELS = re.compile(r'dim_labels=(\w+)_\w+->\w+')
+_ELEMENTWISE = {
+    'add', 'subtract', 'multiply', 'divide', 'maximum', 'minimum', 'exponential', 'log',
+    'negate', 'select', 'compare', 'rsqrt', 'sqrt', 'tanh', 'abs', 'and', 'or', 'not', 'power',
+    'convert', 'clamp', 'exponential-minus-one', 'log-plus-one'}
+
+
+def _dims(text: str) -> list[int]:
+  return [int(d) for d in text.split(',') if d.strip()]
+
+
+def _tensor_type(text: str) -> tuple[list[int], str]:
+  """'4x32x32x3xbf16' -> ([4, 32, 32, 3], 'bf16')."""
+  *shape, dtype = text.split('x')
+  return [int(d) for d in shape], dtype
+
+
+def summarize_stablehlo(text: str) -> dict:
+  """Convolutions of a lowered module: their lhs dtypes and lhs batch sizes.
+
+  This is the program before the backend touches it, so it shows the dtype each convolution was
+  asked to run in; a backend may still rewrite it (XLA:CPU runs bf16 convolutions in f32).
+  """
+  dtypes, batches = collections.Counter(), collections.Counter()
+  for match in _STABLEHLO_CONV.finditer(text):
+    labels = [t.strip() for t in match.group(1).split(',')]
+    lhs_shape, lhs_dtype = _tensor_type(match.group(2))
+    dtypes[lhs_dtype] += 1
+    batches[lhs_shape[labels.index('b')]] += 1
+  converts = collections.Counter(
+      f'{a}->{b}' for a, b in re.findall(
+          r'stablehlo\.convert.*?:\s*\(?tensor<[\dx]*x?(\w+)>\)?\s*->\s*tensor<[\dx]*x?(\w+)>',
+          text))
+  return {'convolutions': sum(dtypes.values()), 'conv_dtypes': dict(dtypes),
+          'conv_lhs_batch': dict(sorted(batches.items())), 'converts': dict(converts)}
+
+
+def _split_computations(text: str) -> dict[str, tuple[str, list[str]]]:
+  """{computation name: (header line, instruction lines)} of an HLO module's text."""
+  comps, name = {}, None
+  for line in text.splitlines():
+    header = re.match(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$', line)
+    if header:
+      name = header.group(1)
+      comps[name] = (line, [])
+    elif name is not None and line.startswith(' '):
+      comps[name][1].append(line)
+  return comps
+
+
+def summarize_hlo(text: str) -> dict:
+  """Counts, in optimised HLO, of what costs time outside the matrix units.
+
+  Ops inside fusion computations run as part of one kernel; the same op outside any fusion
+  is a kernel (or a loop) of its own, so 'unfused_elementwise' counts those, and
+  'top_level_transposes' / 'top_level_copies' the layout changes that run as separate passes
+  over memory. Operands are printed by name only, so their shapes are looked up in the
+  computation's parameters and earlier instructions.
+  """
+  # Fusion bodies, and the scalar computations that reductions, scatters and select-and-scatters
+  # apply per element: neither runs as a kernel of its own.
+  fused = set(re.findall(r'(?:calls|to_apply|select|scatter)=%?([\w.\-]+)', text))
+  ops, top_ops = collections.Counter(), collections.Counter()
+  conv_dtypes, conv_batches = collections.Counter(), collections.Counter()
+  converts = collections.Counter()
+  for name, (header, lines) in _split_computations(text).items():
+    top = name not in fused
+    shapes = {p: (dt, _dims(d)) for p, dt, d in _HLO_PARAM.findall(header.split('->')[0])}
+    for line in lines:
+      match = _HLO_INSTR.match(line)
+      custom = _HLO_CUSTOM_CONV.match(line)
+      if custom:  # GPU: cuDNN convolutions are custom calls with a tuple result.
+        opcode, operands = 'convolution', custom.group(1)
+      elif match:
+        result, out_dtype, out_dims, opcode, operands = match.groups()
+        shapes[result] = (out_dtype, _dims(out_dims))
+      else:
+        continue
+      operands = [o.strip().lstrip('%') for o in operands.split(',') if o.strip()]
+      ops[opcode] += 1
+      if top:
+        top_ops[opcode] += 1
+      first = shapes.get(operands[0]) if operands else None
+      if opcode == 'convolution' and first:
+        conv_dtypes[first[0]] += 1
+        labels = _HLO_CONV_LABELS.search(line)
+        if labels and len(labels.group(1)) == len(first[1]):
+          conv_batches[first[1][labels.group(1).index('b')]] += 1
+      if opcode == 'convert' and first:
+        converts[f'{first[0]}->{out_dtype}'] += 1
+  custom_convs = len(re.findall(r'custom_call_target="__cudnn\$conv', text))
+  return {
+      # All convolutions, cuDNN custom calls included; the latter also on their own.
+      'convolutions': ops['convolution'], 'custom_call_convolutions': custom_convs,
+      'conv_dtypes': dict(conv_dtypes), 'conv_lhs_batch': dict(sorted(conv_batches.items())),
+      'fusions': ops['fusion'], 'transposes': ops['transpose'],
+      'top_level_transposes': top_ops['transpose'], 'top_level_copies': top_ops['copy'],
+      'converts': dict(converts),
+      'unfused_elementwise': sum(top_ops[o] for o in _ELEMENTWISE),
+      'gathers': ops['gather'], 'scatters': ops['scatter'],
+      'reduce_windows': ops['reduce-window'], 'select_and_scatters': ops['select-and-scatter'],
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
+                  peak_tflops: float | None = None, dump_hlo: str | None = None,
+                  seed: int = 0, compile_only: bool = False) -> dict:
+  """Compiles and times the step; returns every reported figure as a flat dict."""
+  step, args = build_step(config, mode, seed, abstract=compile_only)
+
+  start = time.perf_counter()
+  lowered = step.lower(*args)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  xla_s = time.perf_counter() - start
+
+  cost = _as_dict(compiled.cost_analysis())
+  flops = float(cost.get('flops', float('nan')))
+
+  hlo = {}
+  if dump_hlo:
+    os.makedirs(dump_hlo, exist_ok=True)
+    stablehlo_text, optimised_text = lowered.as_text(), compiled.as_text()
+    hlo = {'lowered': summarize_stablehlo(stablehlo_text),
+           'optimised': summarize_hlo(optimised_text)}
+    for name, text in (('lowered.stablehlo.mlir', stablehlo_text),
+                       ('optimised.hlo.txt', optimised_text),
+                       ('summary.json', json.dumps(hlo, indent=2))):
+      with open(os.path.join(dump_hlo, f'{mode}_{name}'), 'w') as f:
+        f.write(text)
+
+  def run_one(args):
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    # The train step donates its state: the next step must use the state it returned.
+    return (out[0], args[1]) if mode == 'train' else args
+
+  times, cpu_times = [], []
+  if not compile_only:
+    for _ in range(warmup):
+      args = run_one(args)
+    for _ in range(steps):
+      start, cpu_start = time.perf_counter(), time.process_time()
+      args = run_one(args)
+      times.append(time.perf_counter() - start)
+      cpu_times.append(time.process_time() - cpu_start)
+
+  step_s = statistics.median(times) if times else None
+  memory, memory_source = peak_memory(compiled, ran=bool(times))
+  planned = planned_memory(compiled)
+  achieved = flops / step_s / 1e12 if step_s else None
+  device = jax.local_devices()[0]
+  result = {
+      'compile_s': lower_s + xla_s,
+      'step_ms': step_s * 1e3 if step_s else None,
+      'images_per_s': config.batch_size / step_s if step_s else None,
+      'tflop_per_step': flops / 1e12,
+      'peak_memory_gb': memory / 1e9 if memory is not None else None,
+      'mode': mode,
+      'lower_s': lower_s,
+      'xla_compile_s': xla_s,
+      'step_ms_min': min(times) * 1e3 if times else None,
+      'step_ms_max': max(times) * 1e3 if times else None,
+      # CPU seconds of all this process's threads per step (median). On a CPU backend shared
+      # with other jobs this moves less than wall time; on an accelerator it is host time.
+      'process_cpu_s_per_step': statistics.median(cpu_times) if cpu_times else None,
+      'steps': len(times),
+      'warmup': warmup if times else 0,
+      'achieved_tflops': achieved,
+      'peak_fraction': achieved / peak_tflops if peak_tflops and achieved else None,
+      'peak_memory_source': memory_source,
+      'planned_memory_gb': planned / 1e9 if planned is not None else None,
+      'bytes_accessed_gb': float(cost.get('bytes accessed', float('nan'))) / 1e9,
+      'batch_size': config.batch_size,
+      'crop_size': config.crop_size,
+      'modalities': len(config.modalities),
+      'depth': config.model.depth,
+      'compute_dtype': str(models.resolve_compute_dtype(config.compute_dtype)),
+      'frozen_bn': bool(config.frozen_bn),
+      'platform': device.platform,
+      'device_kind': device.device_kind,
+      'device_count': jax.device_count(),
+      'jax_version': jax.__version__,
+      'remat': str(config.model.remat),
+  }
+  if hlo:
+    result['hlo'] = hlo
+  return result
+
+
+def format_table(result: dict) -> str:
+  def fmt(v):
+    if isinstance(v, float):
+      return f'{v:.4g}' if math.isfinite(v) else str(v)
+    return str(v)
+  rows = [(k, fmt(v)) for k, v in result.items() if k != 'hlo']
+  width = max(len(k) for k, _ in rows)
+  lines = [f'{k:<{width}}  {v}' for k, v in rows]
+  if 'hlo' in result:
+    for stage, summary in result['hlo'].items():
+      lines.append(f'hlo ({stage}):')
+      lines += [f'  {k:<{width - 2}}  {v}' for k, v in summary.items()]
+  return '\n'.join(lines)
+
+
+def define_flags() -> None:
+  """Defines the command-line flags.
+
+  Not at import time, so that tests can import this module beside others that define --config
+  (asymfusion_jax.main).
+  """
+  config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
+                                  lock_config=True)
+  flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Time the train step or the eval step.')
+  flags.DEFINE_integer('steps', 10, 'Timed steps; the median is reported.', lower_bound=1)
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps run before the timed ones.', lower_bound=0)
+  flags.DEFINE_float('peak_tflops', None,
+                     'Peak TFLOP/s of the device for the dtype in use (e.g. 989 for H100 SXM '
+                     'dense bf16); the achieved fraction is reported when given.')
+  flags.DEFINE_string('dump_hlo', None, 'Directory to write the lowered and optimised HLO to.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the synthetic batch.')
+  flags.DEFINE_bool('compile_only', False,
+                    'Lower and compile without running a step: compile time, FLOPs, the memory '
+                    'plan and --dump_hlo of settings too slow (or too large) to run on this '
+                    'machine, e.g. the paper setting on a CPU. Timing figures are null.')
+  flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  result = run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.steps, FLAGS.warmup,
+                         FLAGS.peak_tflops, FLAGS.dump_hlo, FLAGS.seed, FLAGS.compile_only)
+  print(format_table(result), flush=True)
+  print(json.dumps({k: result[k] for k in _JSON_KEYS} | result), flush=True)
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

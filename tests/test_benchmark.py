@@ -1,0 +1,130 @@
+"""experiments/benchmark.py end to end on a tiny config, in both modes, as a user runs it.
+
+No timing is asserted (CI machines vary); the harness must run the library's step, print its
+table and end with one JSON line whose figures are positive and finite. The last test guards
+the max-pool rewrite the benchmark led to (see experiments/RESULTS.md): the same bits as XLA's
+own gradient.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from asymfusion_jax.models import layers
+from experiments import benchmark
+from tests import tiny
+
+
+TINY_FLAGS = ['--config=configs/demo.py', '--config.model.width=8',
+              '--config.model.decoder_width=16', '--config.crop_size=32',
+              '--config.batch_size=2', '--steps=2', '--warmup=1']
+POSITIVE = ('compile_s', 'step_ms', 'images_per_s', 'tflop_per_step', 'peak_memory_gb',
+            'achieved_tflops', 'step_ms_min', 'step_ms_max')
+
+
+def run(args):
+  # No timing is asserted, so XLA may skip LLVM's optimisations: half the compile time.
+  xla_flags = os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0'
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS=xla_flags.strip())
+  proc = subprocess.run([sys.executable, 'experiments/benchmark.py'] + args, cwd=tiny.REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc.stdout.strip().splitlines()
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval'])
+def test_prints_a_table_and_ends_with_one_json_line(mode, tmp_path):
+  lines = run(TINY_FLAGS + [f'--mode={mode}', '--peak_tflops=1.0', f'--dump_hlo={tmp_path}'])
+  result = json.loads(lines[-1])
+  for line in lines[:-1]:
+    assert not line.startswith('{'), line  # Exactly one JSON line, the last.
+  assert any(line.startswith('step_ms ') for line in lines[:-1])
+
+  assert list(result)[:5] == ['compile_s', 'step_ms', 'images_per_s', 'tflop_per_step',
+                              'peak_memory_gb']
+  for key in POSITIVE:
+    assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+  assert 0 < result['peak_fraction'] < 1  # A tiny model on a CPU is far from 1 TFLOP/s.
+  assert result['images_per_s'] == pytest.approx(2 / (result['step_ms'] / 1e3))
+  assert result['peak_memory_source']  # Says where the memory figure comes from.
+  assert (result['mode'], result['batch_size'], result['crop_size'], result['steps'],
+          result['warmup']) == (mode, 2, 32, 2, 1)
+
+  # The HLO summary: every forward convolution batches both modalities (M * B = 4 images).
+  hlo = result['hlo']
+  assert hlo['lowered']['conv_dtypes'] == {'f32': hlo['lowered']['convolutions']}
+  assert hlo['optimised']['convolutions'] > 0
+  if mode == 'eval':
+    assert hlo['lowered']['conv_lhs_batch'] == {'4': hlo['lowered']['convolutions']}
+  else:
+    assert hlo['lowered']['conv_lhs_batch']['4'] > 0
+  for name in ('lowered.stablehlo.mlir', 'optimised.hlo.txt', 'summary.json'):
+    assert (tmp_path / f'{mode}_{name}').stat().st_size > 0
+
+
+# Optimised HLO as XLA:GPU prints it: cuDNN convolutions are custom calls with tuple results,
+# operands are named, not typed.
+GPU_STYLE_HLO = """HloModule jit_train_step, is_scheduled=true
+
+%fused_add (param_0: bf16[4,8,8,16], param_1: bf16[4,8,8,16]) -> bf16[4,8,8,16] {
+  %param_0 = bf16[4,8,8,16]{3,2,1,0} parameter(0)
+  %param_1 = bf16[4,8,8,16]{3,2,1,0} parameter(1)
+  ROOT %add.1 = bf16[4,8,8,16]{3,2,1,0} add(%param_0, %param_1)
+}
+
+ENTRY %main (p0: bf16[4,8,8,16], p1: bf16[3,3,16,16], p2: f32[4,8,8,16]) -> bf16[4,8,8,16] {
+  %p0 = bf16[4,8,8,16]{3,2,1,0} parameter(0)
+  %p1 = bf16[3,3,16,16]{3,2,1,0} parameter(1)
+  %p2 = f32[4,8,8,16]{3,2,1,0} parameter(2)
+  %cudnn-conv.1 = (bf16[4,8,8,16]{3,2,1,0}, u8[0]{0}) custom-call(%p0, %p1), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_01io->b01f, custom_call_target="__cudnn$convForward"
+  %get-tuple-element.1 = bf16[4,8,8,16]{3,2,1,0} get-tuple-element(%cudnn-conv.1), index=0
+  %transpose.1 = bf16[4,8,16,8]{3,2,1,0} transpose(%p0), dimensions={0,1,3,2}
+  %convert.1 = bf16[4,8,8,16]{3,2,1,0} convert(%p2)
+  %multiply.1 = bf16[4,8,8,16]{3,2,1,0} multiply(%convert.1, %p0)
+  ROOT %fusion.1 = bf16[4,8,8,16]{3,2,1,0} fusion(%get-tuple-element.1, %multiply.1), kind=kLoop, calls=%fused_add
+}
+"""
+
+
+def test_hlo_summary_reads_gpu_convolutions_and_unfused_ops():
+  summary = benchmark.summarize_hlo(GPU_STYLE_HLO)
+  assert (summary['convolutions'], summary['custom_call_convolutions']) == (1, 1)
+  assert summary['conv_dtypes'] == {'bf16': 1} and summary['conv_lhs_batch'] == {4: 1}
+  assert summary['converts'] == {'f32->bf16': 1}
+  assert summary['top_level_transposes'] == 1
+  assert summary['unfused_elementwise'] == 2  # convert and multiply; the add is fused.
+  assert summary['fusions'] == 1
+
+
+# The rewrites the benchmark led to must not change a bit of what they compute.
+
+
+@pytest.mark.parametrize('window,stride,shape', [(5, 1, (2, 9, 11, 3)), (3, 2, (1, 15, 13, 2)),
+                                                 (3, 2, (2, 16, 16, 4))])
+@pytest.mark.parametrize('values', ['normal', 'relu', 'few'])
+def test_max_pool_gradient_is_bitwise_that_of_select_and_scatter(window, stride, shape, values):
+  """Ties (ReLU zeros, a few distinct values) must route the gradient to the same element."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape).astype(np.float32)
+  if values == 'relu':
+    x = np.maximum(x, 0)
+  elif values == 'few':
+    x = rng.integers(0, 3, size=shape).astype(np.float32)
+  pad = window // 2
+
+  def xla_pool(y):
+    return nn.max_pool(y, (window, window), strides=(stride, stride),
+                       padding=((pad, pad), (pad, pad)))
+
+  want, xla_vjp = jax.vjp(xla_pool, x)
+  got, our_vjp = jax.vjp(lambda y: layers.max_pool(y, window, stride), x)
+  g = rng.normal(size=want.shape).astype(np.float32)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(jax.jit(our_vjp)(g)[0], jax.jit(xla_vjp)(g)[0])
