@@ -160,7 +160,11 @@ def resolve_data_paths(config, workdir: str):
 
 
 def steps_per_epoch(config) -> int:
-  return max(1, pipeline.num_examples(config, 'train') // config.batch_size)
+  steps = pipeline.steps_per_epoch(config)
+  if steps < 1:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
+                     f'{pipeline.num_examples(config, "train")} training examples')
+  return steps
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
