@@ -32,6 +32,12 @@ def eval_step(variables, batch, *, model, num_classes):
   return metrics.confusion_matrix(logits, batch['label'], num_classes, batch['mask'])
 
 
+def jit_eval_step(model, config, mesh):
+  """eval_step under jit, its summed confusion matrices replicated on every device."""
+  return jax.jit(functools.partial(eval_step, model=model, num_classes=config.model.num_classes),
+                 out_shardings=sharding.replicated(mesh))
+
+
 def predict_step(variables, image, label_size, *, model):
   """Per-branch argmax predictions at label resolution, (M + 1, B, H, W)."""
   logits = model.apply(variables, image, train=False)
@@ -49,9 +55,7 @@ class Evaluator:
 
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
-    self._eval = jax.jit(functools.partial(eval_step, model=model,
-                                           num_classes=config.model.num_classes),
-                         out_shardings=sharding.replicated(mesh))
+    self._eval = jit_eval_step(model, config, mesh)
     self._predict = jax.jit(functools.partial(predict_step, model=model), static_argnums=2)
 
   def run(self, variables, workdir: str | None = None) -> dict:

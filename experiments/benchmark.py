@@ -7,7 +7,7 @@
 
 The step is the one training runs: train.create_train_state, train.jit_train_step (jitted,
 donated, sharded over the ('data',) mesh) with the paper optimiser, or, for --mode=eval, the
-jitted evaluation.eval_step with the sharding the Evaluator gives it. It is lowered and
+evaluation.jit_eval_step, which the Evaluator runs. It is lowered and
 compiled once ahead of time, so that compile time is measured on its own and the timed steps
 run exactly the executable training would run; every timed step ends in block_until_ready.
 
@@ -103,11 +103,7 @@ def build_step(config, mode: str, seed: int = 0, abstract: bool = False):
   batch = sharding.global_batch(mesh, synthetic_batch(config, mode, seed))
   if mode == 'train':
     return train.jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
-  # As evaluation.Evaluator jits it.
-  step = jax.jit(functools.partial(evaluation.eval_step, model=model,
-                                   num_classes=config.model.num_classes),
-                 out_shardings=sharding.replicated(mesh))
-  return step, (state.variables(), batch)
+  return evaluation.jit_eval_step(model, config, mesh), (state.variables(), batch)
 
 
 def _as_dict(analysis):
