@@ -42,7 +42,6 @@ from ml_collections import config_flags
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
 from asymfusion_jax import convert
-from asymfusion_jax import optim
 from asymfusion_jax import sharding
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
@@ -75,20 +74,6 @@ class Source:
   origin: str
 
 
-def _abstract_train_state(config):
-  """ShapeDtypeStructs of the TrainState that training saves, computed without allocating it.
-
-  The optimizer state's structure and shapes do not depend on the learning-rate schedule's step
-  counts, so one step per epoch stands in for the dataset size: export needs no dataset.
-  """
-  model = build_model(config)
-  tx = optim.make_optimizer(config, 1)
-  mesh = sharding.make_mesh()
-  shapes = jax.eval_shape(lambda: train.create_train_state(model, tx, config, mesh))
-  return jax.tree.map(
-      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.replicated(mesh)), shapes)
-
-
 def from_workdir(workdir: str, step: int | None = None) -> Source:
   """The best checkpoint of a training workdir, or its periodic checkpoint of `step`.
 
@@ -98,7 +83,7 @@ def from_workdir(workdir: str, step: int | None = None) -> Source:
   config = config_io.load_workdir_config(workdir)
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
-    state, record = ckpts.restore(_abstract_train_state(config), step)
+    state, record = ckpts.restore(train.abstract_train_state(config, sharding.make_mesh()), step)
   finally:
     ckpts.close()
   return Source(config, jax.device_get(state.variables()), int(record['step']),

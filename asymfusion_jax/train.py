@@ -56,6 +56,19 @@ def create_train_state(model, tx, config, mesh) -> TrainState:
   return jax.jit(make, out_shardings=sharding.replicated(mesh))()
 
 
+def abstract_train_state(config, mesh) -> TrainState:
+  """ShapeDtypeStructs (replicated) of the TrainState training saves, allocating nothing.
+
+  The optimiser state's structure does not depend on the schedule's step counts, so one step
+  per epoch stands in for the dataset size: restoring for evaluation or export needs no dataset.
+  """
+  model = build_model(config)
+  tx = optim.make_optimizer(config, 1)
+  shapes = jax.eval_shape(lambda: create_train_state(model, tx, config, mesh))
+  return jax.tree.map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.replicated(mesh)), shapes)
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx, ignore_label: int):
   """One SGD step on the sum of the M + 1 outputs' cross-entropies (SPEC section 6)."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -260,10 +273,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   sync('data prepared')
   mesh = sharding.make_mesh()
   model = build_model(config)
-  tx = optim.make_optimizer(config, steps_per_epoch(config))
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
-  state, record = ckpts.restore(checkpointing.abstract(create_train_state(model, tx, config, mesh)),
-                                step)
+  state, record = ckpts.restore(abstract_train_state(config, mesh), step)
   logging.info('Evaluating the checkpoint of step %d.', record['step'])
   results = evaluation.Evaluator(model, config, mesh).run(state.variables(), workdir)
   MetricLogger(workdir).write(record['step'], evaluation.flatten(results))
