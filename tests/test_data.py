@@ -158,6 +158,9 @@ def _broken_layout(root, kind):
     target.unlink()
   elif kind == 'unreadable':
     target.write_bytes(b'this is not a png')
+  elif kind == 'a-directory':  # The OS refuses to read it: no bare OSError may escape.
+    target.unlink()
+    target.mkdir()
   elif kind == 'mis-sized':
     _write_png(target, np.zeros((20, 23), np.uint16))
   elif kind == 'bad-label':  # 40 classes are 0..39; 1-based masks must not pass silently.
@@ -166,13 +169,22 @@ def _broken_layout(root, kind):
   return 'depth/000002.png', r'train\.txt line 2'
 
 
-@pytest.mark.parametrize('kind', ['missing', 'unreadable', 'mis-sized', 'bad-label'])
+@pytest.mark.parametrize('kind', ['missing', 'unreadable', 'a-directory', 'mis-sized',
+                                  'bad-label'])
 def test_bad_file_error_names_file_and_line(tmp_path, kind):
   file, line = _broken_layout(tmp_path / 'manual', kind)
   config = _config(tmp_path / 'manual', tmp_path / 'tfds')
   with pytest.raises(layout.LayoutError, match=line) as error:
     pipeline.prepare(config)
   assert file in str(error.value) and kind.split('-')[-1] in str(error.value).lower()
+
+
+def test_list_line_with_an_empty_path_is_refused(tmp_path):
+  examples = [_marker_example(0, 20, 24)]
+  _write_layout(tmp_path, {'train': examples, 'val': examples})
+  (tmp_path / 'val.txt').write_text('rgb/000001.png\t\tdepth/000001.png\n')
+  with pytest.raises(layout.LayoutError, match=r"val\.txt line 1 .*three tab-separated paths"):
+    layout.read_list(tmp_path, 'val')
 
 
 def test_prepare_is_idempotent_and_rebuilds_changed_data(tmp_path):

@@ -54,7 +54,7 @@ def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
     fields = line.split('\t')
     if len(fields) != 3:
       fields = line.split()
-    if len(fields) != 3:
+    if len(fields) != 3 or not all(f.strip() for f in fields):
       raise LayoutError(f'{path.name} line {number} ({line!r}): expected three tab-separated paths '
                         'rgb/NNNNNN.png<TAB>masks/NNNNNN.png<TAB>depth/NNNNNN.png.')
     entries.append(Entry(path.name, number, line, *fields))
@@ -67,7 +67,10 @@ def _read_png(manual_dir, relative: str, flags: int, entry: Entry) -> np.ndarray
   path = epath.Path(manual_dir) / relative
   if not path.exists():
     raise LayoutError(f'Missing file {path} listed in {entry.where()}.')
-  data = np.frombuffer(path.read_bytes(), np.uint8)
+  try:
+    data = np.frombuffer(path.read_bytes(), np.uint8)
+  except OSError as e:  # No permission, a folder, an I/O error.
+    raise LayoutError(f'Unreadable file {path} listed in {entry.where()}: {e}') from e
   image = None
   if data.size:
     try:
