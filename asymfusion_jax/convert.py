@@ -145,6 +145,8 @@ def _to_numpy(value) -> np.ndarray:
   """A NumPy view of a torch tensor (duck-typed, so the library never imports torch) or array."""
   if hasattr(value, 'detach'):
     value = value.detach().cpu()
+    if str(value.dtype) == 'torch.bfloat16':  # NumPy has no bfloat16: exact in float32.
+      value = value.float()
   if hasattr(value, 'numpy'):
     value = value.numpy()
   return np.asarray(value)

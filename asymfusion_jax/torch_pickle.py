@@ -1,11 +1,20 @@
 """Reads and writes PyTorch .pth state_dicts as NumPy without importing torch.
 
-torch.save writes a zip archive: `<name>/data.pkl` pickles the object graph, and every tensor
-storage lies raw in `<name>/data/<key>`. This reader resolves the few torch globals a state_dict
-pickle refers to (storage classes, tensor/parameter rebuild functions, OrderedDict) and refuses
-everything else, so a checkpoint cannot run code on load.
+Two file formats are read:
+- zip (torch.save since PyTorch 1.6): `<name>/data.pkl` pickles the object graph, and every
+  tensor storage lies raw in `<name>/data/<key>`, in the byte order of its `byteorder` record.
+- legacy (PyTorch < 1.6, e.g. the PyTorch 1.0 of the AsymFusion reference implementation): a
+  magic-number pickle, a protocol-version pickle, a sys-info pickle, the object graph's pickle,
+  a pickle of the storage keys, then each storage as an int64 element count and its
+  little-endian bytes.
+
+The reader resolves the few globals a checkpoint's pickle refers to (storage classes,
+tensor/parameter rebuild functions, OrderedDict, and the NumPy scalars that training scripts
+store beside the weights, such as a best validation score) and refuses everything else, so a
+checkpoint cannot run code on load; every tensor is checked to lie inside its storage.
 """
 
+import codecs
 import collections
 import dataclasses
 import os
@@ -23,6 +32,10 @@ _STORAGE_DTYPES = {
     'ShortStorage': np.int16, 'CharStorage': np.int8, 'ByteStorage': np.uint8,
     'BoolStorage': np.bool_,
 }
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+# Wrapper keys under which training scripts store the model's state_dict, the reference's
+# {'segmenter': ..., 'epoch_start': ..., 'best_val': ...} among them.
+_WRAPPERS = ('state_dict', 'model', 'segmenter')
 
 
 class _StorageType:
@@ -31,17 +44,42 @@ class _StorageType:
     self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
+@dataclasses.dataclass
+class _Storage:
+  """A storage named in the pickle; its data is read after the pickle (legacy) or on demand."""
+  key: str
+  dtype: np.dtype
+  view: tuple[int, int] | None = None  # (offset, numel) of a legacy storage view.
+
+
+@dataclasses.dataclass
+class _LazyTensor:
+  storage: _Storage
+  offset: int
+  size: tuple[int, ...]
+  stride: tuple[int, ...]
+
+
 def _rebuild_tensor(storage, offset, size, stride, *unused_args):
-  if not size:
-    return np.array(storage[offset])
-  itemsize = storage.dtype.itemsize
-  view = np.lib.stride_tricks.as_strided(
-      storage[offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride))
-  return np.array(view)  # Own the memory, in C order.
+  return _LazyTensor(storage, int(offset), tuple(size), tuple(stride))
 
 
 def _rebuild_parameter(data, *unused_args):
   return data
+
+
+def _numpy_scalar(dtype, data=None):
+  """numpy.core.multiarray.scalar as pickled for a NumPy scalar (plain bytes only)."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+    raise pickle.UnpicklingError(f'only plain NumPy scalars are allowed, not {dtype!r}')
+  return np.frombuffer(data, dtype)[0]
+
+
+def _codecs_encode(text, encoding='utf-8'):
+  """How pickle protocol 2 writes bytes: _codecs.encode(str, 'latin1')."""
+  if not isinstance(text, str) or encoding != 'latin1':
+    raise pickle.UnpicklingError('_codecs.encode is only allowed for latin1 text')
+  return codecs.encode(text, encoding)
 
 
 _ALLOWED = {
@@ -49,16 +87,20 @@ _ALLOWED = {
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
     ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
+    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
+    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
+    ('numpy', 'dtype'): np.dtype,
+    ('_codecs', 'encode'): _codecs_encode,
 }
 
 
 class _Unpickler(pickle.Unpickler):
+  """Resolves only _ALLOWED globals and torch storage ids."""
 
-  def __init__(self, file, archive, prefix):
+  def __init__(self, file, byteorder='<'):
     super().__init__(file)
-    self._archive = archive
-    self._prefix = prefix
-    self._storages = {}
+    self.byteorder = byteorder
+    self.storages = {}
 
   def find_class(self, module, name):
     if module == 'torch' and name in _STORAGE_DTYPES:
@@ -68,38 +110,155 @@ class _Unpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a state_dict file')
 
   def persistent_load(self, pid):
-    kind, storage_type, key, unused_location, unused_numel = pid
-    if kind != 'storage':
+    # zip: ('storage', type, key, location, numel); legacy: the same plus view metadata.
+    if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == 'storage'
+            and isinstance(pid[1], _StorageType)):
       raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}')
-    if key not in self._storages:
-      raw = self._archive.read(f'{self._prefix}/data/{key}')
-      self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder('<'))
-    return self._storages[key]
+    key, storage_type = str(pid[2]), pid[1]
+    root = self.storages.setdefault(
+        key, _Storage(key, storage_type.dtype.newbyteorder(self.byteorder)))
+    view = pid[5] if len(pid) == 6 else None
+    if view is None:
+      return root
+    _, offset, numel = view
+    return _Storage(key, root.dtype, (int(offset), int(numel)))
+
+
+def _tensor_from(lazy: _LazyTensor, data: Mapping[str, np.ndarray], what: str) -> np.ndarray:
+  """The tensor's array, after checking that it lies inside its storage."""
+  storage = data[lazy.storage.key]
+  if lazy.storage.view is not None:
+    offset, numel = lazy.storage.view
+    if offset < 0 or offset + numel > storage.size:
+      raise ValueError(f'{what}: a storage view overruns storage {lazy.storage.key}')
+    storage = storage[offset:offset + numel]
+  size, stride = lazy.size, lazy.stride
+  if len(size) != len(stride) or min(size + stride + (lazy.offset,), default=0) < 0:
+    raise ValueError(f'{what}: bad tensor geometry size={size} stride={stride}')
+  if 0 in size:
+    return np.zeros(size, storage.dtype)
+  last = lazy.offset + sum((n - 1) * s for n, s in zip(size, stride))
+  if last >= storage.size:
+    raise ValueError(f'{what}: a tensor of size {size} at offset {lazy.offset} overruns its '
+                     f'storage {lazy.storage.key} of {storage.size} elements')
+  view = np.lib.stride_tricks.as_strided(
+      storage[lazy.offset:], shape=size,
+      strides=tuple(s * storage.dtype.itemsize for s in stride))
+  return np.array(view, dtype=storage.dtype.newbyteorder('='))  # Own the memory, native order.
+
+
+def _materialise(obj, data, what):
+  if isinstance(obj, _LazyTensor):
+    return _tensor_from(obj, data, what)
+  if isinstance(obj, dict):
+    return type(obj)((k, _materialise(v, data, what)) for k, v in obj.items())
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_materialise(v, data, what) for v in obj)
+  return obj
+
+
+def _storage_data(raw: bytes, storage: _Storage, what: str) -> np.ndarray:
+  if len(raw) % storage.dtype.itemsize:
+    raise ValueError(f'{what}: storage {storage.key} has {len(raw)} bytes, not a multiple of '
+                     f'{storage.dtype.itemsize} ({storage.dtype})')
+  return np.frombuffer(raw, storage.dtype)
+
+
+def _load_zip(path: str):
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+    pickles = [n for n in names if n.endswith('/data.pkl')]
+    if len(pickles) != 1:
+      raise ValueError(f'expected one data.pkl in the archive, found {pickles}')
+    prefix = pickles[0][:-len('/data.pkl')]
+    byteorder = '<'
+    if f'{prefix}/byteorder' in names:
+      byteorder = {b'little': '<', b'big': '>'}[archive.read(f'{prefix}/byteorder').strip()]
+    with archive.open(pickles[0]) as f:
+      unpickler = _Unpickler(f, byteorder)
+      obj = unpickler.load()
+    data = {key: _storage_data(archive.read(f'{prefix}/data/{key}'), storage, path)
+            for key, storage in unpickler.storages.items()}
+  return _materialise(obj, data, path)
+
+
+def _load_legacy(path: str):
+  with open(path, 'rb') as f:
+    try:
+      magic = _Unpickler(f).load()
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError('neither a zip archive nor a legacy torch.save file') from e
+    if magic != _LEGACY_MAGIC:
+      raise ValueError('neither a zip archive nor a legacy torch.save file (bad magic number)')
+    version = _Unpickler(f).load()
+    if version != 1001:
+      raise ValueError(f'unsupported legacy torch.save protocol version {version!r}')
+    _Unpickler(f).load()  # sys_info; storages are little-endian whatever the saving machine.
+    unpickler = _Unpickler(f)
+    obj = unpickler.load()
+    keys = _Unpickler(f).load()
+    data = {}
+    for key in keys:
+      key = str(key)
+      if key not in unpickler.storages:
+        raise ValueError(f'storage {key} is listed but not used by the pickle')
+      storage = unpickler.storages[key]
+      header = f.read(8)
+      if len(header) != 8:
+        raise ValueError(f'the file ends before storage {key}')
+      nbytes = struct.unpack('<q', header)[0] * storage.dtype.itemsize
+      raw = f.read(nbytes) if nbytes >= 0 else b''
+      if len(raw) != nbytes or nbytes < 0:
+        raise ValueError(f'the file ends inside storage {key} ({nbytes} bytes expected)')
+      data[key] = _storage_data(raw, storage, path)
+    missing = set(unpickler.storages) - set(data)
+    if missing:
+      raise ValueError(f'storages {sorted(missing)} are used but not stored')
+  return _materialise(obj, data, path)
+
+
+def _is_state_dict(obj) -> bool:
+  return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
+          and all(isinstance(v, np.ndarray) for v in obj.values()))
+
+
+def _find_state_dict(obj, path: str) -> dict[str, np.ndarray]:
+  """The state_dict itself, or the one a checkpoint dict wraps (see _WRAPPERS)."""
+  if _is_state_dict(obj):
+    return dict(obj)
+  if isinstance(obj, dict):
+    for wrapper in _WRAPPERS:
+      if _is_state_dict(obj.get(wrapper)):
+        return dict(obj[wrapper])
+    found = [k for k, v in obj.items() if _is_state_dict(v)]
+    if len(found) == 1:
+      return dict(obj[found[0]])
+    if found:
+      raise ValueError(f'{path} holds several state_dicts, under {found}; save the one to load '
+                       'on its own')
+    raise ValueError(f'{path} holds no state_dict (a dict of tensors): its top-level keys are '
+                     f'{sorted(map(str, obj))[:20]}')
+  raise ValueError(f'{path} does not hold a state_dict (found {type(obj).__name__})')
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Loads a state_dict saved with torch.save (zip format) as {key: np.ndarray}.
+  """Loads a state_dict saved with torch.save (zip or legacy format) as {key: np.ndarray}.
 
-  A checkpoint that wraps the state_dict as {'state_dict': ...} or {'model': ...} is unwrapped.
+  A checkpoint dict that wraps the state_dict beside other entries (epoch, score, ...) is
+  unwrapped: the entry 'state_dict', 'model' or 'segmenter' (the reference implementation's),
+  or else its only entry that is a dict of tensors.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f'no such .pth file: {path}')
-  if not zipfile.is_zipfile(path):
-    raise ValueError(f'{path} is not a zip-format torch checkpoint (saved with torch >= 1.6); '
-                     're-save it with torch.save(state_dict, path)')
-  with zipfile.ZipFile(path) as archive:
-    pickles = [n for n in archive.namelist() if n.endswith('/data.pkl')]
-    if len(pickles) != 1:
-      raise ValueError(f'{path}: expected one data.pkl in the archive, found {pickles}')
-    prefix = pickles[0][:-len('/data.pkl')]
-    with archive.open(pickles[0]) as f:
-      obj = _Unpickler(f, archive, prefix).load()
-  for wrapper in ('state_dict', 'model'):
-    if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
-      obj = obj[wrapper]
-  if not isinstance(obj, dict):
-    raise ValueError(f'{path} does not hold a state_dict (found {type(obj).__name__})')
-  return dict(obj)
+  try:
+    obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+  except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError,
+          struct.error, zipfile.BadZipFile) as e:
+    message = str(e)
+    if not message.startswith(path):
+      message = f'{path}: not a readable torch checkpoint: {type(e).__name__}: {message}'
+    raise ValueError(message) from e
+  return _find_state_dict(obj, path)
 
 
 # Writing: torch.save's zip format without torch, the inverse of load_state_dict.

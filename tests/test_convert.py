@@ -277,11 +277,21 @@ def test_importing_convert_defines_no_flags():
   assert 'torch' not in flags.FLAGS and 'overwrite' not in flags.FLAGS
 
 
-def test_cli_converts_a_reference_pth_without_torch(tmp_path):
+@pytest.mark.parametrize('layout', ['state_dict', 'reference_checkpoint'])
+def test_cli_converts_a_reference_pth_without_torch(tmp_path, layout):
   """`python -m asymfusion_jax.convert` on a torch.save'd DataParallel state_dict, with torch
-  made unimportable in the converting process."""
+  made unimportable in the converting process.
+
+  'reference_checkpoint' is the file the reference's training writes (model-best.pth.tar):
+  {'segmenter': state_dict, 'epoch_start': int, 'best_val': numpy.float64}, in the legacy
+  (pre-zip) format of the PyTorch 1.0 it ran on.
+  """
   state_dict = reference_state_dict(prefix='module.')
-  torch.save(state_dict, tmp_path / 'refinenet.pth')
+  if layout == 'state_dict':
+    torch.save(state_dict, tmp_path / 'refinenet.pth')
+  else:
+    checkpoint = {'segmenter': state_dict, 'epoch_start': 42, 'best_val': np.float64(50.8)}
+    torch.save(checkpoint, tmp_path / 'refinenet.pth', _use_new_zipfile_serialization=False)
   out = tmp_path / 'converted'
   no_torch = ("import runpy, sys; sys.modules['torch'] = None; "
               "runpy.run_module('asymfusion_jax.convert', run_name='__main__', alter_sys=True)")
