@@ -98,12 +98,17 @@ def build_step(config, mode: str, seed: int = 0, abstract: bool = False):
   mesh = sharding.make_mesh()
   model = models.build_model(config)
   tx = optim.make_optimizer(config, _STEPS_PER_EPOCH)
-  make_state = functools.partial(train.create_train_state, model, tx, config, mesh)
-  state = jax.eval_shape(make_state) if abstract else make_state()
   batch = sharding.global_batch(mesh, synthetic_batch(config, mode, seed))
   if mode == 'train':
+    make_state = functools.partial(train.create_train_state, model, tx, config, mesh)
+    state = jax.eval_shape(make_state) if abstract else make_state()
     return train.jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
-  return evaluation.jit_eval_step(model, config, mesh), (state.variables(), batch)
+  # The eval step needs the variables only: no optimiser state in the device's peak memory.
+  make_variables = jax.jit(
+      lambda: train.init_variables(model, config, jax.random.PRNGKey(config.seed)),
+      out_shardings=sharding.replicated(mesh))
+  variables = jax.eval_shape(make_variables) if abstract else make_variables()
+  return evaluation.jit_eval_step(model, config, mesh), (variables, batch)
 
 
 def _as_dict(analysis):

@@ -19,9 +19,9 @@ that the cases that matter most run first. Cases:
 
 A case starts only while at least --min_case_s of --budget_s is left, and is stopped at the end
 of the budget, so the suite fits a device lease. Every finished case is appended at once to
-DIR/results.jsonl (a failed one with its return code and the end of its log), each case's full
-output is in DIR/<case>.log, and DIR/results.md gets the table, rewritten after every case: what
-is written survives a suite that is killed. Arguments after `--` go to every case, before the
+DIR/results.jsonl (emptied when the suite starts; a failed case is kept with its return code
+and the end of its log), each case's full output is in DIR/<case>.log, and DIR/results.md gets
+the table, rewritten after every case: what is written survives a suite that is killed. Arguments after `--` go to every case, before the
 case's own (tests use them for a tiny model). The exit status is 1 if any case failed.
 """
 
@@ -52,7 +52,8 @@ CASES = {
 DEFAULT_CASES = ('paper_bf16', 'paper_fp32', 'eval_bf16', 'batch_sweep', 'remat_backbone',
                  'command_buffers_off', 'remat_all', 'triton_gemm_off')
 COLUMNS = ('case', 'mode', 'compute_dtype', 'batch_size', 'crop_size', 'remat', 'xla_flags',
-           'step_ms', 'images_per_s', 'compile_s', 'peak_memory_gb', 'tflop_per_step',
+           'step_ms', 'images_per_s', 'compile_s', 'peak_memory_gb', 'planned_memory_gb',
+           'tflop_per_step',
            'achieved_tflops', 'peak_fraction')
 
 FLAGS = flags.FLAGS
@@ -170,6 +171,7 @@ def main(argv):
     common.append(f'--peak_tflops={FLAGS.peak_tflops}')
   deadline = time.monotonic() + FLAGS.budget_s
   records = []
+  open(os.path.join(out, 'results.jsonl'), 'w').close()  # This run's results only.
   write_markdown(out, records)
   for name, args, xla_flags in cases:
     left = deadline - time.monotonic()

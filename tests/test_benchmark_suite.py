@@ -88,8 +88,9 @@ def test_cases_expand_in_order_and_unknown_ones_are_refused():
 
 
 def test_a_spent_budget_skips_cases_and_still_writes_the_table(tmp_path):
+  (tmp_path / 'results.jsonl').write_text('{"case": "from an earlier run"}\n')
   proc = run_suite(tmp_path, '--cases=paper_bf16', '--budget_s=1')
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert 'paper_bf16: skipped' in proc.stdout
-  assert not (tmp_path / 'results.jsonl').exists()
+  assert (tmp_path / 'results.jsonl').read_text() == ''  # This run's results only.
   assert 'no successful paper_bf16 case' in (tmp_path / 'results.md').read_text()
