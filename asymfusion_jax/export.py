@@ -191,26 +191,73 @@ def _umask() -> int:
   return mask
 
 
+def check_out(paths: Sequence[str]) -> None:
+  """Fails before any work if an output path cannot be a file (it is a folder)."""
+  for path in paths:
+    if os.path.isdir(path):
+      raise ValueError(f'cannot write {path}: it is a folder')
+
+
+def _make_parents(path: str) -> list[str]:
+  """Creates the missing folders above `path`; returns them, deepest first, for clean-up."""
+  created, directory = [], os.path.dirname(os.path.abspath(path))
+  while not os.path.isdir(directory):
+    created.append(directory)
+    directory = os.path.dirname(directory)
+  for directory in reversed(created):
+    os.mkdir(directory)
+  return created
+
+
+def _temp_beside(path: str, what: str) -> str:
+  fd, temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix=f'.{what}',
+                              dir=os.path.dirname(os.path.abspath(path)))
+  os.close(fd)
+  return temp
+
+
 @contextlib.contextmanager
 def _replaced_atomically(paths: Sequence[str]) -> Iterator[list[str]]:
-  """Temporary paths beside `paths`; renamed onto them, in order, only if the block succeeds."""
-  temps = []
+  """Temporary paths beside `paths`; moved onto them together, only if the block succeeds.
+
+  Files already at `paths` are moved aside first and put back if any move fails, so a failure
+  leaves the old files (or none) and never a new file beside an old one; folders created for
+  the outputs are removed again.
+  """
+  check_out(paths)
+  created, temps, backups, done = [], [], {}, []
   try:
     for path in paths:
-      directory = os.path.dirname(os.path.abspath(path))
-      os.makedirs(directory, exist_ok=True)
-      fd, temp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
-                                  dir=directory)
-      os.close(fd)
-      temps.append(temp)
-      os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename.
+      created += _make_parents(path)
+      temps.append(_temp_beside(path, 'tmp'))
+      os.chmod(temps[-1], 0o666 & ~_umask())  # mkstemp's 0600 would outlive the rename.
     yield temps
+    for path in paths:
+      if os.path.lexists(path):
+        backup = _temp_beside(path, 'old')
+        temps.append(backup)  # Removed at the end, unless moved back.
+        os.replace(path, backup)
+        backups[path] = backup
     for temp, path in zip(temps, paths):
       os.replace(temp, path)
-  finally:
-    for temp in temps:
-      if os.path.exists(temp):
-        os.remove(temp)
+      done.append(path)
+  except BaseException:
+    for path in done:
+      os.remove(path)
+    for path, backup in backups.items():
+      os.replace(backup, path)
+    _remove(temps)
+    for directory in created:  # Deepest first.
+      if os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
+    raise
+  _remove(temps)
+
+
+def _remove(paths: Sequence[str]) -> None:
+  for path in paths:
+    if os.path.exists(path):
+      os.remove(path)
 
 
 def write_jax(source: Source, out: str, height: int | None = None, width: int | None = None,
@@ -278,10 +325,12 @@ def main(argv):
   elif args['height'].present or args['width'].present or args['platforms'].present:
     raise app.UsageError('--height, --width and --platforms only apply to --format=jax')
   try:
-    check_platforms(args.platforms)  # Before the checkpoint is read, so a typo fails at once.
+    # Before the checkpoint is read, so that a typo fails at once.
+    check_platforms(args.platforms)
+    check_out([args.out] + ([sidecar_path(args.out)] if args.format == 'jax' else []))
     source = _source_from_flags(args)
     export(source, args.out, args.format, **options)
-  except (FileNotFoundError, ValueError) as e:
+  except (OSError, ValueError) as e:  # FileNotFoundError, PermissionError, ... included.
     sys.exit(f'export failed, nothing written: {e}')
   logging.info('Exported the %s (step %s) as %s to %s.', source.origin, source.step,
                args.format, args.out)

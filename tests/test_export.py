@@ -278,6 +278,45 @@ def test_failure_while_writing_leaves_nothing(best, tmp_path, monkeypatch):
   assert listing(tmp_path) == []
 
 
+def test_a_failed_move_puts_the_old_pair_back(tmp_path, monkeypatch):
+  """The sidecar is in place and the artifact's move fails: the old pair comes back."""
+  out, meta = tmp_path / 'model.jax', tmp_path / 'model.jax.json'
+  out.write_text('old artifact')
+  meta.write_text('old sidecar')
+  real_replace = os.replace
+
+  def flaky_replace(src, dst):
+    if os.fspath(dst) == str(out) and os.fspath(src).endswith('.tmp'):
+      raise OSError('device gone')
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, 'replace', flaky_replace)
+  with pytest.raises(OSError, match='device gone'):
+    with export._replaced_atomically([str(meta), str(out)]) as (meta_temp, out_temp):  # pylint: disable=protected-access
+      for temp in (meta_temp, out_temp):
+        with open(temp, 'w') as f:
+          f.write('new')
+  assert (out.read_text(), meta.read_text()) == ('old artifact', 'old sidecar')
+  assert listing(tmp_path) == ['model.jax', 'model.jax.json']
+
+
+def test_folders_made_for_a_failed_export_are_removed(tmp_path):
+  out = tmp_path / 'new' / 'deeper' / 'refinenet.pth'
+  with pytest.raises(RuntimeError, match='failed'):
+    with export._replaced_atomically([str(out)]):  # pylint: disable=protected-access
+      raise RuntimeError('failed')
+  assert listing(tmp_path) == []
+
+
+def test_out_that_is_a_folder_fails_before_exporting(workdir, tmp_path):
+  (tmp_path / 'model.jax').mkdir()
+  result = run_export(f'--workdir={workdir}', f'--out={tmp_path / "model.jax"}')
+  assert result.returncode != 0
+  assert 'export failed, nothing written: cannot write' in result.stderr
+  assert 'it is a folder' in result.stderr
+  assert listing(tmp_path) == ['model.jax'] and listing(tmp_path / 'model.jax') == []
+
+
 # The library around the CLI.
 
 
