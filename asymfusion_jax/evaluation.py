@@ -2,7 +2,8 @@
 
 Every validation image counts once, at full resolution: per-batch confusion matrices of every
 branch and of the ensemble are summed on the host in int64, then pixel acc, mean acc and mIoU are
-taken once. The first config.num_prediction_images images are also written as colour-coded PNGs.
+taken once. The first config.num_prediction_images images are also written as colour-coded PNGs
+(by process 0, from its own rows of the first batches when there are several processes).
 """
 
 import functools
@@ -56,28 +57,36 @@ class Evaluator:
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
     self._eval = jit_eval_step(model, config, mesh)
-    self._predict = jax.jit(functools.partial(predict_step, model=model), static_argnums=2)
+    # Replicated, so that process 0 can read the predictions of its rows from a global batch.
+    self._predict = jax.jit(functools.partial(predict_step, model=model), static_argnums=2,
+                            out_shardings=sharding.replicated(mesh))
 
   def run(self, variables, workdir: str | None = None) -> dict:
     """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and logs the table."""
     config = self.config
     names = branch_names(config)
     total = np.zeros((len(names), config.model.num_classes, config.model.num_classes), np.int64)
-    to_draw = config.num_prediction_images if workdir and jax.process_index() == 0 else 0
+    to_draw = config.num_prediction_images if workdir else 0
+    # Every process runs the (collective) prediction of the same first batches.
+    draw_batches = -(-to_draw // (config.eval_batch_size // jax.process_count()))
     drawn = 0
-    for local in pipeline.eval_batches(config, jax.process_index(), jax.process_count()):
+    for i, local in enumerate(
+        pipeline.eval_batches(config, jax.process_index(), jax.process_count())):
       batch = sharding.global_batch(self.mesh, local)
       total += np.asarray(jax.device_get(self._eval(variables, batch)), np.int64)
-      if drawn < to_draw and jax.process_count() == 1:
-        drawn += self._draw(variables, batch, local, workdir, drawn, to_draw - drawn)
+      if i < draw_batches:
+        preds = self._predict(variables, batch['image'], tuple(local['label'].shape[1:]))
+        if jax.process_index() == 0:
+          rows = _local_rows(batch['image'], axis=1)
+          drawn += self._draw(np.asarray(preds)[:, rows], local, workdir, drawn, to_draw - drawn)
     results = metrics.branch_scores(total, names)
     logging.info('Evaluated %d labelled pixels.', int(total[0].sum()))
     print(metrics.format_table(results), flush=True)
     return results
 
-  def _draw(self, variables, batch, local, workdir, first, limit) -> int:
+  def _draw(self, preds, local, workdir, first, limit) -> int:
+    """Writes PNGs of up to `limit` valid rows of this process's batch; preds are its rows."""
     names = branch_names(self.config)
-    preds = np.asarray(self._predict(variables, batch['image'], tuple(local['label'].shape[1:])))
     out_dir = os.path.join(workdir, 'predictions')
     count = 0
     for b in np.flatnonzero(local['mask'])[:limit]:
@@ -91,3 +100,11 @@ class Evaluator:
           {name: preds[i, b] for i, name in enumerate(names)})
       count += 1
     return count
+
+
+def _local_rows(array: jax.Array, axis: int) -> np.ndarray:
+  """The global indices along `axis` of this process's rows of a sharded array, in order."""
+  size = array.shape[axis]
+  rows = {r for shard in array.addressable_shards
+          for r in range(*shard.index[axis].indices(size))}
+  return np.asarray(sorted(rows))

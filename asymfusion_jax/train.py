@@ -102,8 +102,12 @@ def jit_train_step(model, tx, config, mesh, state, example_batch):
                  donate_argnums=(0,))
 
 
+# How often (in steps) the processes of a multi-process run agree on a SIGTERM.
+_TERMINATION_SYNC_STEPS = 10
+
+
 class _Termination:
-  """Turns SIGTERM into a flag that the training loop checks after every step."""
+  """Turns SIGTERM into a flag; agreed() tells the training loop when to stop on it."""
 
   def __init__(self):
     self.requested = False
@@ -124,6 +128,21 @@ class _Termination:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+  def agreed(self, done: int) -> bool:
+    """Whether to stop after step `done`, the same answer on every process.
+
+    A signal may reach one host of a cluster before (or without) the others; if that host
+    stopped alone, the others would wait for it in the next step's collectives. So processes
+    compare their flags every _TERMINATION_SYNC_STEPS steps (one small collective), and all stop
+    at the same step. A single process checks its own flag after every step.
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    if done % _TERMINATION_SYNC_STEPS:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
 class _LossWatch:
@@ -155,6 +174,21 @@ class _LossWatch:
     return out
 
 
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def check_intervals(config) -> None:
+  """Every interval of the config is a positive number of steps or epochs."""
+  for key in ('log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps'):
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.{key}={value!r} must be a positive integer')
+
+
 def write_config(config, workdir: str) -> None:
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -182,6 +216,7 @@ def steps_per_epoch(config) -> int:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains with periodic evaluation; returns the last evaluation's results."""
+  check_intervals(config)
   os.makedirs(workdir, exist_ok=True)
   config = resolve_data_paths(config, workdir)
   sharding.check_batch_size(config.batch_size)
@@ -189,7 +224,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if jax.process_index() == 0:
     pipeline.prepare(config)
   sync('data prepared')
-  write_config(config, workdir)
 
   mesh = sharding.make_mesh()
   per_epoch = steps_per_epoch(config)
@@ -206,6 +240,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('Resumed from the checkpoint of step %d in %s.', record['step'], workdir)
   else:
     state, best_miou = initialization.from_pretrained(state, config), -1.0
+  # Only now: a config whose model does not fit the workdir's checkpoints has changed nothing.
+  write_config(config, workdir)
 
   logger = MetricLogger(workdir)
   start = int(state.step)
@@ -219,6 +255,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   results = {}
 
   def save(step, best=False):
+    # The losses so far were finite, but the update after the last of them may not be.
+    if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
+      raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
+                               'The last good checkpoint is kept.')
     ckpts.save(state, {'step': step, 'data_position': step, 'best_miou': best_miou}, best=best)
 
   if start >= total:
@@ -231,8 +271,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step_fn is None:
         step_fn = jit_train_step(model, tx, config, mesh, state, batch)
       state, metrics = step_fn(state, batch)
-      losses_seen.add(step, metrics['loss'])
-      done = step + 1
+      done = step + 1  # Steps are counted from 1, as in metrics.jsonl and checkpoints.
+      losses_seen.add(done, metrics['loss'])
+      stop = term.agreed(done)
       if step == start:
         jax.block_until_ready(state)
         progress.start(done)
@@ -254,10 +295,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
           save(done, best=True)
         save(done)
         progress.start(done)  # Throughput excludes evaluation and checkpointing.
-      elif done % config.checkpoint_every_steps == 0 or term.requested:
+      elif done % config.checkpoint_every_steps == 0 or stop:
         losses_seen.check()
         save(done)
-      if term.requested:
+      if stop:
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
         break
   ckpts.close()
@@ -279,8 +320,9 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   results = evaluation.Evaluator(model, config, mesh).run(state.variables(), workdir)
   MetricLogger(workdir).write(record['step'], evaluation.flatten(results))
   ckpts.close()
-  with open(os.path.join(workdir, f'eval_step_{record["step"]}.json'), 'w') as f:
-    json.dump(results, f, indent=2)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f'eval_step_{record["step"]}.json'), 'w') as f:
+      json.dump(results, f, indent=2)
   return results
 
 

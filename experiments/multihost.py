@@ -23,16 +23,23 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(num_processes: int, main_args: list[str], timeout: float | None = None) -> list[str]:
-  """Runs the processes to completion; returns their outputs, raising if any failed."""
+def start(num_processes: int, main_args: list[str],
+          outputs: list | None = None) -> list[subprocess.Popen]:
+  """Starts the processes; process i writes stdout and stderr to outputs[i] (default: a pipe)."""
   address = f'localhost:{free_port()}'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)  # One CPU device per process.
-  procs = [subprocess.Popen(
+  outputs = outputs or [subprocess.PIPE] * num_processes
+  return [subprocess.Popen(
       [sys.executable, '-m', 'asymfusion_jax.main', '--distributed',
        f'--coordinator_address={address}', f'--num_processes={num_processes}',
        f'--process_id={i}'] + main_args,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for i in range(num_processes)]
+      stdout=outputs[i], stderr=subprocess.STDOUT, env=env) for i in range(num_processes)]
+
+
+def launch(num_processes: int, main_args: list[str], timeout: float | None = None) -> list[str]:
+  """Runs the processes to completion; returns their outputs, raising if any failed."""
+  procs = start(num_processes, main_args)
   outputs = []
   try:
     for p in procs:

@@ -3,17 +3,19 @@ losses: data parallelism changes where the batch is computed, not what is comput
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from asymfusion_jax import train
+from asymfusion_jax import checkpointing, train
 from experiments import multihost
 from tests import tiny
 
-SHORT = {'max_steps': 4, 'log_every_steps': 1, 'num_prediction_images': 0}
+SHORT = {'max_steps': 4, 'log_every_steps': 1, 'num_prediction_images': 2}
 
 
 def losses(workdir):
@@ -61,3 +63,42 @@ def test_two_processes_match_one(tiny_data, single_device_run, tmp_path):
   two_losses, two_eval = losses(workdir)
   np.testing.assert_allclose(two_losses, ref_losses, rtol=1e-4)
   assert two_eval['eval/ensemble/pixel_acc'] == pytest.approx(ref_eval['eval/ensemble/pixel_acc'], rel=1e-3)
+  # Process 0 draws the prediction PNGs from its rows: the first validation images.
+  assert sorted(os.listdir(os.path.join(workdir, 'predictions'))) == ['0000.png', '0001.png']
+
+
+def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data, tmp_path):
+  """One host gets the signal: every process stops after the same step and saves it."""
+  workdir = str(tmp_path / 'run')
+  long_run = {'max_steps': 100000, 'log_every_steps': 1, 'checkpoint_every_steps': 100000,
+              'eval_every_epochs': 100000, 'optim.epochs_per_stage': (100000,) * 3,
+              'num_prediction_images': 0}
+  logs = [open(tmp_path / f'process_{i}.log', 'w') for i in range(2)]
+  cwd = os.getcwd()
+  os.chdir(tiny.REPO)
+  try:
+    procs = multihost.start(2, ['--config=configs/demo.py', f'--workdir={workdir}']
+                            + tiny.flags(tiny_data, **long_run), outputs=logs)
+  finally:
+    os.chdir(cwd)
+  try:
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    deadline = time.time() + 400
+    while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
+      assert all(p.poll() is None for p in procs), (tmp_path / 'process_0.log').read_text()
+      assert time.time() < deadline
+      time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    codes = [p.wait(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+    for log in logs:
+      log.close()
+  assert codes == [0, 0], [(tmp_path / f'process_{i}.log').read_text()[-3000:] for i in range(2)]
+  ckpts = checkpointing.Checkpoints(workdir)
+  steps = ckpts.periodic.all_steps()
+  ckpts.close()
+  assert len(steps) == 1 and steps[0] % 10 == 0, steps
+  assert f'Stopped by SIGTERM after step {steps[0]}' in (tmp_path / 'process_0.log').read_text()

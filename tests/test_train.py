@@ -9,6 +9,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -87,7 +88,7 @@ def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
                ref_params)
 
 
-def test_corrupt_latest_checkpoint_is_skipped(full_run, tmp_path, caplog):
+def test_corrupt_latest_checkpoint_is_skipped(full_run, tiny_data, tmp_path, caplog):
   import shutil
   workdir = str(tmp_path / 'copy')
   shutil.copytree(full_run[0], workdir)
@@ -101,10 +102,67 @@ def test_corrupt_latest_checkpoint_is_skipped(full_run, tmp_path, caplog):
   reference = target.periodic.restore(8)['state']
   target.close()
   state, record = ckpts.restore_latest(checkpointing.abstract(reference))
-  ckpts.close()
   assert record['step'] == 8
   assert 'step 12' in caplog.text
   jax.tree.map(np.testing.assert_array_equal, state, reference)
+  # The unreadable step is moved aside, so that the resumed run can save step 12 again.
+  assert ckpts.periodic.all_steps() == [8]
+  ckpts.close()
+  assert os.listdir(os.path.join(workdir, checkpointing.UNREADABLE_DIR)) == ['12']
+  train.train_and_evaluate(tiny.config(tiny_data), workdir)  # The same command, resumed.
+  step, params = final_params(workdir)
+  _, ref_params = final_params(full_run[0])
+  assert step == 12
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params,
+               ref_params)
+
+
+def test_a_changed_model_stops_and_keeps_the_workdir(full_run, tiny_data, tmp_path):
+  """Checkpoints that do not fit the config are not 'unreadable': nothing is restarted or lost."""
+  import shutil
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(full_run[0], workdir)
+  before = {name: open(os.path.join(workdir, name)).read()
+            for name in ('config.json', 'metrics.jsonl')}
+  config = tiny.config(tiny_data)
+  config.model.width = 16
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'step 12 .* another model .*bn1.*config\.json'):
+    train.train_and_evaluate(config, workdir)
+  for name, text in before.items():
+    assert open(os.path.join(workdir, name)).read() == text, name
+  ckpts = checkpointing.Checkpoints(workdir)
+  assert ckpts.periodic.all_steps() == [8, 12] and ckpts.best.all_steps()
+  ckpts.close()
+  assert not os.path.exists(os.path.join(workdir, checkpointing.UNREADABLE_DIR))
+
+
+def test_parameters_are_checked_before_every_save(tiny_data, tmp_path, monkeypatch):
+  """A step whose loss is finite but whose update is not: nothing is saved."""
+  real_step = train.train_step
+
+  def poisoned(state, batch, **kwargs):
+    state, metrics = real_step(state, batch, **kwargs)
+    params = jax.tree.map(lambda p: jnp.where(state.step == 4, p * jnp.inf, p), state.params)
+    return state.replace(params=params), metrics
+
+  monkeypatch.setattr(train, 'train_step', poisoned)
+  config = tiny.config(tiny_data)
+  config.max_steps = 4
+  with pytest.raises(FloatingPointError, match=r'parameters after step 4 are not finite'):
+    train.train_and_evaluate(config, str(tmp_path))
+  ckpts = checkpointing.Checkpoints(str(tmp_path))
+  assert ckpts.periodic.all_steps() == [] and ckpts.best.all_steps() == []
+  ckpts.close()
+
+
+@pytest.mark.parametrize('key', ['log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps'])
+def test_intervals_must_be_positive(tiny_data, tmp_path, key):
+  config = tiny.config(tiny_data)
+  config[key] = 0
+  with pytest.raises(ValueError, match=rf'config\.{key}=0 must be a positive integer'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert os.listdir(tmp_path) == []
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
