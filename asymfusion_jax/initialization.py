@@ -48,6 +48,14 @@ def from_pretrained(state, config):
     pretrained = {'params': {'backbone': backbone['params']},
                   'batch_stats': {'backbone': backbone['batch_stats']}}
   else:
+    if config.frozen_bn:
+      logging.warning(
+          'No pretrained weights (config.init.checkpoint and config.init.torch_resnet are '
+          'empty) but config.frozen_bn is on: the encoder starts from random weights and its '
+          'BatchNorm layers keep their initial statistics (mean 0, variance 1) for the whole '
+          'run. The paper recipe starts from ImageNet weights: pass '
+          '--config.init.torch_resnet=/path/to/resnet.pth, or --config.frozen_bn=False to train '
+          'from scratch.')
     return state
   variables = merge({'params': state.params, 'batch_stats': state.batch_stats},
                     {k: v for k, v in pretrained.items() if k in ('params', 'batch_stats')}, source)

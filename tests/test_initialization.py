@@ -69,3 +69,15 @@ def test_mis_shaped_pretrained_weights_name_the_key(tmp_path):
   config.init.checkpoint = str(tmp_path / 'wide')
   with pytest.raises(ValueError, match=r'backbone/bn1/mean: \(2, 16\) vs model \(2, 8\)'):
     initialization.from_pretrained(make_state(config), config)
+
+
+@pytest.mark.parametrize('frozen_bn', [True, False])
+def test_no_weights_with_frozen_bn_warns(frozen_bn, caplog):
+  """Frozen BatchNorm without pretrained weights freezes the initial statistics: say so."""
+  config = tiny_config()
+  config.frozen_bn = frozen_bn
+  state = make_state(config)
+  with caplog.at_level('WARNING'):
+    same = initialization.from_pretrained(state, config)
+  assert same is state
+  assert ('--config.init.torch_resnet' in caplog.text) == frozen_bn
