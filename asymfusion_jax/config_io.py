@@ -4,13 +4,16 @@ Training records its resolved config in WORKDIR/config.json (`ConfigDict.to_json
 so tools that start from a workdir (export, evaluation elsewhere) rebuild the same model without
 the original config file or its command-line overrides. JSON has no tuples; every list is read
 back as a tuple, which is how the config files spell sequences, so the round trip gives an equal
-config.
+config. A config.json written before a field existed gets that field's default
+(config_lib.nyudv2_paper), so workdirs of earlier versions keep exporting and evaluating.
 """
 
 import json
 import os
 
 import ml_collections
+
+from asymfusion_jax import config_lib
 
 CONFIG_FILE = 'config.json'
 
@@ -41,4 +44,23 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f'the workdir {workdir} has no {CONFIG_FILE}, so its model is '
                             'unknown; training (python -m asymfusion_jax.main) writes it')
   with open(path) as f:
-    return from_json(f.read())
+    text = f.read()
+  try:
+    config = from_json(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{path} is not valid JSON ({e}); it should be the config that training '
+                     'wrote') from e
+  return with_defaults(config, config_lib.nyudv2_paper())
+
+
+def with_defaults(config: ml_collections.ConfigDict,
+                  defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` plus every field of `defaults` it lacks (recursively); its own values win."""
+  merged = defaults.to_dict()
+
+  def fill(base: dict, own: dict) -> dict:
+    for key, value in own.items():
+      base[key] = fill(base[key], value) if (
+          isinstance(value, dict) and isinstance(base.get(key), dict)) else value
+    return base
+  return ml_collections.ConfigDict(fill(merged, config.to_dict()))

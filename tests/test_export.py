@@ -329,3 +329,17 @@ def test_workdir_config_reads_back_equal(workdir, tiny_data):
   read = config_io.load_workdir_config(workdir)
   assert read.to_dict() == written.to_dict()
   assert read.data.synthetic_image_size == (48, 64) and read.modalities == ('rgb', 'depth')
+
+
+def test_workdir_config_of_an_older_version_gets_new_defaults(tiny_data, tmp_path):
+  """A config.json written before compute_dtype and model.remat existed still builds a model."""
+  old = json.loads(tiny.config(tiny_data).to_json_best_effort())
+  del old['compute_dtype'], old['model']['remat']
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  read = config_io.load_workdir_config(str(tmp_path))
+  assert read.compute_dtype == 'auto' and read.model.remat == 'none'
+  assert read.model.width == 8 and read.model.num_classes == K  # Its own values win.
+  build_model(read)
+  (tmp_path / 'config.json').write_text('{"model": ')
+  with pytest.raises(ValueError, match=r'config\.json is not valid JSON'):
+    config_io.load_workdir_config(str(tmp_path))
