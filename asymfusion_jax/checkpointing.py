@@ -98,11 +98,14 @@ class Checkpoints:
     Only readable metadata is compared; a checkpoint whose metadata cannot be read is left to
     the restore, which treats it as unreadable.
     """
+    checkpointer = ocp.StandardCheckpointer()
     try:
-      stored = ocp.StandardCheckpointer().metadata(
+      stored = checkpointer.metadata(
           os.path.join(str(manager.directory), str(step), 'state')).item_metadata['params']
     except Exception:  # pylint: disable=broad-except
       return
+    finally:
+      checkpointer.close()
     expected = _as_dict(abstract_state)['params']
     shapes = lambda tree: {jax.tree_util.keystr(path): tuple(leaf.shape)
                            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}

@@ -68,7 +68,7 @@ class Evaluator:
     total = np.zeros((len(names), config.model.num_classes, config.model.num_classes), np.int64)
     to_draw = config.num_prediction_images if workdir else 0
     # Every process runs the (collective) prediction of the same first batches.
-    draw_batches = -(-to_draw // (config.eval_batch_size // jax.process_count()))
+    draw_batches = -(-to_draw // max(1, config.eval_batch_size // jax.process_count()))
     drawn = 0
     for i, local in enumerate(
         pipeline.eval_batches(config, jax.process_index(), jax.process_count())):

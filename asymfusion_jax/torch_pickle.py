@@ -17,6 +17,7 @@ checkpoint cannot run code on load; every tensor is checked to lie inside its st
 import codecs
 import collections
 import dataclasses
+import operator
 import os
 import pickle
 import struct
@@ -38,13 +39,16 @@ _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 _WRAPPERS = ('state_dict', 'model', 'segmenter')
 
 
+# The objects below are frozen and slotted: a pickle's BUILD opcode, which can be applied to any
+# object on the unpickling stack, cannot change them (say, a storage's dtype).
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class _StorageType:
-
-  def __init__(self, name):
-    self.dtype = np.dtype(_STORAGE_DTYPES[name])
+  name: str  # A key of _STORAGE_DTYPES.
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Storage:
   """A storage named in the pickle; its data is read after the pickle (legacy) or on demand."""
   key: str
@@ -52,7 +56,7 @@ class _Storage:
   view: tuple[int, int] | None = None  # (offset, numel) of a legacy storage view.
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, slots=True)
 class _LazyTensor:
   storage: _Storage
   offset: int
@@ -61,16 +65,32 @@ class _LazyTensor:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused_args):
-  return _LazyTensor(storage, int(offset), tuple(size), tuple(stride))
+  if not isinstance(storage, _Storage):
+    raise pickle.UnpicklingError(f'a tensor over {type(storage).__name__}, not a storage')
+  return _LazyTensor(storage, operator.index(offset), tuple(map(operator.index, size)),
+                     tuple(map(operator.index, stride)))
 
 
 def _rebuild_parameter(data, *unused_args):
   return data
 
 
+def _numpy_dtype(spec, unused_align=False, unused_copy=False):
+  """numpy.dtype for plain numeric types only, as NumPy's own immutable built-in instances.
+
+  np.dtype(..., copy=True), a byte-swapped or a structured dtype is a new object whose
+  __setstate__ a pickle's BUILD could use to forge an object-pointer dtype.
+  """
+  dtype = np.dtype(spec) if isinstance(spec, str) else None
+  if dtype is None or dtype.isbuiltin != 1 or dtype.kind not in 'biufc':
+    raise pickle.UnpicklingError(f'numpy.dtype({spec!r}) is not allowed in a state_dict file')
+  return dtype
+
+
 def _numpy_scalar(dtype, data=None):
   """numpy.core.multiarray.scalar as pickled for a NumPy scalar (plain bytes only)."""
-  if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
+  if (not isinstance(dtype, np.dtype) or dtype.isbuiltin != 1 or dtype.kind not in 'biufc'
+      or not isinstance(data, bytes) or len(data) != dtype.itemsize):
     raise pickle.UnpicklingError(f'only plain NumPy scalars are allowed, not {dtype!r}')
   return np.frombuffer(data, dtype)[0]
 
@@ -89,7 +109,7 @@ _ALLOWED = {
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
     ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
-    ('numpy', 'dtype'): np.dtype,
+    ('numpy', 'dtype'): _numpy_dtype,
     ('_codecs', 'encode'): _codecs_encode,
 }
 
@@ -114,14 +134,13 @@ class _Unpickler(pickle.Unpickler):
     if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == 'storage'
             and isinstance(pid[1], _StorageType)):
       raise pickle.UnpicklingError(f'unsupported persistent id {pid!r}')
-    key, storage_type = str(pid[2]), pid[1]
-    root = self.storages.setdefault(
-        key, _Storage(key, storage_type.dtype.newbyteorder(self.byteorder)))
+    key, dtype = str(pid[2]), np.dtype(_STORAGE_DTYPES[pid[1].name])
+    root = self.storages.setdefault(key, _Storage(key, dtype.newbyteorder(self.byteorder)))
     view = pid[5] if len(pid) == 6 else None
     if view is None:
       return root
     _, offset, numel = view
-    return _Storage(key, root.dtype, (int(offset), int(numel)))
+    return _Storage(key, root.dtype, (operator.index(offset), operator.index(numel)))
 
 
 def _tensor_from(lazy: _LazyTensor, data: Mapping[str, np.ndarray], what: str) -> np.ndarray:
@@ -253,7 +272,8 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
   except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError,
-          struct.error, zipfile.BadZipFile) as e:
+          AttributeError, RecursionError, MemoryError, OverflowError, struct.error,
+          zipfile.BadZipFile) as e:
     message = str(e)
     if not message.startswith(path):
       message = f'{path}: not a readable torch checkpoint: {type(e).__name__}: {message}'

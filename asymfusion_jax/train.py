@@ -309,6 +309,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   """--mode=eval: evaluates the best checkpoint, or the periodic one of `step`."""
   config = resolve_data_paths(config, workdir)
+  sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
   if jax.process_index() == 0:
     pipeline.prepare(config)
   sync('data prepared')

@@ -6,6 +6,10 @@ describe tensors outside their storage are refused with an error that names the 
 """
 
 import pickle
+import struct
+import subprocess
+import sys
+import zipfile
 
 import jax
 import ml_dtypes
@@ -148,3 +152,74 @@ def test_bfloat16_torch_tensors_convert():
   expected = convert.refinenet_from_torch(
       {k: v.float() if v.is_floating_point() else v for k, v in as_bf16.items()})
   assert_trees_equal(convert.refinenet_from_torch(as_bf16), expected)
+
+
+# Pickles written opcode by opcode: only allowed globals, but BUILD (which sets the state of any
+# object on the unpickling stack) used to forge an object-pointer dtype. Each is loaded in a
+# process of its own, since a forged pointer would crash the interpreter, not raise.
+
+
+def _text(s):
+  raw = s.encode()
+  return pickle.BINUNICODE + struct.pack('<I', len(raw)) + raw
+
+
+def _int(i):
+  return pickle.BININT + struct.pack('<i', i)
+
+
+_DTYPE = pickle.GLOBAL + b'numpy\ndtype\n'
+
+
+def _dtype(spec, copy):
+  return (_DTYPE + pickle.MARK + _text(spec) + pickle.NEWFALSE
+          + (pickle.NEWTRUE if copy else pickle.NEWFALSE) + pickle.TUPLE + pickle.REDUCE)
+
+
+def _object_pointer_state():
+  """np.dtype.__setstate__'s state of an 8-byte struct whose field 'a' is a PyObject pointer,
+  with the flags that would tell NumPy it holds objects cleared."""
+  obj = _DTYPE + pickle.MARK + _text('O') + pickle.TUPLE + pickle.REDUCE
+  fields = (pickle.EMPTY_DICT + _text('a') + pickle.MARK + obj + _int(0) + pickle.TUPLE
+            + pickle.SETITEM)
+  return (pickle.MARK + _int(3) + _text('|') + pickle.NONE + pickle.MARK + _text('a')
+          + pickle.TUPLE + fields + _int(8) + _int(1) + _int(0) + pickle.TUPLE)
+
+
+def _forged_scalar(spec, copy):
+  scalar = pickle.GLOBAL + b'numpy.core.multiarray\nscalar\n'
+  dtype = _dtype(spec, copy) + _object_pointer_state() + pickle.BUILD
+  pointer = pickle.BINBYTES + struct.pack('<I', 8) + struct.pack('<Q', 0x4141414141414141)
+  # As a dict key: unpickling hashes it, which dereferences the pointer.
+  return (pickle.EMPTY_DICT + scalar + pickle.MARK + dtype + pointer + pickle.TUPLE
+          + pickle.REDUCE + _int(1) + pickle.SETITEM)
+
+
+def _forged_storage_type():
+  storage_type = (pickle.GLOBAL + b'torch\nFloatStorage\n' + pickle.EMPTY_DICT + _text('dtype')
+                  + _dtype('V8', True) + _object_pointer_state() + pickle.BUILD + pickle.SETITEM
+                  + pickle.BUILD)
+  pid = (pickle.MARK + _text('storage') + storage_type + _text('0') + _text('cpu') + _int(1)
+         + pickle.TUPLE + pickle.BINPERSID)
+  tensor = (pickle.GLOBAL + b'torch._utils\n_rebuild_tensor_v2\n' + pickle.MARK + pid + _int(0)
+            + pickle.MARK + _int(1) + pickle.TUPLE + pickle.MARK + _int(1) + pickle.TUPLE
+            + pickle.NEWFALSE + pickle.EMPTY_DICT + pickle.TUPLE + pickle.REDUCE)
+  return pickle.EMPTY_DICT + _text('w') + tensor + pickle.SETITEM
+
+
+@pytest.mark.parametrize('body', [
+    _forged_scalar('V8', copy=False), _forged_scalar('f8', copy=True),
+    _forged_scalar('f8', copy=False), _forged_storage_type()],
+    ids=['structured', 'copied', 'builtin', 'storage_type'])
+def test_forged_dtypes_are_refused_not_dereferenced(tmp_path, body):
+  path = tmp_path / 'forged.pth'
+  with zipfile.ZipFile(path, 'w') as archive:
+    archive.writestr('archive/data.pkl', pickle.PROTO + bytes([2]) + body + pickle.STOP)
+    archive.writestr('archive/data/0', struct.pack('<Q', 0x4141414141414141))
+  code = ('import sys\nfrom asymfusion_jax import torch_pickle\n'
+          'try:\n  torch_pickle.load_state_dict(sys.argv[1])\n'
+          'except ValueError as e:\n  print("refused:", e)\n')
+  result = subprocess.run([sys.executable, '-c', code, str(path)], capture_output=True,
+                          text=True, timeout=120, check=False)
+  assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+  assert result.stdout.startswith('refused:') and 'forged.pth' in result.stdout, result.stdout
