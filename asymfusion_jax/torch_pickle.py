@@ -17,6 +17,7 @@ checkpoint cannot run code on load; every tensor is checked to lie inside its st
 import codecs
 import collections
 import dataclasses
+import math
 import operator
 import os
 import pickle
@@ -157,6 +158,10 @@ def _tensor_from(lazy: _LazyTensor, data: Mapping[str, np.ndarray], what: str) -
   if 0 in size:
     return np.zeros(size, storage.dtype)
   last = lazy.offset + sum((n - 1) * s for n, s in zip(size, stride))
+  numel = math.prod(size)
+  if numel > storage.size:  # Only expanded (stride 0) or overlapping views are larger.
+    raise ValueError(f'{what}: a tensor of size {size} has more elements than its storage '
+                     f'{lazy.storage.key} ({storage.size}); save a contiguous copy')
   if last >= storage.size:
     raise ValueError(f'{what}: a tensor of size {size} at offset {lazy.offset} overruns its '
                      f'storage {lazy.storage.key} of {storage.size} elements')

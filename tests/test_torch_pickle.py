@@ -118,16 +118,25 @@ def _patched(data: bytes, old: bytes, new: bytes) -> bytes:
   return data.replace(old, new)
 
 
-def test_refuses_a_tensor_larger_than_its_storage(tmp_path):
-  """A legacy file whose pickle claims a (4, 1000) tensor over a storage of 4 floats."""
+def test_refuses_a_tensor_that_overruns_its_storage(tmp_path):
+  """A legacy file whose (4, 10) tensor of 40 floats claims strides (100, 1)."""
   path = save({'w': torch.ones(4, 10)}, tmp_path / 'w.pth', 'legacy')
   data = open(path, 'rb').read()
-  # The size tuple (4, 10) and the stride tuple (10, 1), as pickle protocol 2 writes them.
-  size = pickle.BININT1 + bytes([4]) + pickle.BININT1 + bytes([10]) + pickle.TUPLE2
-  bigger = pickle.BININT1 + bytes([4]) + pickle.BININT2 + (1000).to_bytes(2, 'little') + pickle.TUPLE2
+  # The stride tuple (10, 1) as pickle protocol 2 writes it, and (100, 1).
+  stride = pickle.BININT1 + bytes([10]) + pickle.BININT1 + bytes([1]) + pickle.TUPLE2
+  wider = pickle.BININT1 + bytes([100]) + pickle.BININT1 + bytes([1]) + pickle.TUPLE2
   with open(path, 'wb') as f:
-    f.write(_patched(data, size, bigger))
-  with pytest.raises(ValueError, match=r'w\.pth: a tensor of size \(4, 1000\) .* overruns'):
+    f.write(_patched(data, stride, wider))
+  with pytest.raises(ValueError, match=r'w\.pth: a tensor of size \(4, 10\) at offset 0 overruns'):
+    torch_pickle.load_state_dict(path)
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_refuses_a_tensor_with_more_elements_than_its_storage(tmp_path, fmt):
+  """An expanded tensor would copy its few stored values into an array of any size."""
+  path = save({'w': torch.ones(3).expand(1000, 3)}, tmp_path / 'expanded.pth', fmt)
+  with pytest.raises(ValueError, match=r'expanded\.pth: a tensor of size \(1000, 3\) has more '
+                                       r'elements than its storage'):
     torch_pickle.load_state_dict(path)
 
 
