@@ -231,9 +231,9 @@ def _load_legacy(path: str):
       if len(header) != 8:
         raise ValueError(f'the file ends before storage {key}')
       nbytes = struct.unpack('<q', header)[0] * storage.dtype.itemsize
-      raw = f.read(nbytes) if nbytes >= 0 else b''
-      if len(raw) != nbytes or nbytes < 0:
+      if not 0 <= nbytes <= os.fstat(f.fileno()).st_size - f.tell():
         raise ValueError(f'the file ends inside storage {key} ({nbytes} bytes expected)')
+      raw = f.read(nbytes)
       data[key] = _storage_data(raw, storage, path)
     missing = set(unpickler.storages) - set(data)
     if missing:
