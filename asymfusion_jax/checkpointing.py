@@ -29,7 +29,10 @@ class CheckpointMismatchError(ValueError):
 def _manager(directory: str, max_to_keep: int, create: bool) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                          enable_async_checkpointing=False)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+  # Handlers named up front, so that item_metadata can read a step before any restore.
+  handlers = {'state': ocp.StandardCheckpointHandler(), 'record': ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers=handlers)
 
 
 class Checkpoints:
@@ -98,14 +101,10 @@ class Checkpoints:
     Only readable metadata is compared; a checkpoint whose metadata cannot be read is left to
     the restore, which treats it as unreadable.
     """
-    checkpointer = ocp.StandardCheckpointer()
     try:
-      stored = checkpointer.metadata(
-          os.path.join(str(manager.directory), str(step), 'state')).item_metadata['params']
+      stored = manager.item_metadata(step)['state']['params']
     except Exception:  # pylint: disable=broad-except
       return
-    finally:
-      checkpointer.close()
     expected = _as_dict(abstract_state)['params']
     shapes = lambda tree: {jax.tree_util.keystr(path): tuple(leaf.shape)
                            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
