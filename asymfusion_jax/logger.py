@@ -26,12 +26,23 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
-class MetricLogger:
+SUPERSEDED_FILE = 'metrics.superseded.jsonl'
 
-  def __init__(self, workdir: str):
+
+class MetricLogger:
+  """Appends to DIR/metrics.jsonl and DIR/tensorboard (process 0 only).
+
+  resume_step: the step a run resumes from. Records of later steps were written by an earlier
+  run that stopped before its next checkpoint; the resumed run logs those steps again, so they
+  move from metrics.jsonl to metrics.superseded.jsonl, and every step stays logged once.
+  """
+
+  def __init__(self, workdir: str, resume_step: int | None = None):
     self._active = jax.process_index() == 0
     self._path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
+    if self._active and resume_step is not None:
+      self._set_aside_after(resume_step, os.path.join(workdir, SUPERSEDED_FILE))
     if self._active:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top  # Heavy; needed only here.
       self._tf = tf
@@ -40,6 +51,24 @@ class MetricLogger:
       # plugin's metadata produces the same events without it.
       self._scalar_metadata = tf.compat.v1.SummaryMetadata(
           plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name='scalars'))
+
+  def _set_aside_after(self, step: int, superseded_path: str) -> None:
+    if not os.path.exists(self._path):
+      return
+    with open(self._path) as f:
+      lines = f.readlines()
+    later = [line for line in lines if _step_of(line) > step]
+    if not later:
+      return
+    with open(superseded_path, 'a') as f:  # First, so that no record is ever only in memory.
+      f.writelines(later)
+    temp = self._path + '.tmp'
+    with open(temp, 'w') as f:
+      f.writelines(line for line in lines if _step_of(line) <= step)
+    os.replace(temp, self._path)
+    logging.warning('Moved %d records of steps after %d (an earlier run that stopped before its '
+                    'next checkpoint) from %s to %s.', len(later), step, self._path,
+                    superseded_path)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if not self._active:
@@ -56,6 +85,14 @@ class MetricLogger:
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _step_of(line: str) -> float:
+  """The step of a metrics.jsonl line; -inf for a line that is not a record (kept in place)."""
+  try:
+    return float(json.loads(line)['step'])
+  except (ValueError, KeyError, TypeError):
+    return -math.inf
 
 
 class Progress:

@@ -243,8 +243,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Only now: a config whose model does not fit the workdir's checkpoints has changed nothing.
   write_config(config, workdir)
 
-  logger = MetricLogger(workdir)
   start = int(state.step)
+  logger = MetricLogger(workdir, resume_step=start)
   batches = pipeline.train_batches(config, start_step=start, process_index=jax.process_index(),
                                    process_count=jax.process_count())
   evaluator = evaluation.Evaluator(model, config, mesh)

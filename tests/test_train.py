@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, train
+from asymfusion_jax import checkpointing, logger, train
 from tests import tiny
 
 TRAIN_KEYS = {'step', 'train/loss', 'train/lr_encoder', 'train/lr_decoder', 'steps_per_second'}
@@ -163,6 +163,26 @@ def test_intervals_must_be_positive(tiny_data, tmp_path, key):
   with pytest.raises(ValueError, match=rf'config\.{key}=0 must be a positive integer'):
     train.train_and_evaluate(config, str(tmp_path))
   assert os.listdir(tmp_path) == []
+
+
+def test_resume_after_a_lost_tail_logs_every_step_once(full_run, tiny_data, tmp_path):
+  """A run that died after step 12 but whose last checkpoint is step 8 logs 9..12 again."""
+  import shutil
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(full_run[0], workdir)
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '12'))
+  train.train_and_evaluate(tiny.config(tiny_data), workdir)
+  records = read_metrics(workdir)
+  assert [r['step'] for r in records if 'train/loss' in r] == list(range(2, 13, 2))
+  assert [r['step'] for r in records if 'eval/ensemble/miou' in r] == [4, 8, 12]
+  with open(os.path.join(workdir, logger.SUPERSEDED_FILE)) as f:
+    superseded = [json.loads(line) for line in f]
+  assert [(r['step'], 'train/loss' in r) for r in superseded] == [
+      (10, True), (12, True), (12, False)]
+  # The resumed run computes the same steps again.
+  again = {r['step']: r['train/loss'] for r in records if 'train/loss' in r}
+  for r in superseded[:2]:
+    assert again[r['step']] == pytest.approx(r['train/loss'], rel=1e-5)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
