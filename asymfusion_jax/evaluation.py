@@ -67,14 +67,14 @@ class Evaluator:
     names = branch_names(config)
     total = np.zeros((len(names), config.model.num_classes, config.model.num_classes), np.int64)
     to_draw = config.num_prediction_images if workdir else 0
-    # Every process runs the (collective) prediction of the same first batches.
-    draw_batches = -(-to_draw // max(1, config.eval_batch_size // jax.process_count()))
     drawn = 0
     for i, local in enumerate(
         pipeline.eval_batches(config, jax.process_index(), jax.process_count())):
       batch = sharding.global_batch(self.mesh, local)
       total += np.asarray(jax.device_get(self._eval(variables, batch)), np.int64)
-      if i < draw_batches:
+      # Every process has as many rows per batch, so all run the (collective) prediction of the
+      # same first batches.
+      if i * len(local['label']) < to_draw:
         preds = self._predict(variables, batch['image'], tuple(local['label'].shape[1:]))
         if jax.process_index() == 0:
           rows = _local_rows(batch['image'], axis=1)

@@ -55,16 +55,17 @@ class MetricLogger:
   def _set_aside_after(self, step: int, superseded_path: str) -> None:
     if not os.path.exists(self._path):
       return
+    kept, later = [], []
     with open(self._path) as f:
-      lines = f.readlines()
-    later = [line for line in lines if _step_of(line) > step]
+      for line in f:
+        (later if _step_of(line) > step else kept).append(line)
     if not later:
       return
     with open(superseded_path, 'a') as f:  # First, so that no record is ever only in memory.
       f.writelines(later)
     temp = self._path + '.tmp'
     with open(temp, 'w') as f:
-      f.writelines(line for line in lines if _step_of(line) <= step)
+      f.writelines(kept)
     os.replace(temp, self._path)
     logging.warning('Moved %d records of steps after %d (an earlier run that stopped before its '
                     'next checkpoint) from %s to %s.', len(later), step, self._path,

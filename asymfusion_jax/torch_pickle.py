@@ -76,22 +76,26 @@ def _rebuild_parameter(data, *unused_args):
   return data
 
 
-def _numpy_dtype(spec, unused_align=False, unused_copy=False):
-  """numpy.dtype for plain numeric types only, as NumPy's own immutable built-in instances.
+def _is_plain(dtype) -> bool:
+  """A NumPy built-in numeric dtype: one of NumPy's own instances, which BUILD cannot change.
 
   np.dtype(..., copy=True), a byte-swapped or a structured dtype is a new object whose
   __setstate__ a pickle's BUILD could use to forge an object-pointer dtype.
   """
+  return isinstance(dtype, np.dtype) and dtype.isbuiltin == 1 and dtype.kind in 'biufc'
+
+
+def _numpy_dtype(spec, unused_align=False, unused_copy=False):
+  """numpy.dtype for plain numeric types only (see _is_plain)."""
   dtype = np.dtype(spec) if isinstance(spec, str) else None
-  if dtype is None or dtype.isbuiltin != 1 or dtype.kind not in 'biufc':
+  if not _is_plain(dtype):
     raise pickle.UnpicklingError(f'numpy.dtype({spec!r}) is not allowed in a state_dict file')
   return dtype
 
 
 def _numpy_scalar(dtype, data=None):
   """numpy.core.multiarray.scalar as pickled for a NumPy scalar (plain bytes only)."""
-  if (not isinstance(dtype, np.dtype) or dtype.isbuiltin != 1 or dtype.kind not in 'biufc'
-      or not isinstance(data, bytes) or len(data) != dtype.itemsize):
+  if not _is_plain(dtype) or not isinstance(data, bytes) or len(data) != dtype.itemsize:
     raise pickle.UnpicklingError(f'only plain NumPy scalars are allowed, not {dtype!r}')
   return np.frombuffer(data, dtype)[0]
 

@@ -254,12 +254,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step_fn = None
   results = {}
 
-  def save(step, best=False):
+  def save(step, also_best=False):
+    """The periodic checkpoint of `step`, and the best one too if also_best."""
     # The losses so far were finite, but the update after the last of them may not be.
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
                                'The last good checkpoint is kept.')
-    ckpts.save(state, {'step': step, 'data_position': step, 'best_miou': best_miou}, best=best)
+    record = {'step': step, 'data_position': step, 'best_miou': best_miou}
+    if also_best:
+      ckpts.save(state, record, best=True)
+    ckpts.save(state, record)
 
   if start >= total:
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
@@ -289,11 +293,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         losses_seen.check()
         results = evaluator.run(state.variables(), workdir)
         logger.write(done, evaluation.flatten(results))
-        miou = results['ensemble']['miou']
-        if miou > best_miou:
-          best_miou = miou
-          save(done, best=True)
-        save(done)
+        improved = results['ensemble']['miou'] > best_miou
+        best_miou = max(best_miou, results['ensemble']['miou'])
+        save(done, also_best=improved)
         progress.start(done)  # Throughput excludes evaluation and checkpointing.
       elif done % config.checkpoint_every_steps == 0 or stop:
         losses_seen.check()
