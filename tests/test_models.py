@@ -75,6 +75,22 @@ def test_modal_batchnorm_training_matches_pytorch_semantics():
                                0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
 
 
+def test_modal_batchnorm_statistics_are_stable_at_large_means():
+  """mean/std = 300: the one-pass E[x^2] - E[x]^2 was 2e-2 off in float32; two passes are not."""
+  rng = np.random.default_rng(1)
+  x = (300.0 + rng.normal(0.0, 1.0, size=(2, 4, 16, 16, 8))).astype(np.float32)
+  x[1] = x[1] * 7.0 - 5000.0  # mean -2900, std 7
+  bn = ModalBatchNorm(use_running_average=False)
+  variables = bn.init(jax.random.key(0), x)
+  y, state = bn.apply(variables, x, mutable=['batch_stats'])
+  for m in range(2):
+    flat = x[m].reshape(-1, 8).astype(np.float64)  # PyTorch's two-pass statistics, in float64.
+    expected = (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5)
+    np.testing.assert_allclose(np.asarray(y[m]).reshape(-1, 8), expected, rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(state['batch_stats']['var'][m], 0.9 + 0.1 * flat.var(0, ddof=1),
+                               rtol=1e-4)
+
+
 def test_each_modality_is_normalised_on_its_own():
   """With fusion off, modality m's output depends on modality m's input only."""
   model, variables, x = init_tiny(fusion=False)
