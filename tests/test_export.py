@@ -73,10 +73,8 @@ def listing(directory):
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory, tiny_data):
-  path = str(tmp_path_factory.mktemp('run'))
-  train.train_and_evaluate(tiny.config(tiny_data), path)
-  return path
+def workdir(full_run):
+  return full_run[0]
 
 
 @pytest.fixture(scope='module')

@@ -34,13 +34,6 @@ def final_params(workdir):
   return step, jax.tree.map(np.asarray, restored['state']['params'])
 
 
-@pytest.fixture(scope='module')
-def full_run(tmp_path_factory, tiny_data):
-  workdir = str(tmp_path_factory.mktemp('full'))
-  results = train.train_and_evaluate(tiny.config(tiny_data), workdir)
-  return workdir, results
-
-
 def test_logs_checkpoints_and_predictions(full_run):
   workdir, results = full_run
   records = read_metrics(workdir)
