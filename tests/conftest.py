@@ -1,11 +1,36 @@
 """Shared fixtures, built once per session: the tiny synthetic dataset (prepared with TFDS) and
 one complete tiny training run. Tests that change a workdir copy the run's workdir first."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _share_compilation_cache() -> None:
+  """One persistent XLA compilation cache for the test session and every process it starts.
+
+  The tests compile the same tiny programs in this process and again in the command-line
+  subprocesses they start (main, export, benchmark) and in pytest-xdist workers; with a shared
+  cache each program is compiled once. JAX reads these variables when it first compiles, and
+  subprocesses inherit them. The cache is keyed by the program, the flags and the versions, so a
+  hit is the same executable; a user's own JAX_COMPILATION_CACHE_DIR is left in charge.
+  """
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return
+  path = tempfile.mkdtemp(prefix='asymfusion-test-xla-cache-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  # Cache every program that takes a noticeable time to compile, whatever its size.
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '-1'
+  atexit.register(shutil.rmtree, path, True)  # Only the process that made it removes it.
+
+
+_share_compilation_cache()
 
 # triton (which torch.optim and torch._dynamo import) segfaults when it is first imported after
 # TensorFlow, which the data pipeline and the metric logger load; importing it first avoids that.
