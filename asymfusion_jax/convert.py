@@ -24,7 +24,7 @@ state_dict: `refinenet_to_torch(refinenet_from_torch(sd), num_batches_tracked=sd
 
 Command line (reads the .pth with asymfusion_jax.torch_pickle, so torch is not needed):
 
-  python -m asymfusion_jax.convert --torch=refinenet.pth --config=configs/nyudv2_refinenet101.py \
+  python -m asymfusion_jax.convert --torch=refinenet.pth --config=configs/nyudv2_refinenet101.py \\
       --out=/tmp/refinenet101_ckpt
 
 writes an orbax checkpoint (asymfusion_jax.variables_io) that `config.init.checkpoint` can load.
@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from asymfusion_jax import logger
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import variables_io
 from asymfusion_jax.models.refinenet import RefineNet, build_model
@@ -385,6 +386,7 @@ def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logger.setup_cli_logging()
   args = flags.FLAGS
   variables = convert_file(args.torch, args.config, args.out, overwrite=args.overwrite)
   count = sum(np.size(x) for x in jax.tree.leaves(variables['params']))

@@ -42,6 +42,7 @@ from ml_collections import config_flags
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
 from asymfusion_jax import convert
+from asymfusion_jax import logger
 from asymfusion_jax import sharding
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
@@ -318,6 +319,7 @@ def _source_from_flags(args) -> Source:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logger.setup_cli_logging()
   args = flags.FLAGS
   options = {}
   if args.format == 'jax':

@@ -4,26 +4,103 @@ Every measurement goes to `DIR/metrics.jsonl` (one object per logged step or eva
 TensorBoard event files under `DIR/tensorboard`. Only process 0 writes.
 """
 
+import datetime
 import json
 import logging as logging_std
 import math
 import os
+import sys
+import tempfile
 import time
 
 from absl import logging
 import jax
 
 
+# Import-time notices of TensorFlow's C++ runtime that TF_CPP_MIN_LOG_LEVEL no longer hides (TF
+# 2.19+ logs them through absl before it is initialised, twice): oneDNN's numerics note and absl's
+# note about that.
+_TF_IMPORT_NOTICES = ('oneDNN custom operations are on',
+                      'All log messages before absl::InitializeLog() is called')
+
+
 class _LibraryInfoFilter(logging_std.Filter):
-  """Drops INFO records of orbax and TFDS, which log several lines per checkpoint or read."""
+  """Drops INFO records of orbax, TFDS and JAX.
+
+  orbax logs dozens of lines per checkpoint read or write, TFDS several per dataset read, JAX
+  that it found no TPU. Their warnings and errors still show.
+  """
 
   def filter(self, record):
-    noisy = ('/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname)
+    noisy = ('/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname
+             or record.name == 'jax' or record.name.startswith('jax.'))
     return record.levelno >= logging_std.WARNING or not noisy
 
 
+class _CliFormatter(logging_std.Formatter):
+  """`HH:MM:SS message` for INFO, `HH:MM:SS WARNING: message` for other levels.
+
+  absl's default prefix (level, date, microseconds, thread id, file:line) takes half of every
+  line on a terminal; the file of a message is rarely what a user of the CLIs needs.
+  """
+
+  def format(self, record):
+    text = super().format(record)
+    stamp = time.strftime('%H:%M:%S', time.localtime(record.created))
+    level = '' if record.levelno == logging_std.INFO else f'{record.levelname}: '
+    return f'{stamp} {level}{text}'
+
+
 def quiet_library_logs() -> None:
-  logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+  """Hides the INFO chatter of orbax, TFDS and JAX from absl's log handler (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _LibraryInfoFilter) for f in handler.filters):
+    handler.addFilter(_LibraryInfoFilter())
+
+
+def setup_cli_logging(tensorflow: bool = False) -> None:
+  """What every command-line entry point calls first: quiet libraries, short log lines.
+
+  Args:
+    tensorflow: also import TensorFlow and TFDS now (for CLIs that read data or write metrics,
+      which import them anyway), with their import-time C++ notices left out of stderr, and
+      turn off TFDS's progress bars, which write a screenful of terminal escapes to a log file.
+  """
+  quiet_library_logs()
+  logging.get_absl_handler().setFormatter(_CliFormatter())
+  if tensorflow:
+    import_tensorflow()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.display_progress_bar(False)
+
+
+def import_tensorflow():
+  """`import tensorflow`, with its import-time notices (_TF_IMPORT_NOTICES) filtered from stderr.
+
+  TensorFlow's C++ runtime writes them to file descriptor 2 directly, so the import runs with
+  that descriptor pointed at a temporary file, whose other lines (a real error, say) are then
+  written to stderr unchanged.
+  """
+  if 'tensorflow' in sys.modules:
+    return sys.modules['tensorflow']
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with tempfile.TemporaryFile() as capture:
+      os.dup2(capture.fileno(), 2)
+      try:
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        capture.seek(0)
+        lines = capture.read().decode(errors='replace').splitlines(keepends=True)
+        sys.stderr.write(''.join(line for line in lines
+                                 if not any(n in line for n in _TF_IMPORT_NOTICES)))
+        sys.stderr.flush()
+  finally:
+    os.close(saved)
+  return tf
 
 
 SUPERSEDED_FILE = 'metrics.superseded.jsonl'
@@ -97,22 +174,132 @@ def _step_of(line: str) -> float:
 
 
 class Progress:
-  """steps/s since the last report, and the ETA, excluding the first step's compile time."""
+  """The training loop's progress lines: step, loss, steps/s and an ETA that counts evaluations.
 
-  def __init__(self, total_steps: int):
+  Throughput is measured between reports, leaving out the first step (compilation, see
+  compiling()) and every pause() .. start() span (evaluation and its checkpoint). The ETA is
+  the remaining steps at the last interval's rate plus the remaining evaluations times the
+  duration of the last one (the first includes compiling the evaluation, so later estimates
+  shrink); until one has finished, the line says how many evaluations are still to come.
+  """
+
+  def __init__(self, total_steps: int, eval_every: int | None = None):
     self.total = total_steps
+    self._eval_every = eval_every
     self._t = None
     self._step = None
+    self._compile_t = None
+    self._pause_t = None
+    self._eval_s = None
+
+  def compiling(self) -> None:
+    """Before the first step: says that the next minute or so is compilation."""
+    logging.info('compiling the train step...')
+    self._compile_t = time.perf_counter()
 
   def start(self, step: int) -> None:
-    self._t, self._step = time.perf_counter(), step
+    """(Re)starts the throughput clock after the first step or after an evaluation."""
+    now = time.perf_counter()
+    if self._compile_t is not None:
+      logging.info('train step compiled; the first step took %.1f s', now - self._compile_t)
+      self._compile_t = None
+    if self._pause_t is not None:
+      self._eval_s = now - self._pause_t
+      self._pause_t = None
+    self._t, self._step = now, step
 
-  def report(self, step: int) -> float:
-    """Logs a progress line and returns steps per second over the interval."""
+  def pause(self, step: int) -> None:
+    """Before the evaluation of `step`; start() ends the pause and times it."""
+    self._pause_t = time.perf_counter()
+    logging.info('evaluating step %d...', step)
+
+  def evaluations_left(self, step: int) -> int:
+    """Evaluations still to run at steps >= `step`: every eval_every steps, and at the end."""
+    if not self._eval_every:
+      return 0
+    count = self.total // self._eval_every - (step - 1) // self._eval_every
+    return count + (1 if self.total % self._eval_every else 0)
+
+  def report(self, step: int, losses=None) -> float:
+    """Logs a progress line and returns steps per second over the interval.
+
+    Args:
+      step: the step just done (counted from 1).
+      losses: the training losses of the steps since the last report; the line shows their
+        mean, the value metrics.jsonl records as train/loss.
+    """
     now = time.perf_counter()
     rate = (step - self._step) / max(now - self._t, 1e-9) if self._t is not None else 0.0
     self._t, self._step = now, step
-    eta = (self.total - step) / rate if rate > 0 else math.inf
-    eta_text = time.strftime('%H:%M:%S', time.gmtime(eta)) if math.isfinite(eta) else '?'
-    logging.info('step %d/%d  %.2f steps/s  ETA %s', step, self.total, rate, eta_text)
+    parts = [f'step {step}/{self.total}']
+    if losses:
+      parts.append(f'loss {float(sum(losses)) / len(losses):.4f} (mean of {len(losses)} '
+                   f'step{"s" if len(losses) > 1 else ""})')
+    parts.append(f'{rate:.2f} steps/s')
+    parts.append('ETA ' + self._eta_text(step, rate))
+    logging.info('  '.join(parts))
     return rate
+
+  def _eta_text(self, step: int, rate: float) -> str:
+    if rate <= 0:
+      return '?'
+    seconds = (self.total - step) / rate
+    evals = self.evaluations_left(step)
+    noun = 'evaluation' if evals == 1 else 'evaluations'
+    if evals and self._eval_s is None:
+      return f'{_duration(seconds)} + {evals} {noun}'
+    text = _duration(seconds + evals * (self._eval_s or 0.0))
+    return f'{text} (incl. {evals} {noun})' if evals else text
+
+
+def _duration(seconds: float) -> str:
+  return str(datetime.timedelta(seconds=round(seconds)))
+
+
+# The workdir entries the end-of-run summary names, with what each holds.
+_WORKDIR_FILES = (
+    ('config.json', 'the resolved config'),
+    ('metrics.jsonl', 'every logged loss and score, one JSON object a line'),
+    ('checkpoints', 'the latest checkpoints (training resumes from them)'),
+    ('best', 'the checkpoint of the best ensemble mIoU (export and --mode=eval use it)'),
+    ('predictions', 'colour-coded predictions of the last evaluation'),
+    ('tensorboard', 'the same scalars for TensorBoard'),
+)
+
+
+def run_summary(workdir: str) -> str:
+  """A few lines on a run, from its metrics.jsonl: best and last evaluation, and its files."""
+  evals = []
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except ValueError:
+          continue
+        if isinstance(record, dict) and 'eval/ensemble/miou' in record:
+          evals.append(record)
+  lines = [f'Run summary ({workdir}):']
+  if evals:
+    # The first of equal scores, as the best checkpoint keeps the first.
+    best = max(evals, key=lambda r: (r['eval/ensemble/miou'], -r['step']))
+    last = evals[-1]
+    lines.append(f'  best ensemble mIoU   {best["eval/ensemble/miou"]:.2f} at step {best["step"]}')
+    lines.append(f'  last evaluation      step {last["step"]}: ensemble mIoU '
+                 f'{last["eval/ensemble/miou"]:.2f}, pixel acc '
+                 f'{last.get("eval/ensemble/pixel_acc", math.nan):.2f}')
+  else:
+    lines.append('  no evaluation yet')
+  for name, what in _WORKDIR_FILES:
+    full = os.path.join(workdir, name)
+    if os.path.exists(full):
+      shown = full + (os.sep if os.path.isdir(full) else '')
+      lines.append(f'  {shown:<{len(workdir) + 16}}  {what}')
+  return '\n'.join(lines)
+
+
+def print_run_summary(workdir: str) -> None:
+  """Prints run_summary to stdout, beside the results tables (process 0 only)."""
+  if jax.process_index() == 0:
+    print('\n' + run_summary(workdir), flush=True)

@@ -8,6 +8,10 @@ Any config field can be overridden with --config.<key>=<value>. On a multi-host 
 --num_processes and --process_id) to start jax.distributed before anything touches a device.
 """
 
+import ast
+import os
+import sys
+
 from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
@@ -27,10 +31,59 @@ flags.DEFINE_integer('process_id', None, 'This process index for jax.distributed
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a flag or config that cannot be read is one line, not a traceback.
+
+  A missing config file, a misspelt --config.<key> override, a value of the wrong type or a
+  config file's own ValueError exit with status 1 and one line naming the flag and the fault (a
+  Python error inside a config file keeps its traceback: its line number is what one needs then).
+  """
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.get('seed')  # A file that failed to load raises only when first read.
+  except flags.Error as e:
+    sys.exit(f'main: {flag_error(e)} (--helpfull lists the flags)')
+  except (KeyError, AttributeError, OSError, ValueError, TypeError) as e:
+    sys.exit(f'main: {config_error(e, argv)}')
+  return rest
+
+
+def flag_error(error: Exception) -> str:
+  """The first line of a flag error, and the last when a traceback sits between them."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if len(lines) > 1 and any(line.startswith('Traceback') for line in lines):
+    return f'{lines[0]} {lines[-1]}'
+  return ' '.join(lines)
+
+
+def config_error(error: Exception, argv: list[str]) -> str:
+  """One line on a config error, naming the --config flag or override at fault."""
+  text = str(error.args[0]) if error.args else str(error)
+  if isinstance(error, (KeyError, AttributeError)):
+    try:  # ml_collections puts the repr of a KeyError's message in the AttributeError.
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+    lines = text.splitlines() or ['']
+    key = lines[0].strip('\'"')
+    culprit = next((a.split('=')[0] for a in argv
+                    if a.startswith('--config.') and key in a.split('=')[0].split('.')),
+                   '--config')
+    return ' '.join([f'{culprit}: the config has no field {key!r}.'] + lines[1:])
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if isinstance(error, OSError):  # ml_collections: how it tried, then why it failed (last).
+    config = next((a for a in argv if a.startswith('--config=')), '--config')
+    path = config.partition('=')[2].split(':')[0]
+    where = '' if os.path.isabs(path) else f' (relative to {os.getcwd()})'
+    return (f'{config}: {lines[-1] if lines else error}{where}; --config takes a config file, '
+            "e.g. the repository's configs/demo.py.")
+  return f'--config: {type(error).__name__}: {" ".join(lines)}'
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  logger.quiet_library_logs()
+  logger.setup_cli_logging(tensorflow=True)
   if FLAGS.distributed:
     try:  # CPU processes exchange collectives through gloo; GPUs and TPUs ignore this option.
       jax.config.update('jax_cpu_collectives_implementation', 'gloo')
@@ -47,4 +100,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

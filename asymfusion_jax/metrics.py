@@ -103,12 +103,14 @@ def branch_scores(confusion, names) -> dict:
   return {name: scores(cm) for name, cm in zip(names, confusion)}
 
 
-def format_table(results: dict) -> str:
+def format_table(results: dict, title: str | None = None) -> str:
   """A fixed-width text table, one row per branch, scores in percent with two decimals.
 
   Args:
     results: {branch_name: {'pixel_acc': .., 'mean_acc': .., 'miou': ..}}, e.g. from
       branch_scores; rows keep the dict's order.
+    title: a line above the table, e.g. 'validation at step 250', so that a log of several
+      evaluations says which table is which.
   """
   headers = ('branch', 'pixel acc', 'mean acc', 'mIoU')
   width = max([len(headers[0])] + [len(str(name)) for name in results])
@@ -117,4 +119,4 @@ def format_table(results: dict) -> str:
   for name, res in results.items():
     lines.append(f'{str(name):<{width}}'
                  + ''.join(f'  {float(res[k]):>9.2f}' for k in METRIC_NAMES))
-  return '\n'.join(lines)
+  return '\n'.join(([title] if title else []) + lines)

@@ -22,7 +22,7 @@ import optax
 
 from asymfusion_jax import checkpointing, evaluation, initialization, losses, optim, sharding
 from asymfusion_jax.data import pipeline
-from asymfusion_jax.logger import MetricLogger, Progress
+from asymfusion_jax.logger import MetricLogger, Progress, print_run_summary
 from asymfusion_jax.models import build_model
 
 
@@ -249,7 +249,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                    process_count=jax.process_count())
   evaluator = evaluation.Evaluator(model, config, mesh)
   losses_seen = _LossWatch()
-  progress = Progress(total)
+  progress = Progress(total, eval_every)
   lr = optim.learning_rate_schedules(config, per_epoch)
   step_fn = None
   results = {}
@@ -274,6 +274,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       batch = sharding.global_batch(mesh, next(batches))
       if step_fn is None:
         step_fn = jit_train_step(model, tx, config, mesh, state, batch)
+        progress.compiling()  # The first call below compiles it.
       state, metrics = step_fn(state, batch)
       done = step + 1  # Steps are counted from 1, as in metrics.jsonl and checkpoints.
       losses_seen.add(done, metrics['loss'])
@@ -283,13 +284,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.start(done)
       if done % config.log_every_steps == 0 or done == total:
         logged = losses_seen.drain()
-        rate = progress.report(done)
+        rate = progress.report(done, logged)
         logger.write(done, {
             'train/loss': float(np.mean(logged)),
             'train/lr_encoder': float(lr['encoder'](step)),
             'train/lr_decoder': float(lr['decoder'](step)),
             'steps_per_second': rate})
       if done % eval_every == 0 or done == total:
+        progress.pause(done)
         losses_seen.check()
         results = evaluator.run(state.variables(), workdir)
         logger.write(done, evaluation.flatten(results))
@@ -305,6 +307,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         break
   ckpts.close()
   logger.close()
+  print_run_summary(workdir)
   return results
 
 

@@ -50,39 +50,159 @@ def _to_uint8_image(x) -> np.ndarray:
   return np.repeat(out[..., None], 3, axis=-1) if out.ndim == 2 else out
 
 
-def _title(tile: np.ndarray, text: str) -> np.ndarray:
-  tile = np.ascontiguousarray(tile)
-  scale = max(tile.shape[0] / 480.0, 0.35)
-  org = (4, int(18 * scale) + 4)
-  for colour, thickness in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-    cv2.putText(tile, text, org, cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, colour, thickness,
-                cv2.LINE_AA)
-  return tile
+# NYUDv2's 40 classes (Gupta et al.'s mapping), in label order 0..39.
+NYUDV2_CLASS_NAMES = (
+    'wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
+    'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
+    'floor mat', 'clothes', 'ceiling', 'books', 'refrigerator', 'television', 'paper', 'towel',
+    'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
+    'bathtub', 'bag', 'other structure', 'other furniture', 'other prop')
+
+# Panel layout, in pixels: tiles are scaled up (nearest neighbour, by a whole factor) to at least
+# MIN_TILE_HEIGHT; each has a title bar above it; GAP separates tiles and rows.
+MIN_TILE_HEIGHT = 256
+TITLE_HEIGHT = 30
+GAP = 8
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.6
+_TEXT = (0, 0, 0)
+_BACKGROUND = 255
+
+
+def class_names(config) -> tuple[str, ...] | None:
+  """The class names of a config's dataset: synthetic, NYUDv2 (40 classes), else None (ids)."""
+  from asymfusion_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  if config.data.synthetic and config.model.num_classes == synthetic.NUM_CLASSES:
+    return synthetic.CLASS_NAMES
+  if config.model.num_classes == len(NYUDV2_CLASS_NAMES):
+    return NYUDV2_CLASS_NAMES
+  return None
+
+
+def _put_text(image: np.ndarray, text: str, x: int, y_bottom: int, max_width: int) -> None:
+  """Black text with its baseline at y_bottom, shrunk to fit max_width if needed."""
+  scale = _FONT_SCALE
+  width = cv2.getTextSize(text, _FONT, scale, 1)[0][0]
+  if width > max_width > 0:
+    scale *= max_width / width
+  cv2.putText(image, text, (x, y_bottom), _FONT, scale, _TEXT, 1, cv2.LINE_AA)
+
+
+def _titled(tile: np.ndarray, title: str) -> np.ndarray:
+  """The tile under a white bar with its title."""
+  bar = np.full((TITLE_HEIGHT, tile.shape[1], 3), _BACKGROUND, np.uint8)
+  _put_text(bar, title, 4, TITLE_HEIGHT - 9, tile.shape[1] - 8)
+  return np.concatenate([bar, tile], axis=0)
+
+
+def _pixel_accuracy(pred: np.ndarray, label: np.ndarray) -> float | None:
+  """Percent of labelled pixels (label != 255) predicted right; None if there are none."""
+  valid = label != IGNORE_LABEL
+  return 100.0 * float(np.mean(pred[valid] == label[valid])) if valid.any() else None
+
+
+def _legend(classes, names, width: int) -> np.ndarray:
+  """Rows of colour swatches and class names, wrapped at `width` pixels."""
+  entries = []
+  for c in classes:
+    if c == IGNORE_LABEL:
+      text = 'unlabelled'
+    else:
+      text = f'{c} {names[c]}' if names is not None and c < len(names) else f'class {c}'
+    entries.append((c, text))
+  swatch, row_height, pad = 18, 28, 12
+  sizes = [swatch + 6 + cv2.getTextSize(t, _FONT, _FONT_SCALE, 1)[0][0] for _, t in entries]
+  rows, row, used = [], [], 0
+  for entry, size in zip(entries, sizes):
+    if row and used + size > width - 2 * GAP:
+      rows.append(row)
+      row, used = [], 0
+    row.append((entry, size))
+    used += size + pad
+  if row:
+    rows.append(row)
+  legend = np.full((row_height * len(rows) + GAP, width, 3), _BACKGROUND, np.uint8)
+  for r, row in enumerate(rows):
+    x, top = GAP, r * row_height + GAP // 2
+    for (c, text), size in row:
+      colour = tuple(int(v) for v in PALETTE[c])
+      cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), colour, -1)
+      cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), (96, 96, 96), 1)
+      _put_text(legend, text, x + swatch + 6, top + 4 + swatch - 3, width)
+      x += size + pad
+  return legend
+
+
+def prediction_panel(rgb_uint8, depth, label, predictions: dict,
+                     names=None) -> np.ndarray:
+  """A figure of one image: inputs and ground truth above, predictions below, a legend under.
+
+  Tiles are enlarged (nearest neighbour) to at least MIN_TILE_HEIGHT pixels, so that classes of
+  small images can be told apart; every tile has a title, each prediction its pixel accuracy on
+  this image; the legend lists the classes that the ground truth or a prediction contains.
+
+  Args:
+    rgb_uint8: (H, W, 3) uint8 RGB image.
+    depth: (H, W), (H, W, 1) or (H, W, 3) (e.g. HHA) array, min-max normalised for display.
+    label: (H, W) ground-truth labels (255: unlabelled).
+    predictions: {name: (H, W) predicted labels}, e.g. {'rgb': .., 'depth': .., 'ensemble': ..};
+      a name other than 'ensemble' is titled as a branch.
+    names: class names, indexed by label (e.g. class_names(config)); None shows class ids.
+
+  Returns:
+    The (height, width, 3) uint8 RGB figure.
+  """
+  label = np.asarray(label)
+  inputs = [('RGB', np.asarray(rgb_uint8, np.uint8)), ('depth', _to_uint8_image(depth)),
+            ('ground truth', colorize(label))]
+  outputs = []
+  for name, pred in predictions.items():
+    pred = np.asarray(pred)
+    if pred.shape != label.shape:
+      raise ValueError(f'prediction {name!r} has shape {pred.shape}, expected {label.shape}')
+    accuracy = _pixel_accuracy(pred, label)
+    title = name if name == 'ensemble' else f'{name} branch'
+    if accuracy is not None:
+      title += f': {accuracy:.1f}% pixels right'
+    outputs.append((title, colorize(pred)))
+  for name, tile in inputs:
+    if tile.shape[:2] != label.shape:
+      raise ValueError(f'{name} has shape {tile.shape}, expected {label.shape} (+ channels)')
+
+  factor = max(1, -(-MIN_TILE_HEIGHT // label.shape[0]))
+  columns = max(len(inputs), len(outputs))
+  tile_h, tile_w = label.shape[0] * factor, label.shape[1] * factor
+
+  def row(tiles):
+    cells = [_titled(np.repeat(np.repeat(t, factor, axis=0), factor, axis=1), title)
+             for title, t in tiles]
+    cells += [np.full((TITLE_HEIGHT + tile_h, tile_w, 3), _BACKGROUND, np.uint8)] * (
+        columns - len(tiles))
+    spacer = np.full((TITLE_HEIGHT + tile_h, GAP, 3), _BACKGROUND, np.uint8)
+    parts = [spacer]
+    for cell in cells:
+      parts += [cell, spacer]
+    return np.concatenate(parts, axis=1)
+
+  rows = [row(inputs), row(outputs)] if outputs else [row(inputs)]
+  width = rows[0].shape[1]
+  present = np.unique(np.concatenate([label.ravel()] + [np.asarray(p).ravel()
+                                                         for p in predictions.values()]))
+  classes = [int(c) for c in present if 0 <= c < IGNORE_LABEL]
+  if IGNORE_LABEL in present:
+    classes.append(IGNORE_LABEL)
+  gap = np.full((GAP, width, 3), _BACKGROUND, np.uint8)
+  parts = [gap]
+  for r in rows:
+    parts += [r, gap]
+  parts.append(_legend(classes, names, width))
+  return np.concatenate(parts, axis=0)
 
 
 def save_prediction_panel(path: str, rgb_uint8, depth, label, predictions: dict,
-                          titles: bool = True) -> np.ndarray:
-  """Writes one PNG: RGB | depth | ground truth | one tile per prediction, left to right.
-
-  Args:
-    path: output file; its directory is created if needed.
-    rgb_uint8: (H, W, 3) uint8 RGB image.
-    depth: (H, W), (H, W, 1) or (H, W, 3) (e.g. HHA) array, min-max normalised for display.
-    label: (H, W) ground-truth labels.
-    predictions: {name: (H, W) predicted labels}, e.g. {'rgb': .., 'depth': .., 'ensemble': ..}.
-    titles: whether to write each tile's name on it.
-
-  Returns:
-    The (H, W * (3 + len(predictions)), 3) uint8 RGB panel that was written.
-  """
-  tiles = [('rgb', np.asarray(rgb_uint8, np.uint8)), ('depth', _to_uint8_image(depth)),
-           ('ground truth', colorize(label))]
-  tiles += [(name, colorize(pred)) for name, pred in predictions.items()]
-  shape = tiles[0][1].shape
-  for name, tile in tiles:
-    if tile.shape != shape:
-      raise ValueError(f'tile {name!r} has shape {tile.shape}, expected {shape}')
-  panel = np.concatenate([_title(t, n) if titles else t for n, t in tiles], axis=1)
+                          names=None) -> np.ndarray:
+  """Writes prediction_panel(...) as a PNG (creating its directory) and returns it."""
+  panel = prediction_panel(rgb_uint8, depth, label, predictions, names)
   if os.path.dirname(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
   if not cv2.imwrite(path, cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):

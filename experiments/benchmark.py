@@ -1,8 +1,8 @@
 """Times the library's own train (or eval) step on synthetic batches of a config's shapes.
 
-  python experiments/benchmark.py --config=configs/nyudv2_refinenet101.py \
-      [--config.batch_size=6 --config.crop_size=500 --config.compute_dtype=bfloat16] \
-      [--mode=train|eval] [--steps=20 --warmup=3] [--peak_tflops=989] [--dump_hlo=/tmp/hlo] \
+  python experiments/benchmark.py --config=configs/nyudv2_refinenet101.py \\
+      [--config.batch_size=6 --config.crop_size=500 --config.compute_dtype=bfloat16] \\
+      [--mode=train|eval] [--steps=20 --warmup=3] [--peak_tflops=989] [--dump_hlo=/tmp/hlo] \\
       [--compile_only]
 
 The step is the one training runs: train.create_train_state, train.jit_train_step (jitted,
@@ -58,7 +58,7 @@ import numpy as np
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import evaluation, optim, sharding, train  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import evaluation, logger, optim, sharding, train  # pylint: disable=g-import-not-at-top
 from asymfusion_jax import models  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -391,6 +391,7 @@ def define_flags() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
+  logger.setup_cli_logging()
   result = run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.steps, FLAGS.warmup,
                          FLAGS.peak_tflops, FLAGS.dump_hlo, FLAGS.seed, FLAGS.compile_only)
   print(format_table(result), flush=True)

@@ -19,7 +19,7 @@ import sys
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from asymfusion_jax import metrics, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from asymfusion_jax import logger, metrics, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import demo  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
@@ -50,6 +50,7 @@ def branch_miou_table(table: dict) -> str:
 
 def main(argv):
   del argv
+  logger.setup_cli_logging(tensorflow=True)
   table = {}
   for variant in FLAGS.variants:
     logging.info('Training variant %s', variant)

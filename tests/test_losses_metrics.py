@@ -191,26 +191,3 @@ def test_colorize_palette():
   colours = visualize.PALETTE[:255]
   assert np.all(colours.any(axis=1))  # no real class is black
   assert len(np.unique(colours, axis=0)) == 255
-
-
-def test_save_prediction_panel(tmp_path):
-  rng = np.random.default_rng(6)
-  h, w = 12, 10
-  rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-  depth = rng.random((h, w)).astype(np.float32) * 10
-  label = rng.integers(0, K, size=(h, w))
-  preds = {'rgb': label, 'depth': np.full((h, w), 255), 'ensemble': label}
-  path = str(tmp_path / 'sub' / 'panel.png')
-  panel = visualize.save_prediction_panel(path, rgb, depth, label, preds, titles=False)
-  assert panel.shape == (h, w * 6, 3)
-  written = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2RGB)
-  np.testing.assert_array_equal(written, panel)
-  np.testing.assert_array_equal(panel[:, :w], rgb)
-  grey = panel[:, w:2 * w]
-  assert grey.min() == 0 and grey.max() == 255 and np.all(grey[..., 0] == grey[..., 2])
-  np.testing.assert_array_equal(panel[:, 2 * w:3 * w], visualize.colorize(label))
-  np.testing.assert_array_equal(panel[:, 4 * w:5 * w], 0)
-  titled = visualize.save_prediction_panel(path, rgb, depth[..., None], label, preds)
-  assert titled.shape == panel.shape
-  with pytest.raises(ValueError, match='shape'):
-    visualize.save_prediction_panel(path, rgb, depth, label, {'rgb': label[:-1]})

@@ -10,6 +10,7 @@ order; readers sort by it to recover the list order.
 
 import inspect
 
+from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
@@ -53,6 +54,16 @@ class Nyudv2(tfds.core.GeneratorBasedBuilder):
         homepage='https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html',
         metadata=tfds.core.MetadataDict(),
     )
+
+  # TFDS prints "Downloading and preparing dataset Unknown size ..." and a "downloaded" line to
+  # stdout around a build; nothing is downloaded here (the build reads manual_dir), so these say
+  # what happens instead, in the log.
+  def _log_download_bytes(self) -> None:
+    logging.info('Building the TFDS dataset %s in %s from the manual_dir files...', self.name,
+                 self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info('Built the TFDS dataset %s in %s.', self.name, self.data_dir)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = dl_manager.manual_dir

@@ -13,7 +13,7 @@ label 255, as NYUDv2 leaves many boundaries unlabelled.
 Depth is written as 16-bit PNG in millimetres (about 1000..5000), so the pipeline's x/5000 gives
 values of order one, as it does for NYUDv2.
 
-  python -m asymfusion_jax.data.synthetic --out /tmp/synthetic_rgbd --num-train 200 --num-val 50
+  python -m asymfusion_jax.data.synthetic --out /tmp/synthetic_rgbd --num_train 200 --num_val 50
 """
 
 import argparse
@@ -136,11 +136,14 @@ def write_dataset(out_dir: os.PathLike | str, num_train: int = 200, num_val: int
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--out', required=True, help='Folder to write the dataset to.')
-  parser.add_argument('--num-train', type=int, default=200)
-  parser.add_argument('--num-val', type=int, default=50)
-  parser.add_argument('--height', type=int, default=96)
-  parser.add_argument('--width', type=int, default=128)
-  parser.add_argument('--seed', type=int, default=0)
+  # Underscores, as every other CLI here spells its flags; the dashed spellings still work.
+  parser.add_argument('--num_train', '--num-train', type=int, default=200,
+                      help='Training images (default 200).')
+  parser.add_argument('--num_val', '--num-val', type=int, default=50,
+                      help='Validation images (default 50).')
+  parser.add_argument('--height', type=int, default=96, help='Image height (default 96).')
+  parser.add_argument('--width', type=int, default=128, help='Image width (default 128).')
+  parser.add_argument('--seed', type=int, default=0, help='Random seed (default 0).')
   args = parser.parse_args(argv)
   write_dataset(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
   print(f'Wrote {args.num_train} train and {args.num_val} val images of {args.height}x{args.width} '
