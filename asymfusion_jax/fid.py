@@ -111,6 +111,11 @@ class FeatureExtractor:
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) RGB, uint8 or float in [0, 255] -> (N, 2048) float32 pool3 features."""
+    return self.submit(images)()
+
+  def submit(self, images: np.ndarray) -> Callable[[], np.ndarray]:
+    """Starts the features of `images` on the devices and returns a function that waits for them,
+    so that the host can prepare the next batch meanwhile (JAX dispatches asynchronously)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'expected (N, H, W, 3) RGB images, got shape {images.shape}')
@@ -122,12 +127,15 @@ class FeatureExtractor:
         pad = np.zeros((self.batch_size - count,) + chunk.shape[1:], chunk.dtype)
         chunk = np.concatenate([chunk, pad])
       x = self._preprocess(jax.device_put(chunk, self._rows))
-      # Dispatched asynchronously: the next chunk is sent while this one computes.
       outputs.append((self._network(self._variables, x), count))
-    features = [np.asarray(f)[:count] for f, count in outputs]
-    if not features:
-      return np.zeros((0, inception.FEATURE_DIM), np.float32)
-    return np.concatenate(features).astype(np.float32, copy=False)
+
+    def result() -> np.ndarray:
+      features = [np.asarray(f)[:count] for f, count in outputs]
+      if not features:
+        return np.zeros((0, inception.FEATURE_DIM), np.float32)
+      return np.concatenate(features).astype(np.float32, copy=False)
+
+    return result
 
 
 # Statistics.
@@ -365,10 +373,19 @@ def image_batches(files: Sequence[str], batch_size: int, num_workers: int = 4) -
 
 def feature_stats(extractor: FeatureExtractor, batches: Iterable[np.ndarray],
                   keep_features: bool = True) -> FeatureStats:
-  """FeatureStats of the features of every image of `batches`."""
+  """FeatureStats of the features of every image of `batches`.
+
+  One batch is in flight on the devices while the host sums the previous one's features.
+  """
   stats = FeatureStats(keep_features=keep_features)
+  pending = None
   for batch in batches:
-    stats.update(extractor(batch))
+    started = extractor.submit(batch)
+    if pending is not None:
+      stats.update(pending())
+    pending = started
+  if pending is not None:
+    stats.update(pending())
   return stats
 
 

@@ -21,7 +21,7 @@ import torchvision
 
 from asymfusion_jax import convert
 from asymfusion_jax import fid
-from asymfusion_jax import variables_io
+from asymfusion_jax.models import inception
 
 torch.set_num_threads(2)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,3 +322,14 @@ def test_folders_and_command_line(converted, extractor, folder, reference_featur
   # The command line names what is wrong before loading anything.
   run = run_module('asymfusion_jax.fid', f'--weights={tmp_path}/missing.pth', folder, stats_path)
   assert run.returncode != 0 and 'missing.pth' in run.stderr
+
+
+def test_benchmark_times_the_extractor(extractor, images):
+  from experiments import benchmark_fid  # pylint: disable=g-import-not-at-top
+  result = benchmark_fid.time_extraction(extractor, np.stack(images[:2]), steps=1, warmup=0)
+  assert result['batch_size'] == 2 and result['image_size'] == [64, 80]
+  for key in ('first_call_s', 'step_ms', 'images_per_s', 'stats_ms_per_batch'):
+    assert np.isfinite(result[key]) and result[key] > 0, key
+  random = benchmark_fid.random_variables()
+  shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(random) == shapes(inception.abstract_variables(logits=False))
