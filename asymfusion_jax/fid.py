@@ -85,7 +85,8 @@ class FeatureExtractor:
 
   def __init__(self, variables: Mapping[str, Any], batch_size: int = 50,
                dtype: Any = jnp.float32, mesh: Mesh | None = None):
-    """
+    """Places the variables on every device of the mesh and jits preprocessing and network.
+
     Args:
       variables: load_weights' result (the `fc` layer may be present or not).
       batch_size: images per network call, a multiple of the mesh's device count.
