@@ -1,12 +1,15 @@
 """Weights between PyTorch state_dicts and the Flax models.
 
-Two PyTorch layouts are understood (SPEC section 9):
+Two PyTorch layouts of the segmentation models are understood (SPEC section 9):
 
 - torchvision's ResNet-50/101/152 (`conv1.weight`, `bn1.running_mean`, `layer3.5.conv2.weight`,
   ...), the ImageNet initialisation of the encoder;
 - the reference AsymFusion RefineNet, whose shared convolutions sit in `ModuleParallel` wrappers
   (`layer3.5.conv2.module.weight`) and whose BatchNorms are one `BatchNorm2d` per modality
   (`layer3.5.bn2.bn_1.running_var`), optionally saved from DataParallel (`module.` prefix).
+
+A third, pytorch-fid's FID Inception-v3 (`pt_inception-2015-12-05-6726825d.pth`, torchvision's
+Inception3 names), converts with inception_from_torch for asymfusion_jax.fid.
 
 The Flax module names mirror the PyTorch attribute names, so a conversion is a renaming plus a
 transposition of the convolution kernels, torch (out, in, kh, kw) <-> Flax (kh, kw, in, out), and a
@@ -27,7 +30,11 @@ Command line (reads the .pth with asymfusion_jax.torch_pickle, so torch is not n
   python -m asymfusion_jax.convert --torch=refinenet.pth --config=configs/nyudv2_refinenet101.py \\
       --out=/tmp/refinenet101_ckpt
 
-writes an orbax checkpoint (asymfusion_jax.variables_io) that `config.init.checkpoint` can load.
+  python -m asymfusion_jax.convert --inception=pt_inception-2015-12-05-6726825d.pth \
+      --out=/tmp/fid_inception
+
+writes an orbax checkpoint (asymfusion_jax.variables_io) that `config.init.checkpoint` can load
+(or, for --inception, pytorch-fid's FID Inception-v3 for asymfusion_jax.fid's --weights).
 Given a reference RefineNet .pth it holds the full model variables; given a torchvision ResNet
 .pth it holds the encoder only, at the full model's paths ({'params': {'backbone': ...},
 'batch_stats': {'backbone': ...}}); training initialises the decoder itself.
@@ -35,6 +42,7 @@ Given a reference RefineNet .pth it holds the full model variables; given a torc
 
 import dataclasses
 import functools
+import hashlib
 import re
 from typing import Any, Iterator, Mapping
 
@@ -49,6 +57,7 @@ import numpy as np
 from asymfusion_jax import logger
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import variables_io
+from asymfusion_jax.models import inception
 from asymfusion_jax.models.refinenet import RefineNet, build_model
 from asymfusion_jax.models.resnet import STAGE_SIZES, ResNet
 
@@ -61,14 +70,17 @@ _DOWNSAMPLE = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1
 # Spatial size of the abstract input used to get the expected shapes; any size >= 32 works.
 _SHAPE_PROBE_SIZE = 64
 _MAX_LISTED = 20
+# pytorch-fid's weights file is named after the first hex digits of its SHA-256 (torch.hub's rule).
+STANDARD_INCEPTION_SHA256_PREFIX = '6726825d'
 
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
   """One PyTorch state_dict value and where it lives in the Flax variables.
 
-  kind: 'kernel' (a convolution kernel, transposed), 'copy' (same array), 'row' (row `row` of a
-  per-modality (M, C) BatchNorm array) or 'counter' (num_batches_tracked, no Flax counterpart).
+  kind: 'kernel' (a convolution kernel, transposed), 'matrix' (a Linear weight, transposed into a
+  Dense kernel), 'copy' (same array), 'row' (row `row` of a per-modality (M, C) BatchNorm array)
+  or 'counter' (num_batches_tracked, no Flax counterpart).
   """
   torch_key: str
   kind: str
@@ -167,10 +179,13 @@ def _listing(title: str, items: list[str]) -> str:
   return f'  {title} ({len(items)}):\n    ' + '\n    '.join(shown) + more
 
 
-def _from_torch(state_dict: Mapping[str, Any], abstract: Mapping[str, Any], reference: bool,
-                what: str) -> dict[str, Any]:
-  """Fills the variables shaped like `abstract` from a (prefix-free, NumPy) state_dict."""
-  entries = _entries(abstract, reference)
+def _from_torch(state_dict: Mapping[str, Any], abstract: Mapping[str, Any],
+                entries: list[_Entry], what: str) -> dict[str, Any]:
+  """Fills the variables shaped like `abstract` from a (prefix-free, NumPy) state_dict.
+
+  `entries` say where each state_dict key goes (_entries, _inception_entries); 'counter' entries
+  (num_batches_tracked) may be absent from the state_dict.
+  """
   shapes = {e.torch_key: e.torch_shape for e in entries}
   missing = [e.torch_key for e in entries
              if e.kind != 'counter' and e.torch_key not in state_dict]
@@ -194,6 +209,8 @@ def _from_torch(state_dict: Mapping[str, Any], abstract: Mapping[str, Any], refe
     buf = leaves.setdefault((e.collection, e.path), np.empty(target.shape, target.dtype))
     if e.kind == 'kernel':
       buf[...] = value.transpose(2, 3, 1, 0)
+    elif e.kind == 'matrix':
+      buf[...] = value.T
     elif e.kind == 'row':
       buf[e.row] = value
     else:
@@ -267,7 +284,7 @@ def resnet_from_torch(state_dict: Mapping[str, Any], num_modalities: int,
   abstract = _abstract_variables(model, num_modalities)
   wrapped = {name: {'backbone': abstract[name]} for name in variables_io.COLLECTIONS}
   what = f'torchvision weights for {_describe(model)} with {num_modalities} modalities'
-  variables = _from_torch(state_dict, wrapped, reference=False, what=what)
+  variables = _from_torch(state_dict, wrapped, _entries(wrapped, reference=False), what)
   return {name: variables[name]['backbone'] for name in variables_io.COLLECTIONS}
 
 
@@ -315,7 +332,7 @@ def refinenet_from_torch(state_dict: Mapping[str, Any], num_modalities: int | No
     raise ValueError(f'num_modalities={num_modalities} disagrees with {_describe(model)} '
                      '(inferred from the keys bn1.bn_{m}.weight unless a model is given)')
   abstract = _abstract_variables(model, model.num_modalities, train=False)
-  return _from_torch(state_dict, abstract, reference=True,
+  return _from_torch(state_dict, abstract, _entries(abstract, reference=True),
                      what=f'the reference AsymFusion {_describe(model)}')
 
 
@@ -358,6 +375,106 @@ def refinenet_to_torch(variables: Mapping[str, Any], num_batches_tracked=0,
   return out
 
 
+def _inception_entries(abstract: Mapping[str, Any]) -> list[_Entry]:
+  """The PyTorch key of every FID Inception variable: its Flax module paths are the torch names."""
+  entries = []
+  for path, leaves in _modules(abstract['params']):
+    name = '.'.join(path)
+    if path[-1] == 'conv':
+      kh, kw, cin, cout = leaves['kernel'].shape
+      entries.append(_Entry(f'{name}.weight', 'kernel', 'params', path + ('kernel',),
+                            torch_shape=(cout, cin, kh, kw)))
+    elif path[-1] == 'bn':
+      for collection, leaf, torch_name in _BN_LEAVES:
+        entries.append(_Entry(f'{name}.{torch_name}', 'copy', collection, path + (leaf,),
+                              torch_shape=tuple(leaves['scale'].shape)))
+      entries.append(_Entry(f'{name}.{NUM_BATCHES_TRACKED}', 'counter'))
+    elif path == ('fc',):
+      cin, cout = leaves['kernel'].shape
+      entries.append(_Entry('fc.weight', 'matrix', 'params', path + ('kernel',),
+                            torch_shape=(cout, cin)))
+      entries.append(_Entry('fc.bias', 'copy', 'params', path + ('bias',), torch_shape=(cout,)))
+    else:
+      raise ValueError(f'no PyTorch name for the Flax module {"/".join(path)} with parameters '
+                       f'{sorted(leaves)}')
+  return entries
+
+
+def inception_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """pytorch-fid's FID Inception state_dict as variables of models.inception.InceptionV3.
+
+  Args:
+    state_dict: the keys of `pt_inception-2015-12-05-6726825d.pth` (torchvision Inception3 names:
+      `Mixed_6b.branch7x7dbl_3.conv.weight`, ..., `fc.weight` of 1008 classes), torch tensors or
+      NumPy arrays; num_batches_tracked may be present or not.
+
+  Returns:
+    {'params': ..., 'batch_stats': ...} float32, with the `fc` logits layer.
+
+  Raises:
+    ValueError: naming every missing, unexpected or mis-shaped key.
+  """
+  state_dict = {k: _to_numpy(v) for k, v in _strip_data_parallel(state_dict).items()}
+  what = 'the FID Inception-v3 (pytorch-fid pt_inception-2015-12-05)'
+  if any(k.startswith('blocks.') for k in state_dict):
+    what += (": keys 'blocks.*' are pytorch-fid's InceptionV3 wrapper, not the weights file "
+             'that its fid_inception_v3() loads')
+  abstract = inception.abstract_variables(logits=True)
+  return _from_torch(state_dict, abstract, _inception_entries(abstract), what)
+
+
+def inception_to_torch(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """InceptionV3 variables (with `fc`) as pytorch-fid's state_dict, float32 NumPy arrays.
+
+  The inverse of inception_from_torch; num_batches_tracked is written as 0 (inert at inference).
+  """
+  out = {}
+  for e in _inception_entries(variables):
+    if e.kind == 'counter':
+      out[e.torch_key] = np.zeros((), np.int64)
+      continue
+    value = np.asarray(_get(variables[e.collection], e.path), np.float32)
+    if e.kind == 'kernel':
+      value = value.transpose(3, 2, 0, 1)
+    elif e.kind == 'matrix':
+      value = value.T
+    out[e.torch_key] = np.ascontiguousarray(value)
+  return out
+
+
+def load_inception_file(torch_path: str) -> dict[str, Any]:
+  """Reads and converts a FID Inception .pth; every error names the file.
+
+  A file whose SHA-256 does not start with STANDARD_INCEPTION_SHA256_PREFIX (the one in the
+  standard file's name) converts with a warning: its FIDs are not comparable to published ones.
+  """
+  digest = hashlib.sha256()
+  with open(torch_path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 22), b''):
+      digest.update(chunk)
+  if not digest.hexdigest().startswith(STANDARD_INCEPTION_SHA256_PREFIX):
+    logging.warning('%s is not pytorch-fid\'s pt_inception-2015-12-05-%s.pth (SHA-256 %s...): '
+                    'FIDs computed with it are not comparable to published ones', torch_path,
+                    STANDARD_INCEPTION_SHA256_PREFIX, digest.hexdigest()[:16])
+  state_dict = torch_pickle.load_state_dict(torch_path)  # Its errors name the file.
+  try:
+    return inception_from_torch(state_dict)
+  except ValueError as e:
+    raise ValueError(f'{torch_path}: {e}') from e
+
+
+def convert_inception_file(torch_path: str, out_dir: str,
+                           overwrite: bool = False) -> dict[str, Any]:
+  """Converts pytorch-fid's Inception .pth once into a variables checkpoint at out_dir.
+
+  Returns:
+    The variables written (asymfusion_jax.fid loads the directory with load_weights).
+  """
+  variables = load_inception_file(torch_path)
+  variables_io.save_variables(out_dir, variables, overwrite=overwrite)
+  return variables
+
+
 def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False) -> dict[str, Any]:
   """Converts a .pth (reference RefineNet or torchvision ResNet) and saves it for `config`.
 
@@ -388,18 +505,29 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logger.setup_cli_logging()
   args = flags.FLAGS
-  variables = convert_file(args.torch, args.config, args.out, overwrite=args.overwrite)
+  if args.inception:
+    if args.torch or args.config:
+      raise app.UsageError('--inception converts the FID Inception alone: drop --torch/--config')
+    source = args.inception
+    variables = convert_inception_file(source, args.out, overwrite=args.overwrite)
+  else:
+    if not args.torch or not args.config:
+      raise app.UsageError('give --torch and --config (a segmentation model), or --inception')
+    source = args.torch
+    variables = convert_file(args.torch, args.config, args.out, overwrite=args.overwrite)
   count = sum(np.size(x) for x in jax.tree.leaves(variables['params']))
-  logging.info('wrote %d parameters from %s to %s', count, args.torch, args.out)
+  logging.info('wrote %d parameters from %s to %s', count, source, args.out)
 
 
 def _define_flags():
   """CLI flags, defined only when run as a script so that importing this module defines none."""
   flags.DEFINE_string('torch', None, 'PyTorch .pth: a reference RefineNet or a torchvision ResNet.')
+  flags.DEFINE_string('inception', None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth: "
+                      'converted for asymfusion_jax.fid (no --torch or --config).')
   flags.DEFINE_string('out', None, 'Directory of the orbax checkpoint to write.')
   flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
   config_flags.DEFINE_config_file('config', None, 'Config file of the model to convert for.')
-  flags.mark_flags_as_required(['torch', 'out', 'config'])
+  flags.mark_flags_as_required(['out'])
 
 
 if __name__ == '__main__':
