@@ -95,6 +95,11 @@ def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
   step, params = final_params(workdir)
   ref_step, ref_params = final_params(full_run[0])
   assert step == ref_step == 12
+  # Resumed without the max_steps cut: config.json stays the first run's, the second is beside it.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['max_steps'] == 6
+  with open(os.path.join(workdir, 'config.step_6.json')) as f:
+    assert json.load(f)['max_steps'] == -1
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params,
                ref_params)
 
