@@ -97,7 +97,7 @@ class Evaluator:
   def _draw(self, preds, local, out_dir, first, limit) -> int:
     """Writes PNGs of up to `limit` valid rows of this process's batch; preds are its rows."""
     names = branch_names(self.config)
-    out_dir = os.path.join(out_dir, 'predictions')
+    folder = os.path.join(out_dir, 'predictions')
     count = 0
     for b in np.flatnonzero(local['mask'])[:limit]:
       raw = {name: _unnormalise(name, local['image'][m, b])
@@ -105,7 +105,7 @@ class Evaluator:
       blank = np.zeros(local['label'].shape[1:] + (3,), np.uint8)
       rgb = np.clip(np.rint(raw['rgb']), 0, 255).astype(np.uint8) if 'rgb' in raw else blank
       visualize.save_prediction_panel(
-          os.path.join(out_dir, f'{first + count:04d}.png'),
+          os.path.join(folder, f'{first + count:04d}.png'),
           rgb, raw['depth'][..., 0] if 'depth' in raw else blank, local['label'][b],
           {name: preds[i, b] for i, name in enumerate(names)})
       count += 1

@@ -1,6 +1,7 @@
 """Config checks before anything is written, the label range, the config record of resumed runs,
 a read-only --mode=eval, and evaluation on any number of devices."""
 
+import importlib
 import json
 import logging
 import math
@@ -65,17 +66,17 @@ def test_batch_larger_than_synthetic_data_still_to_generate(tmp_path):
 
 
 def test_every_config_passes_and_the_demo_splits_over_1_2_4_8_devices():
-  from configs import (demo, nyudv2_refinenet101, nyudv2_refinenet101_depth,  # pylint: disable=g-import-not-at-top
-                       nyudv2_refinenet101_nofusion, nyudv2_refinenet101_rgb,
-                       nyudv2_refinenet152)
-  for module in (nyudv2_refinenet101, nyudv2_refinenet101_depth, nyudv2_refinenet101_nofusion,
-                 nyudv2_refinenet101_rgb, nyudv2_refinenet152):
-    validation.check_config(module.get_config())
-  for variant in demo.VARIANTS:
-    config = demo.get_config(variant)
-    validation.check_config(config)
-    for devices in (1, 2, 4, 8):
-      validation.check_devices(config, devices, 1)
+  names = sorted(name[:-3] for name in os.listdir(os.path.join(tiny.REPO, 'configs'))
+                 if name.endswith('.py') and name != '__init__.py')
+  assert len(names) == 6, names
+  for name in names:
+    module = importlib.import_module(f'configs.{name}')
+    for variant in getattr(module, 'VARIANTS', [None]):
+      config = module.get_config(variant) if variant else module.get_config()
+      validation.check_config(config)
+      if name == 'demo':
+        for devices in (1, 2, 4, 8):
+          validation.check_devices(config, devices, 1)
 
 
 def test_an_unsplittable_train_batch_names_the_nearest_sizes():
