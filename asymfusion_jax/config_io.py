@@ -64,3 +64,26 @@ def with_defaults(config: ml_collections.ConfigDict,
           isinstance(value, dict) and isinstance(base.get(key), dict)) else value
     return base
   return ml_collections.ConfigDict(fill(merged, config.to_dict()))
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def differing_keys(old: ml_collections.ConfigDict,
+                   new: ml_collections.ConfigDict) -> list[str]:
+  """The dotted keys whose values differ between two configs, or that only one has; sorted.
+
+  `new` goes through the same JSON round trip as a config.json, so a config compares equal to
+  the config.json written from it.
+  """
+  a = _flat(old.to_dict())
+  b = _flat(from_json(new.to_json_best_effort()).to_dict())
+  missing = object()
+  return sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))

@@ -56,20 +56,30 @@ class Evaluator:
 
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
+    # Every device takes as many rows, so batches are filled up to the mesh with masked rows.
+    self.batch_size = sharding.padded_batch_size(config.eval_batch_size)
+    if self.batch_size != config.eval_batch_size:
+      logging.info('Evaluating %d images per batch: config.eval_batch_size=%d rounded up to a '
+                   'multiple of the %d devices (the rows past the last image are masked).',
+                   self.batch_size, config.eval_batch_size, jax.device_count())
     self._eval = jit_eval_step(model, config, mesh)
     # Replicated, so that process 0 can read the predictions of its rows from a global batch.
     self._predict = jax.jit(functools.partial(predict_step, model=model), static_argnums=2,
                             out_shardings=sharding.replicated(mesh))
 
-  def run(self, variables, workdir: str | None = None) -> dict:
-    """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and logs the table."""
+  def run(self, variables, out_dir: str | None = None) -> dict:
+    """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and logs the table.
+
+    With out_dir, the first config.num_prediction_images predictions are written to
+    out_dir/predictions/ (training passes its workdir, --mode=eval its eval/step_N folder).
+    """
     config = self.config
     names = branch_names(config)
     total = np.zeros((len(names), config.model.num_classes, config.model.num_classes), np.int64)
-    to_draw = config.num_prediction_images if workdir else 0
+    to_draw = config.num_prediction_images if out_dir else 0
     drawn = 0
-    for i, local in enumerate(
-        pipeline.eval_batches(config, jax.process_index(), jax.process_count())):
+    for i, local in enumerate(pipeline.eval_batches(
+        config, jax.process_index(), jax.process_count(), self.batch_size)):
       batch = sharding.global_batch(self.mesh, local)
       total += np.asarray(jax.device_get(self._eval(variables, batch)), np.int64)
       # Every process has as many rows per batch, so all run the (collective) prediction of the
@@ -78,16 +88,16 @@ class Evaluator:
         preds = self._predict(variables, batch['image'], tuple(local['label'].shape[1:]))
         if jax.process_index() == 0:
           rows = _local_rows(batch['image'], axis=1)
-          drawn += self._draw(np.asarray(preds)[:, rows], local, workdir, drawn, to_draw - drawn)
+          drawn += self._draw(np.asarray(preds)[:, rows], local, out_dir, drawn, to_draw - drawn)
     results = metrics.branch_scores(total, names)
     logging.info('Evaluated %d labelled pixels.', int(total[0].sum()))
     print(metrics.format_table(results), flush=True)
     return results
 
-  def _draw(self, preds, local, workdir, first, limit) -> int:
+  def _draw(self, preds, local, out_dir, first, limit) -> int:
     """Writes PNGs of up to `limit` valid rows of this process's batch; preds are its rows."""
     names = branch_names(self.config)
-    out_dir = os.path.join(workdir, 'predictions')
+    folder = os.path.join(out_dir, 'predictions')
     count = 0
     for b in np.flatnonzero(local['mask'])[:limit]:
       raw = {name: _unnormalise(name, local['image'][m, b])
@@ -95,7 +105,7 @@ class Evaluator:
       blank = np.zeros(local['label'].shape[1:] + (3,), np.uint8)
       rgb = np.clip(np.rint(raw['rgb']), 0, 255).astype(np.uint8) if 'rgb' in raw else blank
       visualize.save_prediction_panel(
-          os.path.join(out_dir, f'{first + count:04d}.png'),
+          os.path.join(folder, f'{first + count:04d}.png'),
           rgb, raw['depth'][..., 0] if 'depth' in raw else blank, local['label'][b],
           {name: preds[i, b] for i, name in enumerate(names)})
       count += 1

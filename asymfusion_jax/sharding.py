@@ -5,6 +5,8 @@ labels and masks); parameters and optimiser state are replicated. Each process h
 of the global batch that its own devices own.
 """
 
+import math
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -23,13 +25,39 @@ def batch_shardings(mesh: Mesh, batch: dict) -> dict:
   return {k: NamedSharding(mesh, P(None, 'data') if k == 'image' else P('data')) for k in batch}
 
 
-def check_batch_size(global_batch: int, what: str = 'config.batch_size') -> None:
-  devices, processes = jax.device_count(), jax.process_count()
-  if global_batch % devices:
-    raise ValueError(f'{what}={global_batch} must be divisible by the {devices} devices '
-                     f'of the mesh')
-  if global_batch % processes:
-    raise ValueError(f'{what}={global_batch} must be divisible by the {processes} processes')
+def _counts(devices: int | None, processes: int | None) -> tuple[int, int]:
+  return (jax.device_count() if devices is None else devices,
+          jax.process_count() if processes is None else processes)
+
+
+def check_batch_size(global_batch: int, what: str = 'config.batch_size',
+                     devices: int | None = None, processes: int | None = None) -> None:
+  """Raises ValueError, naming the nearest valid sizes, if the batch cannot be split evenly.
+
+  Every device must get as many rows (and every process as many devices' worth); devices and
+  processes default to this run's jax.device_count() and jax.process_count().
+  """
+  devices, processes = _counts(devices, processes)
+  unit = math.lcm(devices, processes)
+  if global_batch % unit == 0:
+    return
+  below, above = global_batch // unit * unit, (global_batch // unit + 1) * unit
+  nearest = f'sizes are {below} and {above}' if below else f'size is {above}'
+  over = (f'the {devices} devices of the mesh' if unit == devices
+          else f'the {devices} devices and the {processes} processes')
+  raise ValueError(f'{what}={global_batch} must be divisible by {over}; the nearest valid '
+                   f'{nearest}')
+
+
+def padded_batch_size(global_batch: int, devices: int | None = None,
+                      processes: int | None = None) -> int:
+  """`global_batch` rounded up to the next size that every device and process can share.
+
+  Evaluation fills its batches up to this size with masked rows, so that any eval_batch_size
+  runs on any number of devices; masked rows add nothing to the metrics.
+  """
+  unit = math.lcm(*_counts(devices, processes))
+  return -(-global_batch // unit) * unit
 
 
 def global_batch(mesh: Mesh, local_batch: dict) -> dict:

@@ -10,6 +10,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 from typing import Any
 
@@ -20,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asymfusion_jax import checkpointing, evaluation, initialization, losses, optim, sharding
+from asymfusion_jax import (checkpointing, config_io, evaluation, initialization, losses, optim,
+                            sharding, validation)
 from asymfusion_jax.data import pipeline
 from asymfusion_jax.logger import MetricLogger, Progress, print_run_summary
 from asymfusion_jax.models import build_model
@@ -181,18 +183,29 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
-def check_intervals(config) -> None:
-  """Every interval of the config is a positive number of steps or epochs."""
-  for key in ('log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps'):
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.{key}={value!r} must be a positive integer')
+def write_config(config, workdir: str, step: int = 0) -> None:
+  """Records the config of a run that starts (or resumes) at `step`.
 
-
-def write_config(config, workdir: str) -> None:
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  WORKDIR/config.json stays the config of the workdir's first run. A run resumed with another
+  config (a longer schedule, a changed interval) keeps it, writes its own beside it as
+  config.step_<step>.json and logs the differing keys, so the record tells which steps ran under
+  which config.
+  """
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, config_io.CONFIG_FILE)
+  if os.path.exists(path):
+    try:
+      changed = config_io.differing_keys(config_io.load_workdir_config(workdir), config)
+    except ValueError as e:  # Unreadable: keep it as it is, and record this run's beside it.
+      changed = [f'(all: {e})']
+    if not changed:
+      return
+    path = os.path.join(workdir, f'config.step_{step}.json')
+    logging.warning('This run (from step %d) has another config than %s, in %s; it is recorded '
+                    'in %s.', step, config_io.CONFIG_FILE, ', '.join(changed), path)
+  with open(path, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
 
 
 def resolve_data_paths(config, workdir: str):
@@ -214,19 +227,33 @@ def steps_per_epoch(config) -> int:
   return steps
 
 
+def prepare_workdir(config, workdir: str) -> int:
+  """Creates the workdir, prepares the data and returns the train steps per epoch.
+
+  What only the prepared data can tell (masks with labels outside the config's classes, fewer
+  examples than a batch) fails here; a workdir that this call created is then removed again, so
+  a config error leaves no workdir behind.
+  """
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    if jax.process_index() == 0:
+      pipeline.prepare(config)
+    sync('data prepared')
+    return steps_per_epoch(config)
+  except Exception:
+    if created and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains with periodic evaluation; returns the last evaluation's results."""
-  check_intervals(config)
-  os.makedirs(workdir, exist_ok=True)
   config = resolve_data_paths(config, workdir)
-  sharding.check_batch_size(config.batch_size)
-  sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
-  if jax.process_index() == 0:
-    pipeline.prepare(config)
-  sync('data prepared')
+  validation.check_training(config)  # Before the workdir exists: a bad config leaves nothing.
+  per_epoch = prepare_workdir(config, workdir)
 
   mesh = sharding.make_mesh()
-  per_epoch = steps_per_epoch(config)
   total = optim.total_steps(config, per_epoch)
   eval_every = config.eval_every_epochs * per_epoch
   model = build_model(config)
@@ -241,7 +268,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   else:
     state, best_miou = initialization.from_pretrained(state, config), -1.0
   # Only now: a config whose model does not fit the workdir's checkpoints has changed nothing.
-  write_config(config, workdir)
+  write_config(config, workdir, int(state.step))
 
   start = int(state.step)
   logger = MetricLogger(workdir, resume_step=start)
@@ -312,22 +339,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-  """--mode=eval: evaluates the best checkpoint, or the periodic one of `step`."""
+  """--mode=eval: evaluates the best checkpoint, or the periodic one of `step`.
+
+  It leaves the training record alone: the results go to WORKDIR/eval/step_N/results.json and
+  the predictions to WORKDIR/eval/step_N/predictions/, never to metrics.jsonl or predictions/.
+  The checkpoint is read before the data is touched, so a mistyped workdir fails at once,
+  without generating or building a dataset.
+  """
   config = resolve_data_paths(config, workdir)
-  sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
+  validation.check_config(config)
+  mesh = sharding.make_mesh()
+  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
+  try:
+    state, record = ckpts.restore(abstract_train_state(config, mesh), step)
+  finally:
+    ckpts.close()
+  logging.info('Evaluating the checkpoint of step %d.', record['step'])
   if jax.process_index() == 0:
     pipeline.prepare(config)
   sync('data prepared')
-  mesh = sharding.make_mesh()
-  model = build_model(config)
-  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
-  state, record = ckpts.restore(abstract_train_state(config, mesh), step)
-  logging.info('Evaluating the checkpoint of step %d.', record['step'])
-  results = evaluation.Evaluator(model, config, mesh).run(state.variables(), workdir)
-  MetricLogger(workdir).write(record['step'], evaluation.flatten(results))
-  ckpts.close()
+  out_dir = os.path.join(workdir, 'eval', f'step_{record["step"]}')
+  results = evaluation.Evaluator(build_model(config), config, mesh).run(state.variables(), out_dir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f'eval_step_{record["step"]}.json'), 'w') as f:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
   return results
 

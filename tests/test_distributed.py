@@ -53,14 +53,16 @@ def single_device_run(tiny_data, tmp_path_factory):
 
 
 def test_four_devices_match_one(tiny_data, single_device_run, tmp_path):
+  """Also with an eval batch of 3, which evaluation fills up to the 4 devices with masked rows."""
   ref_losses, ref_eval = single_device_run
   workdir = str(tmp_path / 'four')
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
   cmd = [sys.executable, '-m', 'asymfusion_jax.main', '--config=configs/demo.py',
-         f'--workdir={workdir}'] + tiny.flags(tiny_data, **SHORT)
+         f'--workdir={workdir}'] + tiny.flags(tiny_data, **SHORT, eval_batch_size=3)
   out = subprocess.run(cmd, cwd=tiny.REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-4000:]
   assert 'global device count 4' in out.stderr
+  assert 'Evaluating 4 images per batch: config.eval_batch_size=3 rounded up' in out.stderr
   four_losses, four_eval = losses(workdir)
   assert len(ref_losses) == 3
   np.testing.assert_allclose(four_losses, ref_losses, rtol=1e-5)

@@ -59,12 +59,30 @@ def test_logs_checkpoints_and_predictions(full_run):
   assert next(r for r in eval_records if r['step'] == best_step)['eval/ensemble/miou'] == best_miou
 
 
-def test_eval_mode_reproduces_logged_metrics(full_run, tiny_data):
-  workdir, _ = full_run
+def test_eval_mode_reproduces_logged_metrics(full_run, tiny_data, tmp_path):
+  """--mode=eval writes under eval/step_N/ and leaves metrics.jsonl and predictions/ alone."""
+  import shutil
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(full_run[0], workdir)
+  training_record = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      if name == 'metrics.jsonl' or os.path.basename(root) == 'predictions':
+        with open(os.path.join(root, name), 'rb') as f:
+          training_record[os.path.join(root, name)] = f.read()
   eval_records = [r for r in read_metrics(workdir) if 'eval/ensemble/miou' in r]
   results = train.evaluate_checkpoint(tiny.config(tiny_data), workdir, step=12)
   assert results['ensemble']['miou'] == pytest.approx(eval_records[-1]['eval/ensemble/miou'])
   assert results['rgb']['pixel_acc'] == pytest.approx(eval_records[-1]['eval/rgb/pixel_acc'])
+  for path, content in training_record.items():
+    with open(path, 'rb') as f:
+      assert f.read() == content, path
+  out = os.path.join(workdir, 'eval', 'step_12')
+  with open(os.path.join(out, 'results.json')) as f:
+    assert json.load(f) == results
+  assert sorted(os.listdir(os.path.join(out, 'predictions'))) == ['0000.png', '0001.png',
+                                                                 '0002.png']
+  assert not [name for name in os.listdir(workdir) if name.startswith('eval_step')]
 
 
 def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
@@ -77,6 +95,11 @@ def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
   step, params = final_params(workdir)
   ref_step, ref_params = final_params(full_run[0])
   assert step == ref_step == 12
+  # Resumed without the max_steps cut: config.json stays the first run's, the second is beside it.
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['max_steps'] == 6
+  with open(os.path.join(workdir, 'config.step_6.json')) as f:
+    assert json.load(f)['max_steps'] == -1
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params,
                ref_params)
 

@@ -6,6 +6,11 @@ Images are re-encoded on the way in: colour as RGB (OpenCV decodes BGR), depth a
 whatever its bit depth on disk, so the prepared dataset always decodes depth to exact uint16
 values. Examples keep their list-file position (`index`) because TFDS stores them in a hashed
 order; readers sort by it to recover the list order.
+
+The build accepts any mask values: one build serves configs with different numbers of classes.
+It records, per split, every label value it saw and the first mask that holds it
+(metadata['label_files']), so that `pipeline.check_labels` can hold the dataset against a
+config's num_classes and ignore_label without decoding a single image.
 """
 
 import inspect
@@ -17,8 +22,9 @@ import tensorflow_datasets as tfds
 
 from asymfusion_jax.data import layout
 
-NUM_CLASSES = 40
 IGNORE_LABEL = 255
+# The metadata key of {split: {label value (str): 'Mask masks/... listed in <list> line N'}}.
+LABEL_FILES = 'label_files'
 
 
 class Nyudv2(tfds.core.GeneratorBasedBuilder):
@@ -70,14 +76,18 @@ class Nyudv2(tfds.core.GeneratorBasedBuilder):
     # Parse both lists first, so a malformed list fails before anything is written.
     entries = {split: layout.read_list(manual_dir, split) for split in layout.LIST_FILES}
     self.info.metadata['fingerprint'] = layout.fingerprint(manual_dir)
-    self.info.metadata['num_classes'] = NUM_CLASSES
     self.info.metadata['ignore_label'] = IGNORE_LABEL
-    return {split: self._generate_examples(manual_dir, split_entries)
+    # Filled while the examples are generated; TFDS writes the metadata after the last one.
+    label_files = {split: {} for split in entries}
+    self.info.metadata[LABEL_FILES] = label_files
+    return {split: self._generate_examples(manual_dir, split_entries, label_files[split])
             for split, split_entries in entries.items()}
 
-  def _generate_examples(self, manual_dir, entries: list[layout.Entry]):
+  def _generate_examples(self, manual_dir, entries: list[layout.Entry], label_files: dict):
     for index, entry in enumerate(entries):
-      example = layout.read_example(manual_dir, entry, NUM_CLASSES, IGNORE_LABEL)
+      example = layout.read_example(manual_dir, entry)
+      for value in np.flatnonzero(np.bincount(example['label'].ravel(), minlength=256)):
+        label_files.setdefault(str(value), f'Mask {entry.mask} listed in {entry.where()}')
       yield index, {
           'rgb': example['rgb'],
           'depth': example['depth'][..., None],

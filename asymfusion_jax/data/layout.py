@@ -92,9 +92,17 @@ def _single_channel(image: np.ndarray, path, entry: Entry, dtypes, what: str) ->
   return image
 
 
-def read_example(manual_dir: os.PathLike | str, entry: Entry, num_classes: int,
-                 ignore_label: int) -> dict[str, np.ndarray]:
+def read_example(manual_dir: os.PathLike | str, entry: Entry, num_classes: int | None = None,
+                 ignore_label: int = 255) -> dict[str, np.ndarray]:
   """Decodes and checks one example.
+
+  Args:
+    manual_dir: the folder of the list files.
+    entry: the example's list-file line.
+    num_classes: labels must be in [0, num_classes) or equal ignore_label; None checks no label
+      values (the TFDS build records them instead, for every config to check against its own
+      number of classes).
+    ignore_label: the label of unlabelled pixels.
 
   Returns:
     {'rgb': uint8 (H, W, 3) in RGB order, 'depth': uint16 (H, W), 'label': uint8 (H, W)}. 8-bit
@@ -112,11 +120,12 @@ def read_example(manual_dir: os.PathLike | str, entry: Entry, num_classes: int,
       raise LayoutError(f'Mis-sized {what} image {relative} listed in {entry.where()}: it is '
                         f'{image.shape[0]}x{image.shape[1]} but {entry.rgb} is '
                         f'{rgb.shape[0]}x{rgb.shape[1]}.')
-  bad = (label >= num_classes) & (label != ignore_label)
-  if bad.any():
-    raise LayoutError(f'Mask {entry.mask} listed in {entry.where()} has labels '
-                      f'{np.unique(label[bad]).tolist()}; expected 0..{num_classes - 1} or the '
-                      f'ignore label {ignore_label}.')
+  if num_classes is not None:
+    bad = (label >= num_classes) & (label != ignore_label)
+    if bad.any():
+      raise LayoutError(f'Mask {entry.mask} listed in {entry.where()} has labels '
+                        f'{np.unique(label[bad]).tolist()}; expected 0..{num_classes - 1} or the '
+                        f'ignore label {ignore_label}.')
   return {'rgb': rgb, 'depth': depth.astype(np.uint16), 'label': label}
 
 

@@ -92,8 +92,14 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   num_train / num_val images of `config.data.synthetic_image_size`. An existing build is reused
   when it was made from the same manual folder contents (list files and file sizes) and rebuilt
   otherwise; with an empty manual_dir an existing build is used as it is. Run it on one process
-  per file system before the others read.
+  per file system before the others read. Then checks the masks against the config
+  (`check_labels`).
   """
+  _build(config)
+  check_labels(config)
+
+
+def _build(config: ml_collections.ConfigDict) -> None:
   manual_dir = config.data.manual_dir
   if config.data.synthetic:
     if not manual_dir:
@@ -112,10 +118,15 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   if _is_prepared(builder):
     if not manual_dir:
       return
-    if builder.info.metadata.get('fingerprint') == layout.fingerprint(manual_dir):
+    metadata = builder.info.metadata
+    if metadata.get('fingerprint') != layout.fingerprint(manual_dir):
+      logging.warning('The dataset in %s was built from other files than those now in %s; '
+                      'rebuilding it.', builder.data_dir, manual_dir)
+    elif _label_files(builder) is None:
+      logging.warning('The dataset in %s does not record its label values (an earlier version '
+                      'built it); rebuilding it from %s.', builder.data_dir, manual_dir)
+    else:
       return
-    logging.warning('The dataset in %s was built from other files than those now in %s; '
-                    'rebuilding it.', builder.data_dir, manual_dir)
     mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # Overwrites the prepared dataset.
   elif not manual_dir:
     raise ValueError(f'No prepared {config.data.name} dataset in {builder.data_dir_root}; set '
@@ -129,6 +140,67 @@ def prepare(config: ml_collections.ConfigDict) -> None:
     if found != expected:
       logging.warning('The %s split has %d examples; config.data.num_%s says %d.', split, found,
                       split, expected)
+
+
+def _label_files(builder) -> dict | None:
+  """The build's record {split: {label value: first mask}}; None if it predates the record."""
+  from asymfusion_jax.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
+  return builder.info.metadata.get(builder_lib.LABEL_FILES)
+
+
+def _scan_labels(config: ml_collections.ConfigDict, split: str) -> dict[int, str]:
+  """{label value: the first example holding it} of `split`, from the decoded masks."""
+  data = load_split(config, split)
+  found = {}
+  for label, name in zip(data.labels, data.names):
+    for value in np.flatnonzero(np.bincount(label.ravel(), minlength=256)):
+      found.setdefault(int(value), f'The mask of {name} in the {split} split')
+  return found
+
+
+def check_labels(config: ml_collections.ConfigDict) -> None:
+  """Raises LayoutError if a mask of the prepared dataset holds a label the config cannot use.
+
+  Every label must be in [0, config.model.num_classes) or equal config.data.ignore_label:
+  training drops other labels silently (as the metrics do), so a 5-class model would train on
+  masks holding a 7 as if those pixels were unlabelled. The check runs against the config, not
+  the build, because one build serves configs of different class counts. The build records the
+  label values of each split and the first mask holding each, so this decodes no image; a build
+  of an earlier version, without that record, is scanned in memory instead.
+  """
+  k, ignore = int(config.model.num_classes), int(config.data.ignore_label)
+  recorded = _label_files(_prepared_builder(*_builder_args(config)))
+  for split in SPLITS:
+    if recorded is None:
+      found = _scan_labels(config, split)
+    else:
+      found = {int(value): where for value, where in recorded[split].items()}
+    bad = sorted(v for v in found if not (0 <= v < k or v == ignore))
+    if bad:
+      raise layout.LayoutError(
+          f'{found[bad[0]]} has label {bad[0]}; this config allows 0..{k - 1} '
+          f'(config.model.num_classes={k}) and the ignore label {ignore} '
+          f'(config.data.ignore_label). Out-of-range labels of the {split} split: {bad}.')
+
+
+def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int | None:
+  """The number of examples `prepare` will give `split`, known before anything is written.
+
+  From the manual folder's list file when there is one; else config.data.num_<split> for
+  synthetic data that `prepare` will generate; else the prepared dataset's. None when none of
+  these exists (`prepare` will then fail and say why).
+  """
+  manual_dir = config.data.manual_dir
+  if manual_dir and (epath.Path(manual_dir) / layout.LIST_FILES[split]).exists():
+    return len(layout.read_list(manual_dir, split))
+  if config.data.synthetic:
+    return int(config.data[f'num_{split}'])
+  if manual_dir:
+    return None
+  try:
+    return num_examples(config, split)
+  except FileNotFoundError:
+    return None
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
@@ -248,23 +320,23 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
 
 
 def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, batch_size: int | None = None):
   """This process's share of one pass over the val split, every image once at full resolution.
 
-  Global batch k holds val examples [k * B, (k + 1) * B) with B = config.eval_batch_size; the last
-  one is filled up with padding examples (mask False, label all ignore_label). Images are padded
-  at the bottom and right to the largest size in the split, so every batch has one shape and jit
-  compiles once; padded pixels get the ignore label and the normalised pad value.
+  Global batch k holds val examples [k * B, (k + 1) * B) with B = batch_size (default
+  config.eval_batch_size); the last one is filled up with padding examples (mask False, label all
+  ignore_label). Images are padded at the bottom and right to the largest size in the split, so
+  every batch has one shape and jit compiles once; padded pixels get the ignore label and the
+  normalised pad value.
   """
-  local = _local_batch_size(config.eval_batch_size, process_index, process_count,
-                            'eval_batch_size')
+  global_batch = int(config.eval_batch_size if batch_size is None else batch_size)
+  local = _local_batch_size(global_batch, process_index, process_count, 'eval batch size')
   split = load_split(config, 'val')
   names = tuple(config.modalities)
   ignore_label = int(config.data.ignore_label)
   height = max(label.shape[0] for label in split.labels)
   width = max(label.shape[1] for label in split.labels)
   pads = [modalities.normalised_pad_value(name) for name in names]
-  global_batch = int(config.eval_batch_size)
 
   def fill(batch, row, index):
     label = split.labels[index]

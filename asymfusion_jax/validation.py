@@ -1,0 +1,162 @@
+"""Checks of a config that run before a run writes anything.
+
+Errors found later cost more: a negative learning rate trains by gradient ascent until the loss
+is NaN, a batch larger than the dataset fails once the workdir and its data exist. So training
+and --mode=eval check every key first, and each error names the key, its value and what would be
+valid. Checks that need the dataset's size (`check_train_data`) read it without writing anything
+(pipeline.planned_num_examples); the label range is checked once the dataset is prepared
+(pipeline.check_labels).
+"""
+
+import math
+import numbers
+
+from asymfusion_jax import sharding
+from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.data import pipeline
+from asymfusion_jax.models import refinenet, resnet
+
+
+def _value(config, key: str):
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return node
+
+
+def _fail(key: str, value, requirement: str):
+  raise ValueError(f'config.{key}={value!r} must be {requirement}')
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _int(config, key: str, minimum: int) -> int:
+  value = _value(config, key)
+  if not _is_int(value) or value < minimum:
+    _fail(key, value, 'a positive integer' if minimum == 1 else f'an integer >= {minimum}')
+  return value
+
+
+def _number(config, key: str, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = True) -> float:
+  """A finite number in the interval given by low, high and whether each end is open."""
+  value = _value(config, key)
+  inside = _is_number(value) and (low < value if low_open else low <= value) and (
+      value < high if high_open else value <= high)
+  if not inside:
+    if high == math.inf:
+      _fail(key, value, f'a finite number {">" if low_open else ">="} {low:g}')
+    _fail(key, value, f'a number in {"(" if low_open else "["}{low:g}, {high:g}'
+                      f'{")" if high_open else "]"}')
+  return value
+
+
+def _sequence(config, key: str, length: int | None = None) -> tuple:
+  value = _value(config, key)
+  if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or (
+      length is not None and len(value) != length) or (length is None and not value):
+    _fail(key, value, f'a sequence of {length} values' if length else 'a non-empty sequence')
+  return tuple(value)
+
+
+def _choice(config, key: str, choices) -> None:
+  value = _value(config, key)
+  if value not in choices:
+    _fail(key, value, f'one of {sorted(choices) if isinstance(choices, dict) else choices}')
+
+
+def _bool(config, key: str) -> None:
+  value = _value(config, key)
+  if not isinstance(value, bool):
+    _fail(key, value, 'True or False')
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the first invalid key of a training config.
+
+  Covers every check that needs neither the dataset nor the devices, so --mode=eval and export
+  can run it too.
+  """
+  _int(config, 'seed', 0)
+  names = _sequence(config, 'modalities')
+  known = sorted(modality_lib.MODALITIES)
+  if not all(name in modality_lib.MODALITIES for name in names):
+    _fail('modalities', names, f'a sequence of known modalities, among {known}')
+  if len(set(names)) != len(names):
+    _fail('modalities', names, 'a sequence without repeats')
+
+  _choice(config, 'model.depth', resnet.STAGE_SIZES)
+  num_classes = _int(config, 'model.num_classes', 1)
+  _bool(config, 'model.fusion')
+  _int(config, 'model.width', 1)
+  _int(config, 'model.decoder_width', 1)
+  _number(config, 'model.dropout_rate', 0, 1)
+  _choice(config, 'model.remat', refinenet.REMAT)
+  _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
+  _bool(config, 'frozen_bn')
+
+  ignore = _value(config, 'data.ignore_label')
+  if not _is_int(ignore) or 0 <= ignore < num_classes:
+    _fail('data.ignore_label', ignore, f'an integer outside the classes 0..{num_classes - 1} '
+                                       f'(config.model.num_classes={num_classes})')
+  _bool(config, 'data.synthetic')
+  for key in ('data.num_train', 'data.num_val'):
+    _int(config, key, 1)
+  image_size = _sequence(config, 'data.synthetic_image_size', 2)
+  if not all(_is_int(size) and size >= 1 for size in image_size):
+    _fail('data.synthetic_image_size', image_size, '(height, width) in positive integers')
+  low, high = _sequence(config, 'data.scale_range', 2)
+  if not (_is_number(low) and _is_number(high) and 0 < low <= high):
+    _fail('data.scale_range', (low, high), '(low, high) with 0 < low <= high')
+  _int(config, 'data.min_short_side', 0)
+  _int(config, 'data.num_workers', 0)
+
+  for key in ('batch_size', 'eval_batch_size', 'crop_size'):
+    _int(config, key, 1)
+
+  _number(config, 'optim.momentum', 0, 1)
+  _number(config, 'optim.weight_decay', 0)
+  stages = _sequence(config, 'optim.epochs_per_stage')
+  if not all(_is_int(e) and e >= 1 for e in stages):
+    _fail('optim.epochs_per_stage', stages, 'a sequence of positive integers')
+  for key in ('optim.lr_encoder', 'optim.lr_decoder'):
+    rates = _sequence(config, key)
+    if len(rates) != len(stages) or not all(_is_number(r) and r > 0 for r in rates):
+      _fail(key, rates, f'{len(stages)} finite learning rates > 0, one per stage of '
+                        'config.optim.epochs_per_stage')
+
+  _int(config, 'max_steps', -1)
+  for key in ('log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
+              'keep_checkpoints'):
+    _int(config, key, 1)
+  _int(config, 'num_prediction_images', 0)
+
+
+def check_devices(config, devices: int | None = None, processes: int | None = None) -> None:
+  """The train batch splits evenly over the devices and processes (default: this run's).
+
+  The eval batch needs no check: evaluation fills it up to the mesh with masked rows.
+  """
+  sharding.check_batch_size(config.batch_size, 'config.batch_size', devices, processes)
+
+
+def check_train_data(config) -> None:
+  """The train split holds at least one batch; reads its size without writing anything."""
+  available = pipeline.planned_num_examples(config, 'train')
+  if available is not None and config.batch_size > available:
+    raise ValueError(f'config.batch_size={config.batch_size} is larger than the {available} '
+                     'training examples, so an epoch would have no step')
+
+
+def check_training(config) -> None:
+  """Every check that can run before a training run creates its workdir."""
+  check_config(config)
+  check_devices(config)
+  check_train_data(config)

@@ -1,0 +1,191 @@
+"""Config checks before anything is written, the label range, the config record of resumed runs,
+a read-only --mode=eval, and evaluation on any number of devices."""
+
+import importlib
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import pytest
+
+from asymfusion_jax import checkpointing, config_io, evaluation, sharding, train, validation
+from asymfusion_jax.data import layout, pipeline, synthetic
+from asymfusion_jax.models import build_model
+from tests import tiny
+
+BAD_VALUES = [
+    ('optim.lr_encoder', (-0.05, 0.02, 0.01), r'finite learning rates > 0'),
+    ('optim.lr_decoder', (0.05, math.nan, 0.01), r'finite learning rates > 0'),
+    ('optim.lr_decoder', (0.05, 0.02), r'one per stage'),
+    ('optim.momentum', 1.0, r'in \[0, 1\)'),
+    ('optim.momentum', -0.1, r'in \[0, 1\)'),
+    ('optim.weight_decay', -1e-4, r'>= 0'),
+    ('optim.weight_decay', math.inf, r'finite'),
+    ('optim.epochs_per_stage', (1, 0, 1), r'positive integers'),
+    ('log_every_steps', -2, r'a positive integer'),
+    ('checkpoint_every_steps', 0, r'a positive integer'),
+    ('keep_checkpoints', 0, r'a positive integer'),
+    ('crop_size', 0, r'a positive integer'),
+    ('batch_size', 0, r'a positive integer'),
+    ('eval_batch_size', -1, r'a positive integer'),
+    ('model.num_classes', 0, r'a positive integer'),
+    ('model.dropout_rate', 1.0, r'in \[0, 1\)'),
+    ('modalities', ('rgb', 'normals'), r'known modalities'),
+    ('modalities', ('rgb', 'rgb'), r'without repeats'),
+    ('data.ignore_label', 3, r'outside the classes 0\.\.4'),
+    ('data.scale_range', (2.0, 0.5), r'0 < low <= high'),
+    ('seed', -1, r'an integer >= 0'),
+    ('num_prediction_images', -1, r'an integer >= 0'),
+    ('batch_size', 17, r'larger than the 16 training examples'),
+]
+
+
+@pytest.mark.parametrize('key, value, requirement', BAD_VALUES)
+def test_bad_config_names_the_key_and_leaves_no_workdir(tiny_data, tmp_path, key, value,
+                                                        requirement):
+  config = tiny.config(tiny_data)
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  with pytest.raises(ValueError, match=rf'config\.{key}=.*{requirement}'):
+    train.train_and_evaluate(config, str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()
+
+
+def test_batch_larger_than_synthetic_data_still_to_generate(tmp_path):
+  """The size comes from config.data.num_train: the data would be generated in the workdir."""
+  config = tiny.config({'data.manual_dir': '', 'data.tfds_data_dir': ''})
+  config.batch_size = 24
+  with pytest.raises(ValueError, match=r'config\.batch_size=24 is larger than the 16 training'):
+    train.train_and_evaluate(config, str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()
+
+
+def test_every_config_passes_and_the_demo_splits_over_1_2_4_8_devices():
+  names = sorted(name[:-3] for name in os.listdir(os.path.join(tiny.REPO, 'configs'))
+                 if name.endswith('.py') and name != '__init__.py')
+  assert len(names) == 6, names
+  for name in names:
+    module = importlib.import_module(f'configs.{name}')
+    for variant in getattr(module, 'VARIANTS', [None]):
+      config = module.get_config(variant) if variant else module.get_config()
+      validation.check_config(config)
+      if name == 'demo':
+        for devices in (1, 2, 4, 8):
+          validation.check_devices(config, devices, 1)
+
+
+def test_an_unsplittable_train_batch_names_the_nearest_sizes():
+  config = tiny.config({})
+  config.batch_size = 6
+  with pytest.raises(ValueError, match=r'config\.batch_size=6 must be divisible by the 4 devices '
+                                       r'of the mesh; the nearest valid sizes are 4 and 8'):
+    validation.check_devices(config, 4, 1)
+  with pytest.raises(ValueError, match=r'nearest valid size is 8'):
+    validation.check_devices(config, 8, 2)
+  validation.check_devices(config, 2, 2)
+
+
+def test_eval_batches_are_padded_to_the_mesh(tiny_data):
+  """eval_batch_size=3 on 4 devices of 2 processes: 4 rows, 2 per process, each image once."""
+  config = tiny.config(tiny_data)
+  config.eval_batch_size = 3
+  size = sharding.padded_batch_size(config.eval_batch_size, devices=4, processes=2)
+  assert size == 4 and sharding.padded_batch_size(10, devices=8, processes=1) == 16
+  seen = 0
+  for process in range(2):
+    batches = list(pipeline.eval_batches(config, process, 2, size))
+    assert len(batches) == 2 and all(len(b['mask']) == 2 for b in batches)
+    seen += sum(int(b['mask'].sum()) for b in batches)
+  assert seen == config.data.num_val == 6
+
+
+def test_padded_rows_change_no_metric(full_run, tiny_data):
+  """The 6 val images in one unpadded batch score exactly as in the training run's evaluation,
+  whose second batch of 4 rows held 2 padded ones."""
+  config = tiny.config(tiny_data)
+  config.eval_batch_size = 6
+  mesh = sharding.make_mesh()
+  ckpts = checkpointing.Checkpoints(full_run[0], create=False)
+  state, _ = ckpts.restore(train.abstract_train_state(config, mesh), 12)
+  ckpts.close()
+  results = evaluation.Evaluator(build_model(config), config, mesh).run(state.variables())
+  assert results == full_run[1]
+
+
+# ------------------------------------------------------------------------------ label range
+
+
+def test_labels_outside_the_configs_classes_stop_before_training(tiny_data, tmp_path):
+  """The tiny data has labels 0..4 and 255: a 3-class model must not train on it silently."""
+  config = tiny.config(tiny_data)
+  config.model.num_classes = 3
+  with pytest.raises(layout.LayoutError,
+                     match=r'Mask masks/\d+\.png listed in train\.txt line \d+ .* has label 3; '
+                           r'this config allows 0\.\.2 \(config\.model\.num_classes=3\) and the '
+                           r'ignore label 255 .*train split: \[3, 4\]'):
+    train.train_and_evaluate(config, str(tmp_path / 'new'))
+  assert not (tmp_path / 'new').exists()
+
+
+def test_labels_of_a_build_without_the_record_are_scanned(tiny_data, monkeypatch):
+  monkeypatch.setattr(pipeline, '_label_files', lambda builder: None)
+  config = tiny.config(tiny_data)
+  pipeline.check_labels(config)
+  config.model.num_classes = 4
+  with pytest.raises(layout.LayoutError,
+                     match=r'The mask of rgb/\d+\.png in the train split has label 4; this '
+                           r'config allows 0\.\.3'):
+    pipeline.check_labels(config)
+
+
+def test_a_build_without_the_label_record_is_rebuilt(tmp_path, caplog):
+  config = tiny.config({'data.manual_dir': str(tmp_path / 'manual'),
+                        'data.tfds_data_dir': str(tmp_path / 'tfds')})
+  synthetic.write_dataset(tmp_path / 'manual', num_train=2, num_val=1, height=24, width=32)
+  pipeline.prepare(config)
+  path = next((tmp_path / 'tfds').rglob('metadata.json'))
+  metadata = json.loads(path.read_text())
+  assert set(metadata['label_files']) == {'train', 'val'}
+  assert set(metadata['label_files']['train']) <= {str(v) for v in range(5)} | {'255'}
+  del metadata['label_files']
+  path.write_text(json.dumps(metadata))
+  pipeline.prepare(config)
+  assert 'does not record its label values' in caplog.text
+  assert 'label_files' in json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------ config of a resume
+
+
+def test_a_resumed_run_with_another_config_keeps_config_json(tiny_data, tmp_path, caplog):
+  workdir = str(tmp_path)
+  config = train.resolve_data_paths(tiny.config(tiny_data), workdir)
+  train.write_config(config, workdir, 0)
+  original = (tmp_path / 'config.json').read_text()
+  train.write_config(config, workdir, 8)  # The same config: nothing new.
+  assert sorted(os.listdir(tmp_path)) == ['config.json']
+  config.log_every_steps = 3
+  config.optim.lr_encoder = (0.1, 0.02, 0.01)
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  assert (tmp_path / 'config.json').read_text() == original
+  assert config_io.from_json((tmp_path / 'config.step_8.json').read_text()) == config
+  lines = [r.getMessage() for r in caplog.records if 'config.step_8.json' in r.getMessage()]
+  assert len(lines) == 1 and 'in log_every_steps, optim.lr_encoder;' in lines[0]
+
+
+# ------------------------------------------------------------------------------- --mode=eval
+
+
+def test_eval_of_a_workdir_without_checkpoints_touches_no_data(tmp_path):
+  """A mistyped workdir fails before the synthetic data would be generated into it."""
+  config = tiny.config({'data.manual_dir': '', 'data.tfds_data_dir': ''})
+  typo = str(tmp_path / 'typo')
+  with pytest.raises(FileNotFoundError, match=rf'no checkpoints in {typo}'):
+    train.evaluate_checkpoint(config, typo)
+  assert not os.path.exists(typo)
