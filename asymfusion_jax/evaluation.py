@@ -67,10 +67,10 @@ class Evaluator:
     self._predict = jax.jit(functools.partial(predict_step, model=model), static_argnums=2,
                             out_shardings=sharding.replicated(mesh))
 
-  def run(self, variables, out_dir: str | None = None) -> dict:
-    """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and logs the table.
+  def run(self, variables, out_dir: str | None = None, step: int | None = None) -> dict:
+    """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and prints the table.
 
-    With out_dir, the first config.num_prediction_images predictions are written to
+    The table's title names `step`, the training step of `variables`, when given. With out_dir, the first config.num_prediction_images predictions are written to
     out_dir/predictions/ (training passes its workdir, --mode=eval its eval/step_N folder).
     """
     config = self.config
@@ -91,7 +91,8 @@ class Evaluator:
           drawn += self._draw(np.asarray(preds)[:, rows], local, out_dir, drawn, to_draw - drawn)
     results = metrics.branch_scores(total, names)
     logging.info('Evaluated %d labelled pixels.', int(total[0].sum()))
-    print(metrics.format_table(results), flush=True)
+    title = f'validation at step {step}' if step is not None else None
+    print(metrics.format_table(results, title), flush=True)
     return results
 
   def _draw(self, preds, local, out_dir, first, limit) -> int:
@@ -107,7 +108,8 @@ class Evaluator:
       visualize.save_prediction_panel(
           os.path.join(folder, f'{first + count:04d}.png'),
           rgb, raw['depth'][..., 0] if 'depth' in raw else blank, local['label'][b],
-          {name: preds[i, b] for i, name in enumerate(names)})
+          {name: preds[i, b] for i, name in enumerate(names)},
+          names=visualize.class_names(self.config))
       count += 1
     return count
 

@@ -16,7 +16,8 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from asymfusion_jax import logger, train
+from asymfusion_jax import checkpointing, logger, train, validation
+from asymfusion_jax.data import layout
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
@@ -93,10 +94,15 @@ def main(argv):
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices %s, global device count %d',
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
-  if FLAGS.mode == 'train':
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
-    train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+  try:
+    if FLAGS.mode == 'train':
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+  except (validation.ConfigError, layout.LayoutError,
+          checkpointing.CheckpointMismatchError) as e:
+    # The message names the key, file or checkpoint at fault; a traceback would bury it.
+    sys.exit(f'main: {e}')
 
 
 if __name__ == '__main__':

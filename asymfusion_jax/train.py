@@ -259,6 +259,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = build_model(config)
   tx = optim.make_optimizer(config, per_epoch)
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
+  logging.info('initialising the model (its initialisation compiles first)...')
   state = create_train_state(model, tx, config, mesh)
 
   restored, record = ckpts.restore_latest(checkpointing.abstract(state))
@@ -295,7 +296,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start >= total:
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
                  workdir, start, total)
-    results = evaluator.run(state.variables(), workdir)
+    results = evaluator.run(state.variables(), workdir, step=start)
   with _Termination() as term:
     for step in range(start, total):
       batch = sharding.global_batch(mesh, next(batches))
@@ -320,7 +321,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if done % eval_every == 0 or done == total:
         progress.pause(done)
         losses_seen.check()
-        results = evaluator.run(state.variables(), workdir)
+        results = evaluator.run(state.variables(), workdir, step=done)
         logger.write(done, evaluation.flatten(results))
         improved = results['ensemble']['miou'] > best_miou
         best_miou = max(best_miou, results['ensemble']['miou'])
@@ -359,7 +360,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     pipeline.prepare(config)
   sync('data prepared')
   out_dir = os.path.join(workdir, 'eval', f'step_{record["step"]}')
-  results = evaluation.Evaluator(build_model(config), config, mesh).run(state.variables(), out_dir)
+  results = evaluation.Evaluator(build_model(config), config, mesh).run(
+      state.variables(), out_dir, step=record['step'])
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:

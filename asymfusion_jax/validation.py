@@ -17,6 +17,10 @@ from asymfusion_jax.data import pipeline
 from asymfusion_jax.models import refinenet, resnet
 
 
+class ConfigError(ValueError):
+  """A config value that cannot run; the message names the key, its value and what is valid."""
+
+
 def _value(config, key: str):
   node = config
   for part in key.split('.'):
@@ -25,7 +29,7 @@ def _value(config, key: str):
 
 
 def _fail(key: str, value, requirement: str):
-  raise ValueError(f'config.{key}={value!r} must be {requirement}')
+  raise ConfigError(f'config.{key}={value!r} must be {requirement}')
 
 
 def _is_int(value) -> bool:
@@ -144,14 +148,17 @@ def check_devices(config, devices: int | None = None, processes: int | None = No
 
   The eval batch needs no check: evaluation fills it up to the mesh with masked rows.
   """
-  sharding.check_batch_size(config.batch_size, 'config.batch_size', devices, processes)
+  try:
+    sharding.check_batch_size(config.batch_size, 'config.batch_size', devices, processes)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def check_train_data(config) -> None:
   """The train split holds at least one batch; reads its size without writing anything."""
   available = pipeline.planned_num_examples(config, 'train')
   if available is not None and config.batch_size > available:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the {available} '
+    raise ConfigError(f'config.batch_size={config.batch_size} is larger than the {available} '
                      'training examples, so an epoch would have no step')
 
 

@@ -118,6 +118,18 @@ def test_main_config_error_is_one_line(tmp_path, override, expected):
   assert not os.path.exists(tmp_path / 'run')
 
 
+def test_main_invalid_value_ends_with_one_line_naming_the_key(tmp_path):
+  """A value the config checks reject: the run stops with one line, no traceback, no workdir."""
+  result = run_cli(['-m', 'asymfusion_jax.main', f'--config={tiny.REPO}/configs/demo.py',
+                    f'--workdir={tmp_path / "run"}', '--config.optim.momentum=1.5'],
+                   timeout=120)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr, result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('main: config.optim.momentum=1.5 must be'), result.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def test_export_cli_output_is_quiet(full_run, tmp_path):
   workdir, _ = full_run
   out = str(tmp_path / 'model.jax')
