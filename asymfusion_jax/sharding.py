@@ -60,6 +60,26 @@ def padded_batch_size(global_batch: int, devices: int | None = None,
   return -(-global_batch // unit) * unit
 
 
+def pad_rows(local_batch: dict, rows: int, ignore_label: int) -> dict:
+  """This process's batch filled up to `rows` rows: zero images, labels all `ignore_label`.
+
+  Such rows add nothing to the loss (it averages over labelled pixels) nor to its gradient, and
+  with frozen BatchNorm nothing to any other row's activations, so a padded step is the unpadded
+  step computed on more devices, except that dropout draws its masks for the padded shape (other
+  masks, from the same distribution).
+  """
+  out = {}
+  for key, value in local_batch.items():
+    axis = 1 if key == 'image' else 0
+    extra = rows - value.shape[axis]
+    if extra < 0:
+      raise ValueError(f'cannot pad {value.shape[axis]} rows of {key!r} down to {rows}')
+    widths = [(0, 0)] * value.ndim
+    widths[axis] = (0, extra)
+    out[key] = np.pad(value, widths, constant_values=ignore_label if key == 'label' else 0)
+  return out
+
+
 def global_batch(mesh: Mesh, local_batch: dict) -> dict:
   """Assembles each process's rows into global jax.Arrays sharded over the mesh."""
   shardings = batch_shardings(mesh, local_batch)

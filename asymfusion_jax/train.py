@@ -275,6 +275,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logger = MetricLogger(workdir, resume_step=start)
   batches = pipeline.train_batches(config, start_step=start, process_index=jax.process_index(),
                                    process_count=jax.process_count())
+  rows = validation.train_batch_rows(config)  # > batch / processes: padded (frozen BN only).
+  if rows * jax.process_count() != config.batch_size:
+    logging.info('Training on %d rows per step: config.batch_size=%d filled up to a multiple of '
+                 'the %d devices with unlabelled rows (with frozen BatchNorm they change '
+                 'nothing but the dropout masks drawn).', rows * jax.process_count(), config.batch_size, jax.device_count())
   evaluator = evaluation.Evaluator(model, config, mesh)
   losses_seen = _LossWatch()
   progress = Progress(total, eval_every)
@@ -299,7 +304,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     results = evaluator.run(state.variables(), workdir, step=start)
   with _Termination() as term:
     for step in range(start, total):
-      batch = sharding.global_batch(mesh, next(batches))
+      batch = sharding.global_batch(
+          mesh, sharding.pad_rows(next(batches), rows, config.data.ignore_label))
       if step_fn is None:
         step_fn = jit_train_step(model, tx, config, mesh, state, batch)
         progress.compiling()  # The first call below compiles it.

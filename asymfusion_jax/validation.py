@@ -11,6 +11,8 @@ valid. Checks that need the dataset's size (`check_train_data`) read it without 
 import math
 import numbers
 
+import jax
+
 from asymfusion_jax import sharding
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import pipeline
@@ -146,12 +148,29 @@ def check_config(config) -> None:
 def check_devices(config, devices: int | None = None, processes: int | None = None) -> None:
   """The train batch splits evenly over the devices and processes (default: this run's).
 
-  The eval batch needs no check: evaluation fills it up to the mesh with masked rows.
+  With frozen BatchNorm (the paper configs) the batch need only split over the processes:
+  training fills it up to the devices with rows that change nothing (train_batch_rows). Trained
+  BatchNorm statistics would see such rows, so there every device needs as many real rows. The
+  eval batch needs no check: evaluation fills it up to the mesh with masked rows.
   """
   try:
-    sharding.check_batch_size(config.batch_size, 'config.batch_size', devices, processes)
+    if config.frozen_bn:
+      sharding.check_batch_size(config.batch_size, 'config.batch_size', devices=1,
+                                processes=processes)
+    else:
+      sharding.check_batch_size(config.batch_size, 'config.batch_size', devices, processes)
   except ValueError as e:
-    raise ConfigError(str(e)) from None
+    raise ConfigError(f'{e} (with config.frozen_bn=False every device needs as many real rows)'
+                      if not config.frozen_bn else str(e)) from None
+
+
+def train_batch_rows(config, devices: int | None = None, processes: int | None = None) -> int:
+  """Rows per process of each train batch as the mesh runs it (padding rows included)."""
+  devices, processes = (jax.device_count() if devices is None else devices,
+                        jax.process_count() if processes is None else processes)
+  rows = (sharding.padded_batch_size(config.batch_size, devices, processes) if config.frozen_bn
+          else config.batch_size)
+  return rows // processes
 
 
 def check_train_data(config) -> None:

@@ -65,18 +65,55 @@ def test_batch_larger_than_synthetic_data_still_to_generate(tmp_path):
   assert not (tmp_path / 'new').exists()
 
 
-def test_every_config_passes_and_the_demo_splits_over_1_2_4_8_devices():
+def test_every_config_passes_and_splits_over_1_2_4_8_devices():
+  """The demo's batch of 8 divides them all; the paper's batch of 6 (frozen BatchNorm) is filled
+  up to the devices with unlabelled rows (test_padded_train_rows_change_nothing)."""
   names = sorted(name[:-3] for name in os.listdir(os.path.join(tiny.REPO, 'configs'))
                  if name.endswith('.py') and name != '__init__.py')
-  assert len(names) == 6, names
+  assert 'demo' in names and 'nyudv2_refinenet101' in names, names
   for name in names:
     module = importlib.import_module(f'configs.{name}')
     for variant in getattr(module, 'VARIANTS', [None]):
       config = module.get_config(variant) if variant else module.get_config()
       validation.check_config(config)
-      if name == 'demo':
-        for devices in (1, 2, 4, 8):
-          validation.check_devices(config, devices, 1)
+      for devices in (1, 2, 4, 8):
+        validation.check_devices(config, devices, 1)
+        rows = validation.train_batch_rows(config, devices, 1)
+        assert rows % devices == 0 and rows - devices < config.batch_size <= rows, (name, devices)
+        if not config.frozen_bn:
+          assert rows == config.batch_size, name
+  paper = importlib.import_module('configs.nyudv2_refinenet101').get_config()
+  assert [validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [6, 6, 8, 8]
+  assert validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows and 1 padding per process.
+
+
+def test_padded_train_rows_change_nothing():
+  """With frozen BatchNorm, a step on a batch filled up with unlabelled zero rows gives the loss
+  and the parameters of the step on the batch alone: what lets batch 6 run on 4 or 8 devices.
+
+  Dropout is off here: its masks are drawn for the whole (padded) batch shape, so padding draws
+  other (equally distributed) masks for the real rows too.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax import optim  # pylint: disable=g-import-not-at-top
+  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  config = tiny.config({})
+  config.frozen_bn, config.batch_size, config.model.dropout_rate = True, 3, 0.0
+  mesh = sharding.make_mesh()
+  model, tx = build_model(config), optim.make_optimizer(config, 4)
+  batch = benchmark.synthetic_batch(config, 'train', seed=3)
+  padded = sharding.pad_rows(batch, 5, config.data.ignore_label)
+  assert padded['image'].shape[1] == padded['label'].shape[0] == 5
+  assert np.all(padded['label'][3:] == config.data.ignore_label)
+  results = []
+  for b in (batch, padded):
+    state = train.create_train_state(model, tx, config, mesh)
+    b = sharding.global_batch(mesh, b)
+    state, metrics = train.jit_train_step(model, tx, config, mesh, state, b)(state, b)
+    results.append((float(metrics['loss']), jax.device_get(state.params)))
+  assert results[1][0] == pytest.approx(results[0][0], rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               results[1][1], results[0][1])
 
 
 def test_an_unsplittable_train_batch_names_the_nearest_sizes():
