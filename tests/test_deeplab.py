@@ -308,6 +308,31 @@ def test_multimodal_shapes_fusion_and_stride4_logits():
     DeepLab(num_modalities=3, **SMALL).init(jax.random.key(0), x)
 
 
+def test_training_mode_traces():
+  """Training: dropout rng, batch_stats updates, frozen BN, remat (traced only, no compile)."""
+  x = jnp.zeros((2, 2, 37, 29, 3))
+  model = DeepLab(num_modalities=2, remat='all', **SMALL)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+
+  def loss(params, stats, frozen):
+    v = {'params': params, 'batch_stats': stats}
+    m = model.clone(frozen_bn=frozen)
+    if frozen:
+      return m.apply(v, x, train=True, rngs={'dropout': jax.random.key(1)}).sum()
+    out, updates = m.apply(v, x, train=True, rngs={'dropout': jax.random.key(1)},
+                           mutable=['batch_stats'])
+    assert jax.tree.structure(updates['batch_stats']) == jax.tree.structure(
+        variables['batch_stats'])
+    return out.sum()
+
+  for frozen in (False, True):
+    grads = jax.eval_shape(jax.grad(lambda p, s: loss(p, s, frozen)), variables['params'],
+                           variables['batch_stats'])
+    assert jax.tree.structure(grads) == jax.tree.structure(variables['params'])
+  with pytest.raises(Exception, match='dropout'):
+    jax.eval_shape(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']), variables)
+
+
 def test_build_model_dispatch():
   config = cityscapes_deeplab_xception65.get_config()
   model = build_model(config)
