@@ -287,6 +287,10 @@ def write_jax(source: Source, out: str, height: int | None = None, width: int | 
 
 def write_torch(source: Source, out: str) -> None:
   """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`."""
+  name = source.config.model.get('name', 'refinenet')
+  if name != 'refinenet':
+    raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
+                     f'is {name!r}, which has no PyTorch reference layout: use --format=jax')
   state_dict = convert.refinenet_to_torch(source.variables)
   with _replaced_atomically([out]) as (temp,):
     torch_pickle.save_state_dict(temp, state_dict)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from asymfusion_jax import convert, variables_io
+from asymfusion_jax import convert, export, variables_io
 from asymfusion_jax.models import DeepLab, build_model
 from configs import cityscapes_deeplab_xception65, cityscapes_deeplab_xception65_rgb
 
@@ -395,3 +395,10 @@ def test_convert_and_export_cli(reference, tmp_path):
   np.testing.assert_allclose(logits[0] / scale, expected[16] / scale, atol=1e-4)
   with open(artifact + '.json') as f:
     assert json.load(f)['output_stride'] == 1
+
+
+def test_torch_export_is_refused(tmp_path):
+  source = export.Source(cityscapes_deeplab_xception65_rgb.get_config(), {}, None, 'test')
+  with pytest.raises(ValueError, match="'deeplab'.*--format=jax"):
+    export.write_torch(source, str(tmp_path / 'deeplab.pth'))
+  assert not os.listdir(tmp_path)
