@@ -41,11 +41,12 @@ ImageNet `xception_65` backbone or a whole Cityscapes model), converts with deep
 
 Each command writes an orbax checkpoint (asymfusion_jax.variables_io) that
 `config.init.checkpoint` can load (or, for --inception, pytorch-fid's FID Inception-v3 for
-asymfusion_jax.fid's --weights). A TF-DeepLab backbone checkpoint gives the backbone only, under
-'backbone', as a torchvision ResNet does.
+asymfusion_jax.fid's --weights).
 Given a reference RefineNet .pth it holds the full model variables; given a torchvision ResNet
 .pth it holds the encoder only, at the full model's paths ({'params': {'backbone': ...},
-'batch_stats': {'backbone': ...}}); training initialises the decoder itself.
+'batch_stats': {'backbone': ...}}); training initialises the decoder itself. A TF-DeepLab
+checkpoint gives the whole DeepLab, or, from the ImageNet backbone checkpoint, its backbone
+alone at the same paths.
 """
 
 import dataclasses
