@@ -58,3 +58,50 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = T
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
   return c
+
+
+def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
+                       output_stride: int = 16) -> ml_collections.ConfigDict:
+  """DeepLabv3+ / Xception-65 on Cityscapes RGB-D (docs/method.md section 13): model and import.
+
+  Holds what the model, the TF-DeepLab checkpoint import (`python -m asymfusion_jax.convert
+  --tf_checkpoint`) and export need. The Cityscapes data pipeline and the training recipe (poly
+  learning rate, 90,000 steps) are not available yet: there is no `optim` section and
+  data.name 'cityscapes' has no loader, so training with this config stops at the data.
+  """
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.modalities = tuple(modalities)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'deeplab'
+  c.model.num_classes = 19
+  c.model.fusion = fusion
+  c.model.output_stride = output_stride  # 16 (training, evaluation) or 8.
+  c.model.width_divisor = 1  # Divides every width; 1 is Xception-65 (tests use small widths).
+  c.model.middle_flow_units = 16
+  c.model.dropout_rate = 0.1
+  c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
+  c.model.upsample_logits = True  # Logits at the input size; False: at stride 4.
+  c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
+  c.frozen_bn = False  # TF-DeepLab trains BatchNorm over the global batch.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'cityscapes'
+  c.data.manual_dir = ''
+  c.data.tfds_data_dir = ''
+  c.data.synthetic = False
+  c.data.ignore_label = 255
+  c.batch_size = 8
+  c.crop_size = 769
+  c.eval_batch_size = 1
+
+  c.init = ml_collections.ConfigDict()
+  c.init.torch_resnet = ''  # Unused by DeepLab; kept so that initialization reads the same keys.
+  c.init.checkpoint = ''  # Written by `python -m asymfusion_jax.convert --tf_checkpoint=...`.
+
+  c.max_steps = -1
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  return c

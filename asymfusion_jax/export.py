@@ -13,9 +13,10 @@ artifact with the variables baked in as constants, lowered for every platform in
 that one artifact exported on a CPU also runs on a GPU or TPU. Its input is (M, B, H, W, 3)
 float32 normalised images, with a symbolic batch size B and H, W fixed at export (--height,
 --width: the fusion pixel shift and the align-corners upsampling build static gather indices from
-the feature sizes). Its output is the (M + 1, B, ceil(H/4), ceil(W/4), K) float32 logits: the M
-branches, then the ensemble. FILE.json, the sidecar, says how to feed it and read it (see
-`sidecar`). Running it needs only jax: `jax.export.deserialize(blob).call(x)`.
+the feature sizes). Its output is the (M + 1, B, ceil(H/4), ceil(W/4), K) float32 logits of a
+RefineNet, or the (M + 1, B, H, W, K) logits of a DeepLab (at input size unless
+config.model.upsample_logits is off): the M branches, then the ensemble. FILE.json, the
+sidecar, says how to feed it and read it (see `sidecar`). Running it needs only jax: `jax.export.deserialize(blob).call(x)`.
 
 --format=torch writes the variables as a state_dict of the reference PyTorch implementation
 (SPEC section 9) in torch.save's zip format, without importing torch.
@@ -55,7 +56,7 @@ PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 # TPU lowering works without a TPU, so the default artifact runs on every usual accelerator.
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 BATCH_DIM = 'b'
-OUTPUT_STRIDE = 4
+OUTPUT_STRIDE = 4  # RefineNet's; see output_stride.
 SIDECAR_SUFFIX = '.json'
 
 
@@ -143,6 +144,13 @@ def export_forward(source: Source, height: int, width: int,
   return jax.export.export(forward, platforms=check_platforms(platforms))(spec)
 
 
+def output_stride(config) -> int:
+  """The stride of the model's logits: RefineNet's 4, or DeepLab's 1 (4 without upsampling)."""
+  if config.model.get('name', 'refinenet') == 'deeplab' and config.model.upsample_logits:
+    return 1
+  return OUTPUT_STRIDE
+
+
 def _shape(aval) -> list:
   return [d if isinstance(d, int) else str(d) for d in aval.shape]
 
@@ -163,7 +171,7 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
       'outputs': list(config.modalities) + ['ensemble'],
       'num_classes': int(config.model.num_classes),
       'ignore_label': int(config.data.ignore_label),
-      'output_stride': OUTPUT_STRIDE,
+      'output_stride': output_stride(config),
       'input_shape': _shape(inp),
       'input_dtype': str(inp.dtype),
       'output_shape': _shape(out),
@@ -279,6 +287,10 @@ def write_jax(source: Source, out: str, height: int | None = None, width: int | 
 
 def write_torch(source: Source, out: str) -> None:
   """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`."""
+  name = source.config.model.get('name', 'refinenet')
+  if name != 'refinenet':
+    raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
+                     f'is {name!r}, which has no PyTorch reference layout: use --format=jax')
   state_dict = convert.refinenet_to_torch(source.variables)
   with _replaced_atomically([out]) as (temp,):
     torch_pickle.save_state_dict(temp, state_dict)
