@@ -98,6 +98,12 @@ def check_config(config) -> None:
   if len(set(names)) != len(names):
     _fail('modalities', names, 'a sequence without repeats')
 
+  model_name = config.model.get('name', 'refinenet')
+  if model_name != 'refinenet':
+    raise ConfigError(
+        f'config.model.name={model_name!r} cannot be trained or evaluated yet: its dataset '
+        '(Cityscapes) and training recipe are not implemented; the model converts '
+        '(python -m asymfusion_jax.convert --tf_checkpoint) and exports')
   _choice(config, 'model.depth', resnet.STAGE_SIZES)
   num_classes = _int(config, 'model.num_classes', 1)
   _bool(config, 'model.fusion')

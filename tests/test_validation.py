@@ -67,7 +67,8 @@ def test_batch_larger_than_synthetic_data_still_to_generate(tmp_path):
 
 def test_every_config_passes_and_splits_over_1_2_4_8_devices():
   """The demo's batch of 8 divides them all; the paper's batch of 6 (frozen BatchNorm) is filled
-  up to the devices with unlabelled rows (test_padded_train_rows_change_nothing)."""
+  up to the devices with unlabelled rows (test_padded_train_rows_change_nothing). The DeepLab
+  configs cannot train yet, and say so."""
   names = sorted(name[:-3] for name in os.listdir(os.path.join(tiny.REPO, 'configs'))
                  if name.endswith('.py') and name != '__init__.py')
   assert 'demo' in names and 'nyudv2_refinenet101' in names, names
@@ -75,6 +76,11 @@ def test_every_config_passes_and_splits_over_1_2_4_8_devices():
     module = importlib.import_module(f'configs.{name}')
     for variant in getattr(module, 'VARIANTS', [None]):
       config = module.get_config(variant) if variant else module.get_config()
+      if name.startswith('cityscapes_deeplab'):  # Model and import only, so far.
+        with pytest.raises(validation.ConfigError, match=r"model\.name='deeplab' cannot be "
+                                                         r'trained or evaluated yet'):
+          validation.check_config(config)
+        continue
       validation.check_config(config)
       for devices in (1, 2, 4, 8):
         validation.check_devices(config, devices, 1)
