@@ -6,6 +6,10 @@
 Any config field can be overridden with --config.<key>=<value>. On a multi-host cluster, pass
 --distributed (and, outside TPU pods and SLURM/Open MPI clusters, --coordinator_address,
 --num_processes and --process_id) to start jax.distributed before anything touches a device.
+
+Exit status: 0 when training ran to its last step (or the evaluation finished); 143 (128 +
+SIGTERM, what a shell reports for a process SIGTERM ended) when SIGTERM stopped training early,
+after it saved a checkpoint: the same command resumes it; 1 for any error.
 """
 
 from absl import app, flags, logging
@@ -15,6 +19,7 @@ from ml_collections import config_flags
 from asymfusion_jax import logger, train
 
 FLAGS = flags.FLAGS
+EXIT_STOPPED_BY_SIGTERM = 143
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and predictions.')
@@ -41,7 +46,11 @@ def main(argv):
   logging.info('JAX process %d/%d, local devices %s, global device count %d',
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
   if FLAGS.mode == 'train':
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except train.StoppedBySignal as e:
+      logging.warning('Exiting with status %d: %s.', EXIT_STOPPED_BY_SIGTERM, e)
+      return EXIT_STOPPED_BY_SIGTERM
   else:
     train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
 

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from asymfusion_jax import checkpointing, evaluation, initialization, losses, optim, sharding
+from asymfusion_jax import workdir_lock
 from asymfusion_jax.data import pipeline
 from asymfusion_jax.logger import MetricLogger, Progress
 from asymfusion_jax.models import build_model
@@ -145,10 +146,22 @@ class _Termination:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
-class _LossWatch:
-  """Collects per-step losses on device and checks them for NaN/Inf in one transfer."""
+class StoppedBySignal(Exception):
+  """Training stopped on SIGTERM before its last step, after saving a checkpoint of `step`."""
 
-  def __init__(self):
+  def __init__(self, step: int, total: int):
+    super().__init__(f'stopped by SIGTERM after step {step} of {total}; checkpoint saved')
+    self.step = step
+
+
+class _LossWatch:
+  """Collects per-step losses on device and checks them for NaN/Inf in one transfer.
+
+  kept: says which checkpoint a run stopped here can resume from (Checkpoints.kept_note).
+  """
+
+  def __init__(self, kept):
+    self._kept = kept
     self._pending = []
     self._checked = []
 
@@ -164,7 +177,7 @@ class _LossWatch:
     if bad:
       raise FloatingPointError(
           f'training loss is {bad[0][1]} at step {bad[0][0]} (non-finite at steps '
-          f'{[s for s, _ in bad]}); stopping. The last good checkpoint is kept.')
+          f'{[s for s, _ in bad]}); stopping. {self._kept()}')
     self._checked += checked
 
   def drain(self) -> list[float]:
@@ -215,9 +228,20 @@ def steps_per_epoch(config) -> int:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains with periodic evaluation; returns the last evaluation's results."""
+  """Trains with periodic evaluation; returns the last evaluation's results.
+
+  Raises:
+    StoppedBySignal: SIGTERM stopped training before its last step (a checkpoint is saved).
+    workdir_lock.WorkdirLockedError: another run holds the workdir.
+  """
   check_intervals(config)
   os.makedirs(workdir, exist_ok=True)
+  with workdir_lock.WorkdirLock(workdir, 'training'):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict:
+  """train_and_evaluate with the workdir locked."""
   config = resolve_data_paths(config, workdir)
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
@@ -248,7 +272,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batches = pipeline.train_batches(config, start_step=start, process_index=jax.process_index(),
                                    process_count=jax.process_count())
   evaluator = evaluation.Evaluator(model, config, mesh)
-  losses_seen = _LossWatch()
+  losses_seen = _LossWatch(ckpts.kept_note)
   progress = Progress(total)
   lr = optim.learning_rate_schedules(config, per_epoch)
   step_fn = None
@@ -259,7 +283,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # The losses so far were finite, but the update after the last of them may not be.
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
-                               'The last good checkpoint is kept.')
+                               f'{ckpts.kept_note()}')
     record = {'step': step, 'data_position': step, 'best_miou': best_miou}
     if also_best:
       ckpts.save(state, record, best=True)
@@ -269,6 +293,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
                  workdir, start, total)
     results = evaluator.run(state.variables(), workdir)
+  stopped = None
   with _Termination() as term:
     for step in range(start, total):
       batch = sharding.global_batch(mesh, next(batches))
@@ -302,14 +327,31 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(done)
       if stop:
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
+        stopped = done if done < total else None
         break
   ckpts.close()
   logger.close()
+  if stopped is not None:
+    raise StoppedBySignal(stopped, total)
   return results
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
-  """--mode=eval: evaluates the best checkpoint, or the periodic one of `step`."""
+  """--mode=eval: evaluates the best checkpoint, or the periodic one of `step`.
+
+  Raises:
+    FileNotFoundError: no such workdir or checkpoint.
+    checkpointing.UnreadableCheckpointError: the checkpoint is corrupt or fails its checksums.
+    workdir_lock.WorkdirLockedError: another run holds the workdir.
+  """
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist')
+  with workdir_lock.WorkdirLock(workdir, 'evaluation'):
+    return _evaluate_checkpoint(config, workdir, step)
+
+
+def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
+  """evaluate_checkpoint with the workdir locked."""
   config = resolve_data_paths(config, workdir)
   sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
   if jax.process_index() == 0:
