@@ -14,9 +14,7 @@ A checkpoint asked for by step (evaluation, export) has no fallback: if it canno
 an UnreadableCheckpointError naming it.
 """
 
-import logging as logging_std
 import os
-import re
 import shutil
 import sys
 from typing import Any
@@ -58,8 +56,7 @@ def reason(error: BaseException, limit: int = 240) -> str:
   by their specs in brackets: the specs go, and a long chain keeps its start and its end.
   """
   text = ' '.join(str(error).split())
-  text = re.sub(r' \[tensorstore_spec[^\]]*\]', '', text)
-  text = text.split(' See full TensorStore details', 1)[0]
+  text = text.split(' [tensorstore_spec', 1)[0].split(' See full TensorStore details', 1)[0]
   if not isinstance(error, checksums.ChecksumError):
     text = f'{type(error).__name__}: {text}'
   if len(text) > limit:
@@ -67,46 +64,27 @@ def reason(error: BaseException, limit: int = 240) -> str:
   return text
 
 
-def _abandoned_read(error) -> bool:
-  """Whether `error` is what a TensorStore read abandoned by a failed restore ends with."""
-  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
-    return True
-  return 'tensorstore' in str(error).lower()
-
-
-class _AbandonedReadsFilter(logging_std.Filter):
-  """Turns asyncio's "exception was never retrieved" reports of abandoned reads into debug lines."""
-
-  def filter(self, record):
-    error = record.exc_info[1] if record.exc_info else None
-    if 'exception was never retrieved' in str(record.msg) and _abandoned_read(error):
-      logging.debug('A read abandoned by a failed restore failed too: %s', reason(error))
-      return False
-    return True
-
-
 def quiet_abandoned_reads() -> None:
   """Keeps the reads a failed restore abandons from printing a traceback each.
 
   When one read of a restore fails, orbax closes its event loop while TensorStore still finishes
-  the others: each of their completion callbacks fails with "Event loop is closed"
-  (sys.unraisablehook) and each of their failures is reported by asyncio when it is garbage
-  collected, hundreds of tracebacks after the restore's own error. Those go to debug level;
-  other errors are untouched. Installed once per process.
+  the others, and each of their completion callbacks fails with "Event loop is closed"; Python
+  prints those (sys.unraisablehook), hundreds of tracebacks after the restore's own error. They
+  go to debug level; other unraisable errors to the previous hook. Installed once per process.
   """
   previous = sys.unraisablehook
   if getattr(previous, 'asymfusion_quiet', False):
     return
 
   def hook(unraisable):
-    if _abandoned_read(unraisable.exc_value):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
       logging.debug('A read abandoned by a failed restore finished after its event loop closed.')
       return
     previous(unraisable)
 
   hook.asymfusion_quiet = True
   sys.unraisablehook = hook
-  logging_std.getLogger('asyncio').addFilter(_AbandonedReadsFilter())
 
 
 class Checkpoints:
