@@ -6,6 +6,10 @@
 Any config field can be overridden with --config.<key>=<value>. On a multi-host cluster, pass
 --distributed (and, outside TPU pods and SLURM/Open MPI clusters, --coordinator_address,
 --num_processes and --process_id) to start jax.distributed before anything touches a device.
+
+Exit status: 0 when training ran to its last step (or the evaluation finished); 143 (128 +
+SIGTERM, what a shell reports for a process SIGTERM ended) when SIGTERM stopped training early,
+after it saved a checkpoint: the same command resumes it; 1 for any error.
 """
 
 import ast
@@ -16,10 +20,11 @@ from absl import app, flags, logging
 import jax
 from ml_collections import config_flags
 
-from asymfusion_jax import checkpointing, logger, train, validation
+from asymfusion_jax import checkpointing, logger, train, validation, workdir_lock
 from asymfusion_jax.data import layout
 
 FLAGS = flags.FLAGS
+EXIT_STOPPED_BY_SIGTERM = 143
 config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and predictions.')
@@ -99,9 +104,12 @@ def main(argv):
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
-  except (validation.ConfigError, layout.LayoutError,
-          checkpointing.CheckpointMismatchError) as e:
-    # The message names the key, file or checkpoint at fault; a traceback would bury it.
+  except train.StoppedBySignal as e:
+    logging.warning('Exiting with status %d: %s.', EXIT_STOPPED_BY_SIGTERM, e)
+    return EXIT_STOPPED_BY_SIGTERM
+  except (validation.ConfigError, layout.LayoutError, checkpointing.CheckpointMismatchError,
+          workdir_lock.WorkdirLockedError) as e:
+    # The message names the key, file, checkpoint or lock at fault; a traceback would bury it.
     sys.exit(f'main: {e}')
 
 

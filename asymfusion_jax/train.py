@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from asymfusion_jax import (checkpointing, config_io, evaluation, initialization, losses, optim,
-                            sharding, validation)
+                            sharding, validation, workdir_lock)
 from asymfusion_jax.data import pipeline
 from asymfusion_jax.logger import MetricLogger, Progress, print_run_summary
 from asymfusion_jax.models import build_model
@@ -147,10 +147,22 @@ class _Termination:
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
-class _LossWatch:
-  """Collects per-step losses on device and checks them for NaN/Inf in one transfer."""
+class StoppedBySignal(Exception):
+  """Training stopped on SIGTERM before its last step, after saving a checkpoint of `step`."""
 
-  def __init__(self):
+  def __init__(self, step: int, total: int):
+    super().__init__(f'stopped by SIGTERM after step {step} of {total}; checkpoint saved')
+    self.step = step
+
+
+class _LossWatch:
+  """Collects per-step losses on device and checks them for NaN/Inf in one transfer.
+
+  kept: says which checkpoint a run stopped here can resume from (Checkpoints.kept_note).
+  """
+
+  def __init__(self, kept):
+    self._kept = kept
     self._pending = []
     self._checked = []
 
@@ -166,7 +178,7 @@ class _LossWatch:
     if bad:
       raise FloatingPointError(
           f'training loss is {bad[0][1]} at step {bad[0][0]} (non-finite at steps '
-          f'{[s for s, _ in bad]}); stopping. The last good checkpoint is kept.')
+          f'{[s for s, _ in bad]}); stopping. {self._kept()}')
     self._checked += checked
 
   def drain(self) -> list[float]:
@@ -227,32 +239,45 @@ def steps_per_epoch(config) -> int:
   return steps
 
 
-def prepare_workdir(config, workdir: str) -> int:
-  """Creates the workdir, prepares the data and returns the train steps per epoch.
-
-  What only the prepared data can tell (masks with labels outside the config's classes, fewer
-  examples than a batch) fails here; a workdir that this call created is then removed again, so
-  a config error leaves no workdir behind.
-  """
-  created = not os.path.exists(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  try:
-    if jax.process_index() == 0:
-      pipeline.prepare(config)
-    sync('data prepared')
-    return steps_per_epoch(config)
-  except Exception:
-    if created and jax.process_index() == 0:
-      shutil.rmtree(workdir, ignore_errors=True)
-    raise
+def prepare_data(config) -> int:
+  """Prepares the data (process 0) and returns the train steps per epoch."""
+  if jax.process_index() == 0:
+    pipeline.prepare(config)
+  sync('data prepared')
+  return steps_per_epoch(config)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains with periodic evaluation; returns the last evaluation's results."""
+  """Trains with periodic evaluation; returns the last evaluation's results.
+
+  Everything that can be checked is checked before the workdir exists; what only the prepared
+  data can tell (labels outside the config's classes, fewer examples than a batch) fails before
+  training starts, and a workdir this call created is then removed again. So a config error
+  leaves no workdir behind.
+
+  Raises:
+    StoppedBySignal: SIGTERM stopped training before its last step (a checkpoint is saved).
+    workdir_lock.WorkdirLockedError: another run holds the workdir.
+  """
   config = resolve_data_paths(config, workdir)
   validation.check_training(config)  # Before the workdir exists: a bad config leaves nothing.
-  per_epoch = prepare_workdir(config, workdir)
+  created = not os.path.exists(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data_ready = False
+  try:
+    # The lock before anything is written: preparing synthetic data writes into the workdir.
+    with workdir_lock.WorkdirLock(workdir, 'training'):
+      per_epoch = prepare_data(config)
+      data_ready = True
+      return _train_and_evaluate(config, workdir, per_epoch)
+  except Exception:
+    if created and not data_ready and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)  # After the lock is released.
+    raise
 
+
+def _train_and_evaluate(config, workdir: str, per_epoch: int) -> dict:
+  """train_and_evaluate with the workdir locked and the data prepared."""
   mesh = sharding.make_mesh()
   total = optim.total_steps(config, per_epoch)
   eval_every = config.eval_every_epochs * per_epoch
@@ -281,7 +306,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                  'the %d devices with unlabelled rows (with frozen BatchNorm they change '
                  'nothing but the dropout masks drawn).', rows * jax.process_count(), config.batch_size, jax.device_count())
   evaluator = evaluation.Evaluator(model, config, mesh)
-  losses_seen = _LossWatch()
+  losses_seen = _LossWatch(ckpts.kept_note)
   progress = Progress(total, eval_every)
   lr = optim.learning_rate_schedules(config, per_epoch)
   step_fn = None
@@ -292,7 +317,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     # The losses so far were finite, but the update after the last of them may not be.
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
-                               'The last good checkpoint is kept.')
+                               f'{ckpts.kept_note()}')
     record = {'step': step, 'data_position': step, 'best_miou': best_miou}
     if also_best:
       ckpts.save(state, record, best=True)
@@ -302,6 +327,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
                  workdir, start, total)
     results = evaluator.run(state.variables(), workdir, step=start)
+  stopped = None
   with _Termination() as term:
     for step in range(start, total):
       batch = sharding.global_batch(
@@ -338,10 +364,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save(done)
       if stop:
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
+        stopped = done if done < total else None
         break
   ckpts.close()
   logger.close()
   print_run_summary(workdir)
+  if stopped is not None:
+    raise StoppedBySignal(stopped, total)
   return results
 
 
@@ -352,9 +381,22 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   the predictions to WORKDIR/eval/step_N/predictions/, never to metrics.jsonl or predictions/.
   The checkpoint is read before the data is touched, so a mistyped workdir fails at once,
   without generating or building a dataset.
+
+  Raises:
+    FileNotFoundError: no such workdir or checkpoint.
+    checkpointing.UnreadableCheckpointError: the checkpoint is corrupt or fails its checksums.
+    workdir_lock.WorkdirLockedError: another run holds the workdir.
   """
   config = resolve_data_paths(config, workdir)
   validation.check_config(config)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist')
+  with workdir_lock.WorkdirLock(workdir, 'evaluation'):
+    return _evaluate_checkpoint(config, workdir, step)
+
+
+def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
+  """evaluate_checkpoint with the workdir locked."""
   mesh = sharding.make_mesh()
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:

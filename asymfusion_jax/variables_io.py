@@ -3,14 +3,19 @@
 This is the exchange format between conversion (`python -m asymfusion_jax.convert`), training
 (`config.init.checkpoint`) and export: one directory holding exactly the two variable
 collections, without optimizer state or step, so that it can initialise any run of the same model.
+The directory also holds the SHA-256 of each of its files (asymfusion_jax.checksums), checked on
+every load.
 """
 
 import os
 from typing import Any, Mapping
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from asymfusion_jax import checkpointing, checksums
 
 COLLECTIONS = ('params', 'batch_stats')
 
@@ -44,6 +49,8 @@ def save_variables(directory, variables: Mapping[str, Any], overwrite: bool = Fa
   tree = {name: variables[name] for name in COLLECTIONS}
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, tree, force=overwrite)
+  if jax.process_index() == 0:
+    checksums.write(path)
   return path
 
 
@@ -76,14 +83,23 @@ def load_variables(directory, target: Mapping[str, Any] | None = None) -> dict[s
 
   Raises:
     FileNotFoundError: the directory does not exist.
-    ValueError: the directory is not an orbax checkpoint, or does not match the target.
+    ValueError: the directory is not an orbax checkpoint, does not match the target, or its files
+      fail their checksums (checksums.ChecksumError).
   """
   path = _absolute(directory)
   if not os.path.isdir(path) and '://' not in path:
     raise FileNotFoundError(f'no variables checkpoint at {path}: the directory does not exist')
+  try:
+    verified = checksums.verify(path)
+  except checksums.ChecksumError as e:
+    raise checksums.ChecksumError(f'checkpoint {path} is corrupt: {e}') from e
+  if not verified:
+    logging.warning('Loading the variables checkpoint %s unverified: it has no checksums '
+                    '(written before they were recorded).', path)
   if target is not None:
     _check_collections(target, 'target')
     target = {name: target[name] for name in COLLECTIONS}
+  checkpointing.quiet_abandoned_reads()
   with ocp.StandardCheckpointer() as checkpointer:
     try:
       restored = checkpointer.restore(path, target)

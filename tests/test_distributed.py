@@ -116,7 +116,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data, tmp_path):
         p.kill()
     for log in logs:
       log.close()
-  assert codes == [0, 0], [(tmp_path / f'process_{i}.log').read_text()[-3000:] for i in range(2)]
+  assert codes == [143, 143], [(tmp_path / f'process_{i}.log').read_text()[-3000:] for i in range(2)]
   ckpts = checkpointing.Checkpoints(workdir)
   steps = ckpts.periodic.all_steps()
   ckpts.close()
