@@ -10,13 +10,12 @@ Any config field can be overridden with --config.<key>=<value>. On a multi-host 
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
-from asymfusion_jax import logger, train
+from asymfusion_jax import config_lib, logger, train
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
-                                lock_config=True)
+config_lib.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
+                              lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and predictions.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (with evaluation) or only evaluate.')
 flags.DEFINE_integer('step', None, '--mode=eval: the checkpoint step (default: the best one).')
