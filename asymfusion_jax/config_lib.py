@@ -154,7 +154,7 @@ class _ConfigFileParser(flags.ArgumentParser):
       config = load(argument)
     except FileNotFoundError as e:  # absl reports a ValueError as an illegal flag value.
       raise ValueError(str(e)) from e
-    if self._lock_config:
+    if self._lock_config and callable(getattr(config, 'lock', None)):
       config.lock()
     return config
 
