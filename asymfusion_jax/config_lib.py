@@ -3,12 +3,17 @@
 Every hyperparameter lives here or in those files, never in the code that reads them.
 """
 
+import importlib.util
+import pathlib
+
+from absl import flags
 import ml_collections
+from ml_collections import config_flags
 
 
 def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = True,
                  epochs_per_stage: int = 100) -> ml_collections.ConfigDict:
-  """The paper's NYUDv2 RefineNet recipe (SPEC section 8)."""
+  """The paper's NYUDv2 RefineNet recipe (docs/method.md section 8)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.modalities = tuple(modalities)
@@ -105,3 +110,113 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   return c
+
+
+# Loading config files by path or by name, from any working directory.
+
+# The repository's configs/ folder. The package is meant to be installed editable from a clone
+# (`pip install -e .`), so this is the clone's configs/; a regular (non-editable) install does
+# not ship configs/, and then only load() with a path to a config file works.
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+
+def available_configs() -> list:
+  """Names of the config files in the repository's configs/ folder ('demo', ...), sorted."""
+  if not CONFIGS_DIR.is_dir():
+    return []
+  return sorted(p.stem for p in CONFIGS_DIR.glob('*.py') if p.stem != '__init__')
+
+
+def _missing_configs_dir_note() -> str:
+  return (f'the configs/ folder {CONFIGS_DIR} does not exist: configs ship in the repository, not '
+          'in the package, so install the package editable from a clone (pip install -e .) or '
+          'pass the path of a config file to load()')
+
+
+def resolve_path(path: str) -> pathlib.Path:
+  """The config file that `path` names, looked up from the working directory first.
+
+  A relative path that does not exist from the working directory is looked up from the
+  repository root ('configs/demo.py'), then inside configs/ ('demo.py'), so the commands and
+  snippets of the README work from any directory.
+
+  Raises:
+    FileNotFoundError: none of those exists; the message lists the places tried.
+  """
+  given = pathlib.Path(path).expanduser()
+  candidates = [given] if given.is_absolute() else [
+      pathlib.Path.cwd() / given, CONFIGS_DIR.parent / given, CONFIGS_DIR / given]
+  for candidate in candidates:
+    if candidate.is_file():
+      return candidate.resolve()
+  names = available_configs()
+  hint = (f'available configs: {", ".join(names)}' if names else _missing_configs_dir_note())
+  raise FileNotFoundError(f'config file {path!r} not found (tried '
+                          f'{", ".join(str(c) for c in candidates)}); {hint}')
+
+
+def _import_file(path: pathlib.Path):
+  """Imports the Python file `path` as a fresh module (no sys.path or working-directory tricks)."""
+  spec = importlib.util.spec_from_file_location(f'asymfusion_jax_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not callable(getattr(module, 'get_config', None)):
+    raise AttributeError(f'config file {path} defines no get_config() function')
+  return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of a config file: 'PATH' or 'PATH:ARG', as for --config= on the command line.
+
+  PATH is resolved by resolve_path(), so load('configs/demo.py') works from any working
+  directory. ARG, if given, is passed to the file's get_config() (load('configs/demo.py:rgb')).
+  """
+  path, sep, arg = spec.partition(':')
+  module = _import_file(resolve_path(path))
+  return module.get_config(arg) if sep else module.get_config()
+
+
+def get_config(name: str) -> ml_collections.ConfigDict:
+  """The config of the repository's configs/NAME.py by name: 'demo' or 'demo:rgb'.
+
+  Raises:
+    ValueError: NAME is not a file in configs/; the message lists the available names.
+  """
+  stem, sep, arg = name.partition(':')
+  names = available_configs()
+  if stem not in names:
+    hint = (f'available configs: {", ".join(names)}' if names else _missing_configs_dir_note())
+    raise ValueError(f'unknown config {name!r}; {hint}')
+  return load(str(CONFIGS_DIR / f'{stem}.py') + (sep + arg))
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+  """Parses --config=PATH[:ARG] with load(), so PATH is resolved as resolve_path() does."""
+
+  def __init__(self, lock_config: bool):
+    self._lock_config = lock_config
+
+  def parse(self, argument):
+    try:
+      config = load(argument)
+    except FileNotFoundError as e:  # absl reports a ValueError as an illegal flag value.
+      raise ValueError(str(e)) from e
+    if self._lock_config and callable(getattr(config, 'lock', None)):
+      config.lock()
+    return config
+
+  def flag_type(self):
+    return 'config object'
+
+
+def DEFINE_config_file(name: str, default: str | None = None,  # pylint: disable=invalid-name
+                       help_string: str = 'Path to a config file (configs/*.py).',
+                       lock_config: bool = True) -> flags.FlagHolder:
+  """ml_collections.config_flags.DEFINE_config_file, with the path resolved as load() does.
+
+  --NAME=configs/demo.py[:ARG] then works from any working directory, and overrides
+  --NAME.<key>=<value> work as with ml_collections.
+  """
+  holder = config_flags.DEFINE_config_file(name, default, help_string, lock_config=lock_config)
+  flags.FLAGS[name].parser = _ConfigFileParser(lock_config)
+  return holder

@@ -1,6 +1,6 @@
 """Weights between PyTorch state_dicts and the Flax models.
 
-Two PyTorch layouts of the segmentation models are understood (SPEC section 9):
+Two PyTorch layouts of the segmentation models are understood (docs/method.md section 9):
 
 - torchvision's ResNet-50/101/152 (`conv1.weight`, `bn1.running_mean`, `layer3.5.conv2.weight`,
   ...), the ImageNet initialisation of the encoder;
@@ -19,8 +19,8 @@ missing, unexpected or mis-shaped keys are all reported at once, by name.
 
 `num_batches_tracked`, the one PyTorch BatchNorm buffer without a Flax counterpart: it only
 changes the computation when a BatchNorm has momentum=None (a cumulative average), and every
-BatchNorm here uses momentum 0.1 (SPEC section 2), so it is inert in both frameworks. It is
-checked (a 0-d value, where PyTorch puts it) but not stored in the Flax variables, whose
+BatchNorm here uses momentum 0.1 (docs/method.md section 2), so it is inert in both frameworks.
+It is checked (a 0-d value, where PyTorch puts it) but not stored in the Flax variables, whose
 `batch_stats` shapes the model defines. Export writes 0 (what a fresh PyTorch BatchNorm holds, and
 what frozen-BatchNorm training leaves) or, for a faithful round trip, the counters of a given
 state_dict: `refinenet_to_torch(refinenet_from_torch(sd), num_batches_tracked=sd) == sd`.
@@ -277,7 +277,8 @@ def resnet_from_torch(state_dict: Mapping[str, Any], num_modalities: int,
   Args:
     state_dict: torchvision ResNet-50/101/152 keys (torch tensors or NumPy arrays; a DataParallel
       `module.` prefix is dropped). `fc.*` is ignored: the classifier has no place here.
-    num_modalities: M. The ImageNet BatchNorm is copied to every modality (SPEC section 8).
+    num_modalities: M. The ImageNet BatchNorm is copied to every modality (docs/method.md
+      section 8).
     model: the ResNet to fill (its depth and width are checked against the state_dict); by
       default one whose depth and width are inferred from the keys.
 
@@ -323,8 +324,8 @@ def refinenet_from_torch(state_dict: Mapping[str, Any], num_modalities: int | No
   """The reference AsymFusion RefineNet's state_dict as variables of asymfusion_jax's RefineNet.
 
   Args:
-    state_dict: SPEC section 9 keys, with or without DataParallel's `module.` prefix (torch
-      tensors or NumPy arrays). num_batches_tracked entries may be present or not; they are
+    state_dict: docs/method.md section 9 keys, with or without DataParallel's `module.` prefix
+      (torch tensors or NumPy arrays). num_batches_tracked entries may be present or not; they are
       checked and dropped (see the module docstring).
     num_modalities: M, checked against the state_dict's `bn1.bn_{m}` keys; inferred when None.
     model: the RefineNet to fill (e.g. build_model(config)); by default one with the depth, widths,
@@ -360,7 +361,7 @@ def refinenet_to_torch(variables: Mapping[str, Any], num_batches_tracked=0,
     prefix: put before every key, e.g. 'module.' for a DataParallel model.
 
   Returns:
-    {key: NumPy array} with SPEC section 9's keys: float32 weights and buffers (kernels
+    {key: NumPy array} with docs/method.md section 9's keys: float32 weights and buffers (kernels
     as (out, in, kh, kw)) and int64 0-d num_batches_tracked, ready for
     `model.load_state_dict({k: torch.from_numpy(v) ...})`.
   """

@@ -1,4 +1,4 @@
-"""Exact evaluation over the whole validation set (SPEC section 6).
+"""Exact evaluation over the whole validation set (docs/method.md section 6).
 
 Every validation image counts once, at full resolution: per-batch confusion matrices of every
 branch and of the ensemble are summed on the host in int64, then pixel acc, mean acc and mIoU are

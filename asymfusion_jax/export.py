@@ -19,7 +19,7 @@ config.model.upsample_logits is off): the M branches, then the ensemble. FILE.js
 sidecar, says how to feed it and read it (see `sidecar`). Running it needs only jax: `jax.export.deserialize(blob).call(x)`.
 
 --format=torch writes the variables as a state_dict of the reference PyTorch implementation
-(SPEC section 9) in torch.save's zip format, without importing torch.
+(docs/method.md section 9) in torch.save's zip format, without importing torch.
 
 Nothing is written unless the whole export succeeds: the files go to temporaries beside --out,
 which are renamed at the end (the sidecar first, so an artifact never lacks its sidecar).

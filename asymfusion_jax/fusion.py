@@ -1,4 +1,4 @@
-"""The two parameter-free fusion operations of AsymFusion (SPEC section 3).
+"""The two parameter-free fusion operations of AsymFusion (docs/method.md section 3).
 
 Both act on a multimodal feature array shaped (M, B, H, W, C): modality axis first, NHWC after
 it. With g = C // 5 and s = 4 * g, channels [0, s) form four groups of g channels and channels

@@ -1,4 +1,6 @@
-"""Training loss: per-output cross-entropy at label resolution, summed over outputs (SPEC 6).
+"""Training loss: per-output cross-entropy at label resolution, summed over outputs.
+
+docs/method.md section 6.
 
 The model predicts at stride 4, the reference upsamples every output's logits to the label size
 with F.interpolate(mode='bilinear', align_corners=False) and applies

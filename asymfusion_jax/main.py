@@ -18,15 +18,14 @@ import sys
 
 from absl import app, flags, logging
 import jax
-from ml_collections import config_flags
 
-from asymfusion_jax import checkpointing, logger, train, validation, workdir_lock
+from asymfusion_jax import checkpointing, config_lib, logger, train, validation, workdir_lock
 from asymfusion_jax.data import layout
 
 FLAGS = flags.FLAGS
 EXIT_STOPPED_BY_SIGTERM = 143
-config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
-                                lock_config=True)
+config_lib.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
+                              lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and predictions.')
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (with evaluation) or only evaluate.')
 flags.DEFINE_integer('step', None, '--mode=eval: the checkpoint step (default: the best one).')

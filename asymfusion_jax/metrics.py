@@ -1,4 +1,6 @@
-"""Evaluation metrics: confusion matrices on device, scores and tables on the host (SPEC 6).
+"""Evaluation metrics: confusion matrices on device, scores and tables on the host.
+
+docs/method.md section 6.
 
 mIoU is not a mean of per-batch mIoUs: the confusion matrices of the whole evaluation set are
 summed first and the scores taken once at the end. Per batch the device returns int32 counts

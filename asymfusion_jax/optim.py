@@ -1,4 +1,4 @@
-"""The paper's optimiser (SPEC section 8) in optax.
+"""The paper's optimiser (docs/method.md section 8) in optax.
 
 SGD with momentum 0.9 and weight decay added to the gradient as PyTorch does, separate learning
 rates for the encoder (params['backbone']) and the decoder (everything else, alpha included),

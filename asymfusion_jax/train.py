@@ -72,7 +72,7 @@ def abstract_train_state(config, mesh) -> TrainState:
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx, ignore_label: int):
-  """One SGD step on the sum of the M + 1 outputs' cross-entropies (SPEC section 6)."""
+  """One SGD step on the sum of the M + 1 outputs' cross-entropies (docs/method.md section 6)."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):

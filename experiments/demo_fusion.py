@@ -1,67 +1,143 @@
-"""Functional experiment: does fusion help? The demo trained fused, RGB-only and depth-only.
+"""Functional experiment: does fusion help? Trains fused, no-fusion, RGB-only and depth-only.
 
 Every variant gets the same data, budget and hyperparameters (configs/demo.py); only the
 modalities (and, for 'nofusion', the shuffle/shift switch) differ. On the synthetic dataset colour
 separates warm from cool objects and depth separates near from far ones, so each single modality
 can at best merge two of the four object classes, and the fused model should win clearly.
 
-  python experiments/demo_fusion.py --workdir=/tmp/demo_fusion [--variants=fused,rgb,depth]
-      [--max_steps=N]
+  python experiments/demo_fusion.py --workdir=/tmp/demo_fusion
+      [--variants=fused,nofusion,rgb,depth] [--seeds=0,1,2] [--max_steps=N]
 
-Prints the validation scores of every variant side by side and writes them to
-WORKDIR/results.json.
+`config.seed` sets the parameter initialisation, the dropout keys, and the order and augmentation
+of the training examples; the synthetic dataset itself is the same for every seed. One seed says
+little about a small model trained from scratch, so each variant is trained once per seed and
+reported as mean, sample standard deviation and range over the seeds.
+
+Each (variant, seed) run lives in WORKDIR/VARIANT/seed_S and, once finished, leaves its final
+scores in WORKDIR/VARIANT/seed_S/final_scores.json; a rerun skips the finished runs and resumes
+an interrupted one from its last checkpoint. WORKDIR/results.json holds every finished run as
+{variant: {seed: {branch: scores}}}.
 """
 
 import json
+import math
 import os
-import sys
 
 from absl import app, flags, logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from asymfusion_jax import logger, metrics, train  # pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import demo  # pylint: disable=g-import-not-at-top,wrong-import-position
+from asymfusion_jax import config_lib, logger, train
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the shared dataset and one run per variant.')
-flags.DEFINE_list('variants', ['fused', 'rgb', 'depth'], 'Variants of configs/demo.py to train.')
+flags.DEFINE_list('variants', ['fused', 'nofusion', 'rgb', 'depth'],
+                  'Variants of configs/demo.py to train.')
+flags.DEFINE_list('seeds', ['0'], 'Values of config.seed; every variant is trained once per seed.')
 flags.DEFINE_integer('max_steps', -1, 'Cut every run short (smoke runs); -1 trains fully.')
 flags.mark_flag_as_required('workdir')
 
+BRANCHES = ('rgb', 'depth', 'ensemble')
+FINAL_SCORES = 'final_scores.json'
 
-def run_variant(variant: str, workdir: str, max_steps: int) -> dict:
-  """Trains one variant; returns {branch: scores} of its final evaluation."""
-  config = demo.get_config(variant)
+
+def run_dir(workdir: str, variant: str, seed: int) -> str:
+  return os.path.join(workdir, variant, f'seed_{seed}')
+
+
+def run_variant(variant: str, seed: int, workdir: str, max_steps: int) -> dict:
+  """Trains one (variant, seed) run, or reads its scores if it finished before.
+
+  Returns:
+    {branch: scores} of the run's final evaluation.
+  """
+  directory = run_dir(workdir, variant, seed)
+  done = os.path.join(directory, FINAL_SCORES)
+  if os.path.exists(done):
+    with open(done) as f:
+      record = json.load(f)
+    if record['max_steps'] == max_steps:
+      logging.info('Skipping %s seed %d: finished in %s.', variant, seed, directory)
+      return record['scores']
+    logging.info('Retraining %s seed %d: %s was written with max_steps=%d, not %d.', variant,
+                 seed, done, record['max_steps'], max_steps)
+  config = config_lib.get_config(f'demo:{variant}')
+  config.seed = seed
   config.data.manual_dir = os.path.join(workdir, 'data', 'synthetic')
   config.data.tfds_data_dir = os.path.join(workdir, 'data', 'tfds')
   config.max_steps = max_steps
-  return train.train_and_evaluate(config, os.path.join(workdir, variant))
+  scores = train.train_and_evaluate(config, directory)
+  os.makedirs(directory, exist_ok=True)
+  scores = {branch: {k: float(v) for k, v in res.items()} for branch, res in scores.items()}
+  with open(done + '.tmp', 'w') as f:
+    json.dump({'variant': variant, 'seed': seed, 'max_steps': max_steps, 'scores': scores}, f,
+              indent=2)
+  os.replace(done + '.tmp', done)
+  return scores
 
 
-def branch_miou_table(table: dict) -> str:
-  """mIoU of every branch of every variant ('-' where a variant has no such branch)."""
-  branches = ('rgb', 'depth', 'ensemble')
-  lines = [f'{"variant":<10}' + ''.join(f'  {b:>8}' for b in branches)]
-  for variant, results in table.items():
-    cells = [f'{results[b]["miou"]:8.2f}' if b in results else f'{"-":>8}' for b in branches]
+def summarize(values: list) -> dict:
+  """Mean, sample standard deviation (ddof=1; 0 for one value), min and max."""
+  n = len(values)
+  mean = sum(values) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+  return {'n': n, 'mean': mean, 'std': std, 'min': min(values), 'max': max(values)}
+
+
+def seed_table(runs: dict) -> str:
+  """Per variant and branch: mIoU mean ± sample std, [min, max], over the seeds that ran."""
+  lines = [f'{"variant":<10}  {"seeds":>5}' + ''.join(f'  {b:>27}' for b in BRANCHES)]
+  for variant, by_seed in runs.items():
+    cells = []
+    for branch in BRANCHES:
+      values = [scores[branch]['miou'] for scores in by_seed.values() if branch in scores]
+      if not values:
+        cells.append(f'{"-":>27}')
+        continue
+      s = summarize(values)
+      cells.append(f'{s["mean"]:6.2f} ± {s["std"]:5.2f} [{s["min"]:5.1f},{s["max"]:5.1f}]'
+                   .rjust(27))
+    lines.append(f'{variant:<10}  {len(by_seed):>5}' + ''.join(f'  {c}' for c in cells))
+  return '\n'.join(lines)
+
+
+def per_seed_table(runs: dict) -> str:
+  """Ensemble mIoU of every single run, one row per variant, one column per seed."""
+  seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
+  lines = [f'{"variant":<10}' + ''.join(f'  {"seed " + str(s):>8}' for s in seeds)]
+  for variant, by_seed in runs.items():
+    cells = [f'{by_seed[s]["ensemble"]["miou"]:8.2f}' if s in by_seed else f'{"-":>8}'
+             for s in seeds]
     lines.append(f'{variant:<10}' + ''.join(f'  {c}' for c in cells))
   return '\n'.join(lines)
+
+
+def write_results(runs: dict, workdir: str) -> None:
+  path = os.path.join(workdir, 'results.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump({v: {str(s): r for s, r in by_seed.items()} for v, by_seed in runs.items()}, f,
+              indent=2)
+  os.replace(path + '.tmp', path)
 
 
 def main(argv):
   del argv
   logger.setup_cli_logging(tensorflow=True)
-  table = {}
-  for variant in FLAGS.variants:
-    logging.info('Training variant %s', variant)
-    table[variant] = run_variant(variant, FLAGS.workdir, FLAGS.max_steps)
-  with open(os.path.join(FLAGS.workdir, 'results.json'), 'w') as f:
-    json.dump(table, f, indent=2)
+  try:
+    seeds = [int(s) for s in FLAGS.seeds]
+  except ValueError as e:
+    raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)}: expected integers ({e})') from e
+  runs = {variant: {} for variant in FLAGS.variants}
+  # Seed-major order: an interrupted experiment has every variant at the same number of seeds.
+  for seed in seeds:
+    for variant in FLAGS.variants:
+      logging.info('Training variant %s, seed %d', variant, seed)
+      runs[variant][seed] = run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps)
+      write_results(runs, FLAGS.workdir)
   # For one modality the ensemble is that branch itself (softmax of a single alpha is 1).
-  print('\nValidation scores of each model\'s ensemble output (%):')
-  print(metrics.format_table({v: r['ensemble'] for v, r in table.items()}))
-  print('\nmIoU of every branch (%):')
-  print(branch_miou_table(table))
+  print('\nmIoU (%) over seeds ' + ','.join(map(str, seeds))
+        + ': mean ± sample std [min, max]')
+  print(seed_table(runs))
+  print('\nEnsemble mIoU (%) of every run:')
+  print(per_seed_table(runs))
 
 
 if __name__ == '__main__':

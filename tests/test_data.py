@@ -245,7 +245,7 @@ def test_synthetic_classes_need_both_modalities():
 
 
 def _expected_transform(key, h, w, config):
-  """The transform of SPEC section 8 re-derived from the documented draw protocol.
+  """The transform of docs/method.md section 8 re-derived from the documented draw protocol.
 
   Returns (scale, flip, source row / column index of every output pixel (-1 = padding), and the
   sub-pixel source coordinate that bicubic resampling centres on).

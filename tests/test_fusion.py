@@ -1,4 +1,5 @@
-"""channel_shuffle and pixel_shift against an independent loop-based NumPy reference (SPEC section 3)."""
+"""channel_shuffle and pixel_shift against an independent loop-based NumPy reference
+(docs/method.md section 3)."""
 
 import jax
 import numpy as np

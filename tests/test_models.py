@@ -1,4 +1,5 @@
-"""Model structure: exact parameter counts (SPEC section 7), shapes, per-modality BN and fusion."""
+"""Model structure: exact parameter counts (docs/method.md section 7), shapes, per-modality BN
+and fusion."""
 
 import flax
 import jax

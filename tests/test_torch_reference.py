@@ -124,7 +124,8 @@ def test_fusion_operations_match_torch(num_modalities, channels):
     ((3, 4, 6, 3), 2, 99_157_226),
 ])
 def test_reference_parameter_counts(blocks, num_modalities, expected):
-  """The torch reference at full size has SPEC section 7's counts (test_models checks ours)."""
+  """The torch reference at full size has docs/method.md section 7's counts (test_models checks
+  ours)."""
   with torch.device('meta'):
     reference = torch_reference.RefineNet(blocks=blocks, num_parallel=num_modalities)
   assert sum(p.numel() for p in reference.parameters()) == expected

@@ -1,19 +1,20 @@
-"""An independent PyTorch AsymFusion RefineNet, written from SPEC sections 2-5 and 9, for tests.
+"""An independent PyTorch AsymFusion RefineNet, written from docs/method.md sections 2-5 and 9,
+for tests.
 
 It is built the way the released implementation is: modalities travel as a Python list of NCHW
 tensors, convolutions are one nn.Conv2d wrapped in ModuleParallel (applied to every list
 element), BatchNorms are one nn.BatchNorm2d per modality (`bn_{m}`), the fusion operations are
 written on NCHW tensors, and the decoder uses in-place ReLUs, so that the RCU residual is the
-rectified input because the ReLU rewrote it (SPEC section 5), not because we wrote `relu(x)`.
-Its state_dict keys are exactly SPEC section 9's. It is parametrised by the blocks per stage and
-the widths, so that the tests can run it at a tiny scale.
+rectified input because the ReLU rewrote it (docs/method.md section 5), not because we wrote
+`relu(x)`. Its state_dict keys are exactly docs/method.md section 9's. It is parametrised by the
+blocks per stage and the widths, so that the tests can run it at a tiny scale.
 """
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# (dh, dw) of channel groups 0..3: out[i, j] = x[i + dh, j + dw] (SPEC section 3).
+# (dh, dw) of channel groups 0..3: out[i, j] = x[i + dh, j + dw] (docs/method.md section 3).
 SHIFT_OFFSETS = ((-1, 0), (0, -1), (0, 1), (1, 0))
 
 

@@ -1,4 +1,4 @@
-"""The train augmentation of SPEC section 8, with one random draw shared by all modalities.
+"""The train augmentation of docs/method.md section 8, one random draw shared by all modalities.
 
 Order, as in the reference: random scale s ~ U(scale_range), raised so that the shorter side is
 at least `min_short_side`; pad to at least crop x crop; random horizontal flip; random crop.

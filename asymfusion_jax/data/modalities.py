@@ -1,4 +1,4 @@
-"""How the raw pixels of each modality become network input (SPEC section 8).
+"""How the raw pixels of each modality become network input (docs/method.md section 8).
 
 A plain dict, not a registry with decorators: the training pipeline looks modalities up by the
 names in `config.modalities`, and the export tool writes the same numbers to a JSON sidecar so

@@ -1,4 +1,5 @@
-"""RefineNet decoder as released with AsymFusion (SPEC section 5), and the full segmentation model.
+"""RefineNet decoder as released with AsymFusion (docs/method.md section 5), and the full
+segmentation model.
 
 Module names follow the reference's PyTorch attribute names, so that weight conversion is a
 renaming (see asymfusion_jax.convert).

@@ -2,7 +2,8 @@
 
 The input is (M, B, H, W, 3). Every convolution kernel is shared by the M modalities; only the
 BatchNorm layers are per modality. The last bottleneck of every stage with at least two blocks
-exchanges information between modalities through channel shuffle and pixel shift (SPEC section 4).
+exchanges information between modalities through channel shuffle and pixel shift
+(docs/method.md section 4).
 """
 
 from typing import Any
