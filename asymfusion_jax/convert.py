@@ -60,9 +60,9 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
 
+from asymfusion_jax import config_lib
 from asymfusion_jax import logger
 from asymfusion_jax import models
 from asymfusion_jax import torch_pickle
@@ -733,7 +733,7 @@ def _define_flags():
                       'needs a DeepLab --config.')
   flags.DEFINE_string('out', None, 'Directory of the orbax checkpoint to write.')
   flags.DEFINE_bool('overwrite', False, 'Replace --out if it exists.')
-  config_flags.DEFINE_config_file('config', None, 'Config file of the model to convert for.')
+  config_lib.DEFINE_config_file('config', None, 'Config file of the model to convert for.')
   flags.mark_flags_as_required(['out'])
 
 

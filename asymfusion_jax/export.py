@@ -38,10 +38,10 @@ from absl import flags
 from absl import logging
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
+from asymfusion_jax import config_lib
 from asymfusion_jax import convert
 from asymfusion_jax import logger
 from asymfusion_jax import sharding
@@ -358,7 +358,7 @@ def _define_flags():
                        'instead of the best one.')
   flags.DEFINE_string('checkpoint', None, 'Instead of --workdir: a checkpoint written by '
                       '`python -m asymfusion_jax.convert`; needs --config.')
-  config_flags.DEFINE_config_file('config', None, 'With --checkpoint: its config file.')
+  config_lib.DEFINE_config_file('config', None, 'With --checkpoint: its config file.')
   flags.DEFINE_string('out', None, 'File to write. --format=jax also writes OUT.json.')
   flags.DEFINE_enum('format', 'jax', FORMATS, 'jax: a jax.export artifact with a JSON sidecar; '
                     'torch: a .pth state_dict of the reference PyTorch implementation.')

@@ -52,13 +52,12 @@ import time
 
 from absl import app, flags
 import jax
-from ml_collections import config_flags
 import numpy as np
 
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import evaluation, logger, optim, sharding, train  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import config_lib, evaluation, logger, optim, sharding, train  # pylint: disable=g-import-not-at-top
 from asymfusion_jax import models  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -371,7 +370,7 @@ def define_flags() -> None:
   Not at import time, so that tests can import this module beside others that define --config
   (asymfusion_jax.main).
   """
-  config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
+  config_lib.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).',
                                   lock_config=True)
   flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Time the train step or the eval step.')
   flags.DEFINE_integer('steps', 10, 'Timed steps; the median is reported.', lower_bound=1)
