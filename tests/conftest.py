@@ -32,6 +32,22 @@ def _share_compilation_cache() -> None:
 
 _share_compilation_cache()
 
+
+def _fast_compiles() -> None:
+  """XLA:CPU without LLVM's optimisation passes, for this session and its subprocesses.
+
+  Compiling is most of the suite's time and no test asserts a timing; the unoptimised programs
+  compute the same values (every comparison runs both sides under the same flags) and compile
+  in about half the time. Tests that set XLA_FLAGS for a subprocess replace these.
+  """
+  flag = '--xla_backend_optimization_level=0'
+  flags = os.environ.get('XLA_FLAGS', '')
+  if '--xla_backend_optimization_level' not in flags:
+    os.environ['XLA_FLAGS'] = f'{flags} {flag}'.strip()
+
+
+_fast_compiles()
+
 # triton (which torch.optim and torch._dynamo import) segfaults when it is first imported after
 # TensorFlow, which the data pipeline and the metric logger load; importing it first avoids that.
 try:

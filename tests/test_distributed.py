@@ -56,7 +56,8 @@ def test_four_devices_match_one(tiny_data, single_device_run, tmp_path):
   """Also with an eval batch of 3, which evaluation fills up to the 4 devices with masked rows."""
   ref_losses, ref_eval = single_device_run
   workdir = str(tmp_path / 'four')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  xla_flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
+  env = dict(os.environ, XLA_FLAGS=xla_flags.strip(), JAX_PLATFORMS='cpu')
   cmd = [sys.executable, '-m', 'asymfusion_jax.main', '--config=configs/demo.py',
          f'--workdir={workdir}'] + tiny.flags(tiny_data, **SHORT, eval_batch_size=3)
   out = subprocess.run(cmd, cwd=tiny.REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -90,9 +91,7 @@ def test_two_processes_match_one(tiny_data, single_device_run, tmp_path):
 def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data, tmp_path):
   """One host gets the signal: every process stops after the same step and saves it."""
   workdir = str(tmp_path / 'run')
-  long_run = {'max_steps': 100000, 'log_every_steps': 1, 'checkpoint_every_steps': 100000,
-              'eval_every_epochs': 100000, 'optim.epochs_per_stage': (100000,) * 3,
-              'num_prediction_images': 0}
+  long_run = {**tiny.LONG_RUN, 'num_prediction_images': 0}
   logs = [open(tmp_path / f'process_{i}.log', 'w') for i in range(2)]
   cwd = os.getcwd()
   os.chdir(tiny.REPO)

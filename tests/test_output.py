@@ -104,7 +104,7 @@ def test_results_table_title():
 
 
 @pytest.mark.parametrize('override,expected', [
-    ([], 'No such file or directory'),
+    ([], 'not found'),
     (['--config.modell.width=3'], '--config.modell.width: the config has no field \'modell\'. '
                                   'Did you mean "model" instead of "modell"?'),
 ])

@@ -218,10 +218,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
 
 def test_sigterm_saves_a_checkpoint(tiny_data, tmp_path):
   workdir = str(tmp_path)
-  long_run = {'max_steps': 100000, 'log_every_steps': 1, 'checkpoint_every_steps': 100000,
-              'eval_every_epochs': 100000, 'optim.epochs_per_stage': (100000,) * 3}
   cmd = [sys.executable, '-m', 'asymfusion_jax.main', '--config=configs/demo.py',
-         f'--workdir={workdir}'] + tiny.flags(tiny_data, **long_run)
+         f'--workdir={workdir}'] + tiny.flags(tiny_data, **tiny.LONG_RUN)
   proc = subprocess.Popen(cmd, cwd=tiny.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 300

@@ -26,6 +26,15 @@ OVERRIDES = {
 }
 
 
+# Overrides for a CLI run that goes on until a test stops it with SIGTERM: no evaluation or
+# checkpoint before the signal, and learning rates small enough for thousands of steps (at the
+# 0.05 above the tiny model's loss is NaN by about step 26, which a fast machine reaches before
+# the signal does).
+LONG_RUN = {'max_steps': 100000, 'log_every_steps': 1, 'checkpoint_every_steps': 100000,
+            'eval_every_epochs': 100000, 'optim.epochs_per_stage': (100000,) * 3,
+            'optim.lr_encoder': (0.001,) * 3, 'optim.lr_decoder': (0.001,) * 3}
+
+
 def config(data_dirs: dict, variant: str = 'fused'):
   from configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config(variant)
