@@ -19,11 +19,10 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asymfusion_jax.models import DeepLab
+from asymfusion_jax.models import DeepLab, random_variables
 
 flags.DEFINE_integer('modalities', 2, 'M (fusion on when M >= 2).')
 flags.DEFINE_enum('mode', 'eval', ('eval', 'train'), 'What to time.')
@@ -34,23 +33,6 @@ flags.DEFINE_integer('output_stride', 16, '16 or 8.')
 flags.DEFINE_integer('steps', 3, 'Timed steps after the first (compiling) call.')
 FLAGS = flags.FLAGS
 NUM_CLASSES = 19
-
-
-def random_variables(model, shape, seed=0):
-  """He-normal kernels, BatchNorm scales and variances in [0.5, 1.5], small other values."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "'kernel'" in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
-    if "'var'" in name or "'scale'" in name:
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def main(argv):

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from asymfusion_jax import convert, export, variables_io
-from asymfusion_jax.models import DeepLab, build_model
+from asymfusion_jax.models import DeepLab, build_model, random_variables
 from configs import cityscapes_deeplab_xception65, cityscapes_deeplab_xception65_rgb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -340,23 +340,6 @@ def test_build_model_dispatch():
   config.model.name = 'pspnet'
   with pytest.raises(ValueError, match="'pspnet'"):
     build_model(config)
-
-
-def random_variables(model, shape, seed=0):
-  """Variables of `model` with random values, without compiling its init (slow at full size)."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "'kernel'" in name:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
-    if "'var'" in name or "'scale'" in name:
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
 def test_full_size_forward_small_input():

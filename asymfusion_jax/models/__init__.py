@@ -2,6 +2,10 @@
 model, the multimodal Xception-65 and DeepLabv3+, and the FID Inception-v3 that scores image
 translation."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+
 from asymfusion_jax.models import refinenet as _refinenet
 from asymfusion_jax.models.deeplab import DeepLab
 from asymfusion_jax.models.inception import InceptionV3
@@ -43,3 +47,25 @@ def build_model(config) -> RefineNet | DeepLab:
 __all__ = ['build_deeplab', 'build_model', 'Bottleneck', 'DeepLab', 'InceptionV3', 'MODEL_NAMES',
            'ModalBatchNorm', 'RefineNet', 'ResNet', 'STAGE_SIZES', 'Xception65',
            'resolve_compute_dtype']
+
+
+def random_variables(model, shape, seed: int = 0) -> dict:
+  """Variables of `model` for inputs of `shape`, with random values, without compiling its init.
+
+  Compiling a full-size model's init can take longer than the program one wants to time or
+  test, so the shapes come from jax.eval_shape and the values from NumPy: He-normal kernels,
+  BatchNorm scales and running variances in [0.5, 1.5], every other value N(0, 0.1).
+  """
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "'kernel'" in name:
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.normal(0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+    if "'var'" in name or "'scale'" in name:
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return rng.normal(0, 0.1, leaf.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
