@@ -172,8 +172,7 @@ def check_devices(config, devices: int | None = None, processes: int | None = No
 
 def train_batch_rows(config, devices: int | None = None, processes: int | None = None) -> int:
   """Rows per process of each train batch as the mesh runs it (padding rows included)."""
-  devices, processes = (jax.device_count() if devices is None else devices,
-                        jax.process_count() if processes is None else processes)
+  processes = jax.process_count() if processes is None else processes
   rows = (sharding.padded_batch_size(config.batch_size, devices, processes) if config.frozen_bn
           else config.batch_size)
   return rows // processes

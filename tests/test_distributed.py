@@ -52,13 +52,7 @@ def losses(workdir):
 @pytest.fixture(scope='module')
 def single_device_run(tiny_data, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('one_device'))
-  config = tiny.config(tiny_data)
-  for key, value in SHORT.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  config = tiny.config(tiny_data, extra=SHORT)
   train.train_and_evaluate(config, workdir)
   return losses(workdir)
 

@@ -38,10 +38,11 @@ LONG_RUN = {'max_steps': 100000, 'log_every_steps': 1, 'checkpoint_every_steps':
             'eval_every_epochs': 100000, **CONSTANT_LR}
 
 
-def config(data_dirs: dict, variant: str = 'fused'):
+def config(data_dirs: dict, variant: str = 'fused', extra: dict | None = None):
+  """configs/demo.py with OVERRIDES, the data dirs and `extra` (dotted keys) applied."""
   from configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config(variant)
-  for key, value in {**OVERRIDES, **data_dirs}.items():
+  for key, value in {**OVERRIDES, **data_dirs, **(extra or {})}.items():
     *parents, leaf = key.split('.')
     node = c
     for p in parents:
