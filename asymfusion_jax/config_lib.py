@@ -50,6 +50,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = T
   c.optim.epochs_per_stage = (epochs_per_stage,) * 3
   c.optim.lr_encoder = (5e-4, 2.5e-4, 1e-4)
   c.optim.lr_decoder = (3e-3, 1.5e-3, 7e-4)
+  c.optim.clip_grad_norm = 0.0  # > 0 rescales gradients whose global norm exceeds it (0: off).
   c.frozen_bn = True
 
   c.init = ml_collections.ConfigDict()

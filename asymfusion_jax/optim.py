@@ -72,8 +72,14 @@ def param_labels(params):
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """The paper's SGD; with config.optim.clip_grad_norm > 0 (not in the paper), the loss's
+  gradient is first rescaled to that global norm when it is larger (weight decay added after)."""
   schedules = learning_rate_schedules(config, steps_per_epoch)
+  clip = config.optim.get('clip_grad_norm', 0.0)
+  # Only when on, so that the optimiser state (and checkpoints) of other configs keep their tree.
+  first = [optax.clip_by_global_norm(clip)] if clip > 0 else []
   return optax.chain(
+      *first,
       optax.add_decayed_weights(config.optim.weight_decay),  # PyTorch: grad += wd * param.
       reset_at_steps(optax.trace(decay=config.optim.momentum),
                      stage_boundaries(config, steps_per_epoch)[1:]),

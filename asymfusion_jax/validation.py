@@ -135,6 +135,8 @@ def check_config(config) -> None:
 
   _number(config, 'optim.momentum', 0, 1)
   _number(config, 'optim.weight_decay', 0)
+  if 'clip_grad_norm' in config.optim:
+    _number(config, 'optim.clip_grad_norm', 0)
   stages = _sequence(config, 'optim.epochs_per_stage')
   if not all(_is_int(e) and e >= 1 for e in stages):
     _fail('optim.epochs_per_stage', stages, 'a sequence of positive integers')

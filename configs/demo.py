@@ -44,6 +44,9 @@ def get_config(variant: str = 'fused'):
   c.optim.lr_encoder = (0.01, 0.005, 0.002)
   c.optim.lr_decoder = (0.01, 0.005, 0.002)
   c.optim.weight_decay = 1e-4
+  # From scratch at these rates one large gradient can blow up the trained BatchNorm statistics
+  # (a run on 4 devices reached NaN at step 61 unclipped), so gradients are clipped.
+  c.optim.clip_grad_norm = 1.0
 
   c.log_every_steps = 25
   c.eval_every_epochs = 10
