@@ -1,6 +1,6 @@
 """Flax modules of AsymFusion: the multimodal ResNet encoder and the RefineNet segmentation
-model, the multimodal Xception-65 and DeepLabv3+, and the FID Inception-v3 that scores image
-translation."""
+model, the multimodal Xception-65 and DeepLabv3+, the image-translation U-Net generator and
+PatchGAN discriminator, and the FID Inception-v3 that scores image translation."""
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +9,16 @@ import numpy as np
 from asymfusion_jax.models import refinenet as _refinenet
 from asymfusion_jax.models.deeplab import DeepLab
 from asymfusion_jax.models.inception import InceptionV3
-from asymfusion_jax.models.layers import ModalBatchNorm
+from asymfusion_jax.models.layers import InstanceNorm, ModalBatchNorm, ModalInstanceNorm
+from asymfusion_jax.models.patchgan import PatchDiscriminator
 from asymfusion_jax.models.refinenet import RefineNet, resolve_compute_dtype
 from asymfusion_jax.models.resnet import STAGE_SIZES, Bottleneck, ResNet
+from asymfusion_jax.models.unet import UNetGenerator
 from asymfusion_jax.models.xception import Xception65
 
-# Values of config.model.name; a config without the key builds a RefineNet.
-MODEL_NAMES = ('refinenet', 'deeplab')
+# Values of config.model.name; a config without the key builds a RefineNet. 'unet' is the
+# image-translation generator (build_generator), with its discriminator (build_discriminator).
+MODEL_NAMES = ('refinenet', 'deeplab', 'unet')
 
 
 def build_deeplab(config) -> DeepLab:
@@ -41,12 +44,38 @@ def build_model(config) -> RefineNet | DeepLab:
     return _refinenet.build_model(config)
   if name == 'deeplab':
     return build_deeplab(config)
+  if name == 'unet':
+    raise ValueError("config.model.name 'unet' is the image-translation generator: build it "
+                     'with build_generator(config) (and its discriminator with '
+                     'build_discriminator(config)), not build_model')
   raise ValueError(f'unknown config.model.name {name!r}; choose one of {MODEL_NAMES}')
 
 
-__all__ = ['build_deeplab', 'build_model', 'Bottleneck', 'DeepLab', 'InceptionV3', 'MODEL_NAMES',
-           'ModalBatchNorm', 'RefineNet', 'ResNet', 'STAGE_SIZES', 'Xception65',
-           'resolve_compute_dtype']
+def build_generator(config) -> UNetGenerator:
+  """The image-translation generator of a translation config (config.model.name == 'unet')."""
+  name = config.model.get('name', 'refinenet')
+  if name != 'unet':
+    raise ValueError(f"build_generator builds config.model.name 'unet', got {name!r}")
+  return UNetGenerator(
+      num_modalities=len(config.modalities),
+      ngf=config.model.ngf,
+      num_downs=config.model.num_downs,
+      fusion=config.model.fusion,
+      fusion_blocks=tuple(config.model.fusion_blocks),
+      dropout_rate=config.model.dropout_rate,
+      dtype=resolve_compute_dtype(config.compute_dtype))
+
+
+def build_discriminator(config) -> PatchDiscriminator:
+  """The PatchGAN discriminator of a translation config (its config.model.ndf)."""
+  return PatchDiscriminator(ndf=config.model.ndf,
+                            dtype=resolve_compute_dtype(config.compute_dtype))
+
+
+__all__ = ['build_deeplab', 'build_discriminator', 'build_generator', 'build_model', 'Bottleneck',
+           'DeepLab', 'InceptionV3', 'InstanceNorm', 'MODEL_NAMES', 'ModalBatchNorm',
+           'ModalInstanceNorm', 'PatchDiscriminator', 'RefineNet', 'ResNet', 'STAGE_SIZES',
+           'UNetGenerator', 'Xception65', 'resolve_compute_dtype']
 
 
 def random_variables(model, shape, seed: int = 0) -> dict:

@@ -1,6 +1,8 @@
-"""Building blocks shared by the encoder and decoder: shared convolutions, per-modality BatchNorm."""
+"""Building blocks shared by the models: shared convolutions, per-modality BatchNorm and
+InstanceNorm."""
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +28,33 @@ def shared_conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool =
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
+
+
+# pix2pix's init of every (transposed) convolution kernel: N(0, 0.02).
+pix2pix_kernel_init = nn.initializers.normal(0.02)
+
+
+def torch_default_bias_init(fan_in: int):
+  """PyTorch's default bias init of a layer with `fan_in` inputs: U(-1/sqrt(fan_in), ...).
+
+  PyTorch derives fan_in from the weight's dimension 1 times the kernel area: in_channels * k * k
+  for a Conv2d, but out_channels * k * k for a ConvTranspose2d, whose weight is (in, out, k, k).
+  """
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv4x4(features: int, *, stride: int, in_features: int, dtype: Dtype = jnp.float32,
+            name: str) -> nn.Conv:
+  """pix2pix's 4x4 convolution with bias, padding 1 on every side (PyTorch's), shared by all
+  leading axes (modalities and batch): kernel N(0, 0.02), bias as PyTorch's default."""
+  return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=pix2pix_kernel_init,
+                 bias_init=torch_default_bias_init(in_features * 16), name=name)
 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
@@ -155,3 +184,61 @@ class ModalBatchNorm(nn.Module):
     y = x32 * mul[expand] + add[expand]
     return y.astype(self.dtype)
 
+
+
+def _instance_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
+                   dtype: Dtype) -> jax.Array:
+  """Normalises every image of x (..., H, W, C) over its own (H, W), then scale * x + bias.
+
+  scale and bias broadcast against x with H and W removed, i.e. have shape (..., C) up to
+  leading singleton axes. As in ModalBatchNorm, the statistics and the affine map are float32
+  from one upcast of x (the variance in two passes, biased, as PyTorch's InstanceNorm2d), and
+  only the result is cast to the compute dtype.
+  """
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, axis=(-3, -2), keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), axis=(-3, -2), keepdims=True)
+  scale = jnp.expand_dims(scale, (-3, -2))
+  bias = jnp.expand_dims(bias, (-3, -2))
+  mul = scale * jax.lax.rsqrt(var + epsilon)
+  return (x32 * mul + (bias - mean * mul)).astype(dtype)
+
+
+class ModalInstanceNorm(nn.Module):
+  """InstanceNorm with its own affine scale and bias for every modality.
+
+  Input (M, B, H, W, C); scale and bias of shape (M, C) in `params` (ones and zeros at init).
+  Every image is normalised with its own statistics over (H, W), in training and evaluation
+  alike, so there is no state: PyTorch's running statistics (track_running_stats) would only be
+  used in eval mode, which the image-translation model never relies on (docs/method.md
+  section 11).
+  """
+  num_modalities: int
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if x.ndim != 5 or x.shape[0] != self.num_modalities:
+      raise ValueError(f'ModalInstanceNorm(num_modalities={self.num_modalities}) expects input '
+                       f'of shape (M={self.num_modalities}, B, H, W, C), got {x.shape}')
+    shape = (self.num_modalities, x.shape[-1])
+    scale = self.param('scale', nn.initializers.ones, shape, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, shape, jnp.float32)
+    return _instance_norm(x, scale[:, None], bias[:, None], self.epsilon, self.dtype)
+
+
+class InstanceNorm(nn.Module):
+  """InstanceNorm with one affine scale and bias of shape (C,) for all images (..., H, W, C).
+
+  The discriminator's normalisation: it judges every modality's branch with the same weights.
+  """
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shape = (x.shape[-1],)
+    scale = self.param('scale', nn.initializers.ones, shape, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, shape, jnp.float32)
+    return _instance_norm(x, scale, bias, self.epsilon, self.dtype)
