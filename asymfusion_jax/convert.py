@@ -8,6 +8,14 @@ Two PyTorch layouts of the segmentation models are understood (docs/method.md se
   (`layer3.5.conv2.module.weight`) and whose BatchNorms are one `BatchNorm2d` per modality
   (`layer3.5.bn2.bn_1.running_var`), optionally saved from DataParallel (`module.` prefix).
 
+The image-translation models load from the layout of CEN's PyTorch generator and discriminator
+(docs/method.md section 11): `conv{k}.conv.module.weight`, `conv{k}.insnorm_conv.insnorm_{m}.*`,
+`deconv{k}.deconv.module.weight`, `deconv{k}.insnorm_deconv.insnorm_{m}.*` and `alpha`; the
+discriminator's `conv{k}.conv.module.*` and `conv{k}.insnorm.module.*` (translation_from_torch).
+Their InstanceNorm running statistics and counters, and the norms that CEN creates but never
+applies, are checked for shape when present and otherwise ignored: the models normalise with
+every image's own statistics.
+
 A third, pytorch-fid's FID Inception-v3 (`pt_inception-2015-12-05-6726825d.pth`, torchvision's
 Inception3 names), converts with inception_from_torch for asymfusion_jax.fid.
 
@@ -30,6 +38,9 @@ Command line (reads the .pth with asymfusion_jax.torch_pickle, so torch is not n
   python -m asymfusion_jax.convert --torch=refinenet.pth --config=configs/nyudv2_refinenet101.py \\
       --out=/tmp/refinenet101_ckpt
 
+  python -m asymfusion_jax.convert --torch=G.pth [--torch_discriminator=D.pth] \\
+      --config=configs/taskonomy_shade_depth.py --out=/tmp/translation_ckpt
+
   python -m asymfusion_jax.convert --inception=pt_inception-2015-12-05-6726825d.pth \
       --out=/tmp/fid_inception
 
@@ -46,7 +57,9 @@ Given a reference RefineNet .pth it holds the full model variables; given a torc
 .pth it holds the encoder only, at the full model's paths ({'params': {'backbone': ...},
 'batch_stats': {'backbone': ...}}); training initialises the decoder itself. A TF-DeepLab
 checkpoint gives the whole DeepLab, or, from the ImageNet backbone checkpoint, its backbone
-alone at the same paths.
+alone at the same paths. A CEN generator (and discriminator) gives
+{'params': {'generator': ..., 'discriminator': ...}, 'batch_stats': {}}, the parameter tree of the
+translation training state.
 """
 
 import dataclasses
@@ -69,8 +82,10 @@ from asymfusion_jax import torch_pickle
 from asymfusion_jax import variables_io
 from asymfusion_jax.models import inception
 from asymfusion_jax.models.deeplab import DeepLab
+from asymfusion_jax.models.patchgan import PatchDiscriminator
 from asymfusion_jax.models.refinenet import RefineNet, build_model
 from asymfusion_jax.models.resnet import STAGE_SIZES, ResNet
+from asymfusion_jax.models.unet import UNetGenerator
 
 DATA_PARALLEL_PREFIX = 'module.'
 NUM_BATCHES_TRACKED = 'num_batches_tracked'
@@ -81,6 +96,8 @@ _DOWNSAMPLE = {'downsample_conv': 'downsample.0', 'downsample_bn': 'downsample.1
 # Spatial size of the abstract input used to get the expected shapes; any size >= 32 works.
 _SHAPE_PROBE_SIZE = 64
 _MAX_LISTED = 20
+# _Entry kinds that a state_dict may lack and that are not stored in the Flax variables.
+_OPTIONAL_KINDS = ('counter', 'ignored')
 # pytorch-fid's weights file is named after the first hex digits of its SHA-256 (torch.hub's rule).
 STANDARD_INCEPTION_SHA256_PREFIX = '6726825d'
 
@@ -90,8 +107,10 @@ class _Entry:
   """One PyTorch state_dict value and where it lives in the Flax variables.
 
   kind: 'kernel' (a convolution kernel, transposed), 'matrix' (a Linear weight, transposed into a
-  Dense kernel), 'copy' (same array), 'row' (row `row` of a per-modality (M, C) BatchNorm array)
-  or 'counter' (num_batches_tracked, no Flax counterpart).
+  Dense kernel), 'copy' (same array), 'row' (row `row` of a per-modality (M, C) BatchNorm array),
+  'counter' (num_batches_tracked, no Flax counterpart) or 'ignored' (a value without Flax
+  counterpart that the model does not use, such as an InstanceNorm's running statistics).
+  'counter' and 'ignored' entries are checked for shape when present and may be absent.
   """
   torch_key: str
   kind: str
@@ -199,7 +218,7 @@ def _from_torch(state_dict: Mapping[str, Any], abstract: Mapping[str, Any],
   """
   shapes = {e.torch_key: e.torch_shape for e in entries}
   missing = [e.torch_key for e in entries
-             if e.kind != 'counter' and e.torch_key not in state_dict]
+             if e.kind not in _OPTIONAL_KINDS and e.torch_key not in state_dict]
   missing = list(dict.fromkeys(missing))  # torchvision BatchNorms serve every modality's row.
   unexpected = [k for k in state_dict if k not in shapes]
   misshaped = [f'{k}: got {state_dict[k].shape}, expected {shape}'
@@ -213,7 +232,7 @@ def _from_torch(state_dict: Mapping[str, Any], abstract: Mapping[str, Any],
 
   leaves = {}
   for e in entries:
-    if e.kind == 'counter':
+    if e.kind in _OPTIONAL_KINDS:
       continue
     value = state_dict[e.torch_key]
     target = _get(abstract[e.collection], e.path)
@@ -265,7 +284,7 @@ def _infer_depth(state_dict: Mapping[str, Any], conv_suffix: str) -> int:
 
 def _describe(model) -> str:
   fields = ('depth', 'width', 'width_divisor', 'middle_flow_units', 'num_modalities',
-            'decoder_width', 'num_classes')
+            'decoder_width', 'num_classes', 'ngf', 'num_downs', 'ndf')
   values = ', '.join(f'{f}={getattr(model, f)}' for f in fields if hasattr(model, f))
   return f'{type(model).__name__}({values})'
 
@@ -488,18 +507,218 @@ def convert_inception_file(torch_path: str, out_dir: str,
   return variables
 
 
-def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False) -> dict[str, Any]:
-  """Converts a .pth (reference RefineNet or torchvision ResNet) and saves it for `config`.
+# CEN's image-translation generator and discriminator (docs/method.md section 11).
+
+# A key that only CEN's translation models have (the reference RefineNet has conv1.module.*),
+# and one that only its generator has.
+CEN_CONV1_KEY = 'conv1.conv.module.weight'
+CEN_GENERATOR_KEY = 'deconv1.deconv.module.weight'
+# Flax InstanceNorm leaves and their PyTorch names; the running statistics have none.
+_IN_LEAVES = (('scale', 'weight'), ('bias', 'bias'))
+_IN_RUNNING = ('running_mean', 'running_var')
+# The norm of each convolution module of the translation models: per-modality norms hold one
+# `insnorm_{m}` per modality, the discriminator's shared norm a `module`.
+_CONV_NORMS = {'conv': 'insnorm_conv', 'deconv': 'insnorm_deconv'}
+_SHARED_NORM = 'insnorm'
+
+
+def _instance_norm_entries(prefix: str, path: tuple[str, ...], channels: int,
+                           row: int | None, used: bool) -> list[_Entry]:
+  """The state_dict entries of one PyTorch InstanceNorm2d(affine, track_running_stats).
+
+  row: the row of the Flax (M, C) arrays it fills, or None for a (C,) shared norm. used=False
+  for the norms that CEN creates but never applies: all their entries are 'ignored'.
+  """
+  entries = []
+  for leaf, torch_name in _IN_LEAVES:
+    kind = ('copy' if row is None else 'row') if used else 'ignored'
+    entries.append(_Entry(f'{prefix}.{torch_name}', kind, 'params', path + (leaf,), row=row,
+                          torch_shape=(channels,)))
+  entries += [_Entry(f'{prefix}.{name}', 'ignored', torch_shape=(channels,))
+              for name in _IN_RUNNING]
+  entries.append(_Entry(f'{prefix}.{NUM_BATCHES_TRACKED}', 'counter'))
+  return entries
+
+
+def _translation_entries(params: Mapping[str, Any], num_modalities: int | None) -> list[_Entry]:
+  """The CEN state_dict entries of UNetGenerator (num_modalities = M) or PatchDiscriminator
+  (num_modalities None: shared norms) params, with the norms CEN never applies as 'ignored'."""
+  entries = []
+  convs, normed = {}, set()
+  for path, leaves in _modules(params):
+    name = '.'.join(path)
+    if not path:  # alpha, the ensemble weights.
+      entries += [_Entry(leaf, 'copy', 'params', (leaf,), torch_shape=tuple(value.shape))
+                  for leaf, value in leaves.items()]
+    elif path[-1] in _CONV_NORMS:
+      kh, kw, cin, cout = leaves['kernel'].shape  # Transposed convs: (kh, kw, out, in).
+      entries.append(_Entry(f'{name}.module.weight', 'kernel', 'params', path + ('kernel',),
+                            torch_shape=(cout, cin, kh, kw)))
+      entries.append(_Entry(f'{name}.module.bias', 'copy', 'params', path + ('bias',),
+                            torch_shape=tuple(leaves['bias'].shape)))
+      convs[path[:-1]] = (path[-1], leaves['bias'].shape[0])
+    elif path[-1] in _CONV_NORMS.values() or path[-1] == _SHARED_NORM:
+      normed.add(path[:-1])
+      channels = leaves['scale'].shape[-1]
+      if leaves['scale'].ndim == 1:
+        entries += _instance_norm_entries(f'{name}.module', path, channels, None, True)
+      else:
+        for m in range(leaves['scale'].shape[0]):
+          entries += _instance_norm_entries(f'{name}.insnorm_{m}', path, channels, m, True)
+    else:
+      raise ValueError(f'no PyTorch name for the Flax module {"/".join(path)} with parameters '
+                       f'{sorted(leaves)}')
+  for block, (conv, channels) in convs.items():
+    if block in normed:
+      continue
+    prefix = '.'.join(block)
+    if num_modalities is None:
+      entries += _instance_norm_entries(f'{prefix}.{_SHARED_NORM}.module', (), channels, None,
+                                        False)
+    else:
+      for m in range(num_modalities):
+        entries += _instance_norm_entries(f'{prefix}.{_CONV_NORMS[conv]}.insnorm_{m}', (),
+                                          channels, m, False)
+  return entries
+
+
+def _count_blocks(state_dict: Mapping[str, Any], pattern: str) -> int:
+  count = 0
+  while pattern.format(count + 1) in state_dict:
+    count += 1
+  return count
+
+
+def _translation_params(state_dict: Mapping[str, Any], model, num_modalities: int | None,
+                        probe: tuple[int, ...], what: str) -> dict[str, Any]:
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            jax.ShapeDtypeStruct(probe, jnp.float32))
+  abstract = {'params': abstract['params']}
+  return _from_torch(state_dict, abstract, _translation_entries(abstract['params'],
+                                                                num_modalities), what)['params']
+
+
+def unet_from_torch(state_dict: Mapping[str, Any], num_modalities: int | None = None,
+                    model: UNetGenerator | None = None) -> dict[str, Any]:
+  """CEN's image-translation generator state_dict as UNetGenerator params.
+
+  Args:
+    state_dict: CEN's keys (docs/method.md section 11), torch tensors or NumPy arrays, with or
+      without DataParallel's `module.` prefix.
+    num_modalities: M, checked against the state_dict's `alpha`; inferred when None.
+    model: the UNetGenerator to fill (e.g. models.build_generator(config)); by default one with
+      the ngf, num_downs and M that the state_dict implies. Fusion has no parameters, so the
+      params serve a generator with or without it.
+
+  Returns:
+    The generator's params tree, float32 NumPy arrays.
+
+  Raises:
+    ValueError: naming every missing, unexpected or mis-shaped key.
+  """
+  state_dict = {k: _to_numpy(v) for k, v in _strip_data_parallel(state_dict).items()}
+  if CEN_GENERATOR_KEY not in state_dict:
+    hint = (" (this looks like CEN's discriminator: convert it with patchgan_from_torch, or "
+            'give it with --torch_discriminator beside the generator)'
+            if CEN_CONV1_KEY in state_dict else '')
+    raise ValueError(f"not a state_dict of CEN's translation generator: it has no key "
+                     f'{CEN_GENERATOR_KEY}{hint}')
+  if model is None:
+    model = UNetGenerator(
+        num_modalities=_require(state_dict, 'alpha').shape[0],
+        ngf=_require(state_dict, CEN_CONV1_KEY).shape[0],
+        num_downs=_count_blocks(state_dict, 'conv{}.conv.module.weight'), fusion=False)
+  if num_modalities is not None and num_modalities != model.num_modalities:
+    raise ValueError(f'num_modalities={num_modalities} disagrees with {_describe(model)} '
+                     '(inferred from the key alpha unless a model is given)')
+  size = 2 ** model.num_downs
+  return _translation_params(state_dict, model, model.num_modalities,
+                             (model.num_modalities, 1, size, size, 3),
+                             f"CEN's generator for {_describe(model)}")
+
+
+def patchgan_from_torch(state_dict: Mapping[str, Any],
+                        model: PatchDiscriminator | None = None) -> dict[str, Any]:
+  """CEN's PatchGAN discriminator state_dict as PatchDiscriminator params.
+
+  model: the discriminator to fill (e.g. models.build_discriminator(config)); by default one
+  with the ndf the state_dict implies. Raises ValueError naming every missing, unexpected or
+  mis-shaped key.
+  """
+  state_dict = {k: _to_numpy(v) for k, v in _strip_data_parallel(state_dict).items()}
+  if model is None:
+    model = PatchDiscriminator(ndf=_require(state_dict, CEN_CONV1_KEY).shape[0])
+  what = f"CEN's discriminator for {_describe(model)}"
+  if CEN_GENERATOR_KEY in state_dict:
+    what += " (this state_dict is CEN's generator)"
+  return _translation_params(state_dict, model, None, (1, 64, 64, 6), what)
+
+
+def translation_from_torch(generator_state_dict: Mapping[str, Any],
+                           discriminator_state_dict: Mapping[str, Any] | None = None,
+                           num_modalities: int | None = None,
+                           generator: UNetGenerator | None = None,
+                           discriminator: PatchDiscriminator | None = None) -> dict[str, Any]:
+  """CEN's generator (and discriminator) state_dicts as the translation model's variables.
+
+  Args:
+    generator_state_dict, num_modalities, generator: as for unet_from_torch.
+    discriminator_state_dict, discriminator: as for patchgan_from_torch; without a
+      discriminator state_dict the result holds the generator only (training initialises the
+      discriminator itself).
+
+  Returns:
+    {'params': {'generator': ..., 'discriminator': ...}, 'batch_stats': {}}: the params tree
+    of the translation training state, in the variables format of asymfusion_jax.variables_io
+    (the models have no batch_stats).
+  """
+  params = {'generator': unet_from_torch(generator_state_dict, num_modalities, generator)}
+  if discriminator_state_dict is not None:
+    params['discriminator'] = patchgan_from_torch(discriminator_state_dict, discriminator)
+  return {'params': params, 'batch_stats': {}}
+
+
+def _convert_translation_files(generator_path: str, state_dict: Mapping[str, Any], config,
+                               discriminator_path: str | None) -> dict[str, Any]:
+  """The variables of CEN .pth files for the translation models of `config`; errors name the
+  file at fault."""
+  params = {}
+  try:
+    params['generator'] = unet_from_torch(state_dict, model=models.build_generator(config))
+  except ValueError as e:
+    raise ValueError(f'{generator_path}: {e}') from e
+  if discriminator_path is not None:
+    discriminator_state_dict = torch_pickle.load_state_dict(discriminator_path)
+    try:
+      params['discriminator'] = patchgan_from_torch(
+          discriminator_state_dict, model=models.build_discriminator(config))
+    except ValueError as e:
+      raise ValueError(f'{discriminator_path}: {e}') from e
+  return {'params': params, 'batch_stats': {}}
+
+
+def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False,
+                 discriminator_path: str | None = None) -> dict[str, Any]:
+  """Converts a .pth (reference RefineNet, torchvision ResNet or CEN translation generator)
+  and saves it for `config`.
 
   A reference RefineNet is checked against build_model(config); a torchvision ResNet against
-  the config's encoder, and only the encoder variables are written, under 'backbone'.
+  the config's encoder, and only the encoder variables are written, under 'backbone'. A CEN
+  generator (with `discriminator_path`, CEN's discriminator) is checked against
+  build_generator(config) (and build_discriminator(config)) and written as
+  {'params': {'generator': ..., 'discriminator': ...}, 'batch_stats': {}}.
 
   Returns:
     The variables written to out_dir.
   """
   state_dict = _strip_data_parallel(torch_pickle.load_state_dict(torch_path))
   num_modalities = len(config.modalities)
-  if 'conv1.module.weight' in state_dict:
+  if CEN_CONV1_KEY in state_dict:
+    variables = _convert_translation_files(torch_path, state_dict, config, discriminator_path)
+  elif discriminator_path is not None:
+    raise ValueError(f'{discriminator_path}: a discriminator goes with CEN\'s translation '
+                     f'generator, but {torch_path} is not one (it has no {CEN_CONV1_KEY})')
+  elif 'conv1.module.weight' in state_dict:
     variables = refinenet_from_torch(state_dict, num_modalities, model=build_model(config))
   elif 'conv1.weight' in state_dict:
     encoder = ResNet(depth=config.model.depth, fusion=config.model.fusion,
@@ -508,7 +727,8 @@ def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False)
     variables = {name: {'backbone': backbone[name]} for name in variables_io.COLLECTIONS}
   else:
     raise ValueError(f'{torch_path} is neither a reference AsymFusion RefineNet '
-                     '(conv1.module.weight) nor a torchvision ResNet (conv1.weight)')
+                     f'(conv1.module.weight), a CEN translation generator ({CEN_CONV1_KEY}) '
+                     'nor a torchvision ResNet (conv1.weight)')
   variables_io.save_variables(out_dir, variables, overwrite=overwrite)
   return variables
 
@@ -703,6 +923,9 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logger.setup_cli_logging()
   args = flags.FLAGS
+  if args.torch_discriminator and not args.torch:
+    raise app.UsageError("--torch_discriminator (CEN's discriminator) needs --torch (CEN's "
+                         'generator) and --config')
   if args.tf_checkpoint:
     if args.torch or args.inception or not args.config:
       raise app.UsageError('--tf_checkpoint needs --config (a DeepLab) and no --torch/--inception')
@@ -715,17 +938,21 @@ def main(argv):
     variables = convert_inception_file(source, args.out, overwrite=args.overwrite)
   else:
     if not args.torch or not args.config:
-      raise app.UsageError('give --torch or --tf_checkpoint with --config (a segmentation '
-                           'model), or --inception')
+      raise app.UsageError('give --torch or --tf_checkpoint with --config (a segmentation or '
+                           'translation model), or --inception')
     source = args.torch
-    variables = convert_file(args.torch, args.config, args.out, overwrite=args.overwrite)
+    variables = convert_file(args.torch, args.config, args.out, overwrite=args.overwrite,
+                             discriminator_path=args.torch_discriminator)
   count = sum(np.size(x) for x in jax.tree.leaves(variables['params']))
   logging.info('wrote %d parameters from %s to %s', count, source, args.out)
 
 
 def _define_flags():
   """CLI flags, defined only when run as a script so that importing this module defines none."""
-  flags.DEFINE_string('torch', None, 'PyTorch .pth: a reference RefineNet or a torchvision ResNet.')
+  flags.DEFINE_string('torch', None, "PyTorch .pth: a reference RefineNet, a torchvision ResNet "
+                      "or CEN's image-translation generator.")
+  flags.DEFINE_string('torch_discriminator', None, "CEN's PatchGAN discriminator .pth, converted "
+                      'with the generator of --torch.')
   flags.DEFINE_string('inception', None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth: "
                       'converted for asymfusion_jax.fid (no --torch or --config).')
   flags.DEFINE_string('tf_checkpoint', None, "TF-DeepLab checkpoint prefix (model.ckpt for "
