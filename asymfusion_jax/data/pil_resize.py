@@ -11,6 +11,11 @@ byte for byte without making Pillow a dependency:
 - a horizontal pass (skipped when the width is unchanged), then a vertical pass (skipped when
   the height is unchanged), each output being `(2**21 + sum(pixel * weight)) >> 22` clipped to
   [0, 255], so the intermediate image is 8-bit as in PIL.
+
+The horizontal-first order is the one of every Pillow release up to 12, which the reference
+used. Pillow 13 (python-pillow/Pillow#9549) starts with the vertical pass for some shapes whose
+height shrinks much more than their width, which moves some pixels by one level; square images
+resized to squares, as in the translation recipe, come out the same with both.
 """
 
 import functools
