@@ -37,7 +37,7 @@ def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
   support = filter_scale  # The bilinear (triangle) filter has support 1.
   k = int(math.ceil(support)) * 2 + 1
   indices = np.zeros((out_size, k), np.int64)
-  weights = np.zeros((out_size, k), np.int64)
+  weights = np.zeros((out_size, k), np.int32)
   for i in range(out_size):
     centre = (i + 0.5) * scale
     lo = max(int(centre - support + 0.5), 0)
@@ -53,18 +53,20 @@ def _taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     fixed = np.where(fixed < 0, np.trunc(fixed - 0.5), np.trunc(fixed + 0.5))
     indices[i, :hi - lo] = x
     indices[i, hi - lo:] = hi - 1 if hi > lo else 0
-    weights[i, :hi - lo] = fixed.astype(np.int64)
+    weights[i, :hi - lo] = fixed.astype(np.int32)
   return indices, weights
 
 
 def _resize_axis(image: np.ndarray, out_size: int, axis: int) -> np.ndarray:
   indices, weights = _taps(image.shape[axis], out_size)
+  # int32 as in PIL: 255 * 2**22 plus the rounding term stays below 2**31.
+  pixels = image.astype(np.int32)
   acc = np.full(image.shape[:axis] + (out_size,) + image.shape[axis + 1:],
-                1 << (_PRECISION_BITS - 1), np.int64)
+                1 << (_PRECISION_BITS - 1), np.int32)
   shape = [1] * image.ndim
   shape[axis] = out_size
   for t in range(indices.shape[1]):
-    acc += np.take(image, indices[:, t], axis=axis).astype(np.int64) * weights[:, t].reshape(shape)
+    acc += np.take(pixels, indices[:, t], axis=axis) * weights[:, t].reshape(shape)
   return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
 
 
