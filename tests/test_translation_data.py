@@ -10,6 +10,7 @@ documented transform (resize, crop offsets and flip drawn from the example's rng
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import ml_collections
@@ -331,3 +332,20 @@ def test_prepare_generates_synthetic_data_and_rebuilds_on_change(tmp_path):
   tp.prepare(config)
   assert info.stat().st_mtime_ns != built
   assert tp.load_split(config, 'val').images['rgb'].shape == (2, 32, 32, 3)
+
+
+def test_each_domain_set_has_its_own_build(hand, caplog):
+  other = ml_collections.ConfigDict(hand.to_dict())
+  other.modalities, other.target = ('principal_curvature',), 'normal'
+  swapped = ml_collections.ConfigDict(hand.to_dict())
+  swapped.modalities = tuple(reversed(hand.modalities))
+  with caplog.at_level('WARNING'):
+    tp.prepare(other)
+    tp.prepare(swapped)  # The same domain set as `hand`: its build is reused.
+  assert 'custom data configuration' not in caplog.text
+  folders = sorted(p.name for p in (Path(hand.data.tfds_data_dir) / 'taskonomy').iterdir()
+                   if not p.name.startswith('.'))
+  assert folders == ['normal+principal_curvature', 'normal+principal_curvature+rgb']
+  batch = next(tp.eval_batches(other))
+  np.testing.assert_array_equal(batch['inputs'][0][..., PERMUTATIONS['normal']],
+                                batch['target'][..., PERMUTATIONS['principal_curvature']])

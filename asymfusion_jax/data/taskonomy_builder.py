@@ -12,7 +12,9 @@ folder is rebuilt), its domains, and per split every image size it saw with the 
 of that size (metadata['sizes'], so a user sees at once whether a split mixes resolutions).
 """
 
+import functools
 import inspect
+import types
 from typing import Sequence
 
 from absl import logging
@@ -99,3 +101,19 @@ class Taskonomy(tfds.core.GeneratorBasedBuilder):
       h, w = images[self.domains[0]].shape[:2]
       sizes.setdefault(f'{h}x{w}', entry.where())
       yield index, {**images, 'index': index, 'name': entry.template}
+
+
+@functools.cache
+def builder_class(domains: tuple[str, ...]) -> type[Taskonomy]:
+  """The Taskonomy builder whose one builder config is the set of `domains`.
+
+  TFDS warns at every construction with a builder config that the class does not list; a
+  (cached, unregistered) subclass per domain set lists its own.
+  """
+  config = builder_config(domains)
+
+  def body(namespace):
+    namespace['BUILDER_CONFIGS'] = [config]
+    namespace['__module__'] = __name__
+
+  return types.new_class('Taskonomy', (Taskonomy,), {'skip_registration': True}, body)

@@ -63,8 +63,8 @@ def domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def _builder(tfds_data_dir: str, names: tuple[str, ...], num_threads: int):
   pipeline.configure_tensorflow(max(num_threads, 1))
   from asymfusion_jax.data import taskonomy_builder  # pylint: disable=g-import-not-at-top
-  return taskonomy_builder.Taskonomy(data_dir=tfds_data_dir or None,
-                                     config=taskonomy_builder.builder_config(names))
+  return taskonomy_builder.builder_class(names)(data_dir=tfds_data_dir or None,
+                                              config=taskonomy_builder.config_name(names))
 
 
 def _builder_args(config: ml_collections.ConfigDict) -> tuple[str, tuple[str, ...], int]:
