@@ -1,4 +1,4 @@
-"""A small synthetic RGB-D segmentation dataset in the NYUDv2 on-disk layout.
+"""Small synthetic datasets: RGB-D segmentation in the NYUDv2 layout, or Taskonomy-like scenes.
 
 It exists so that tests and the demo exercise the real builder and pipeline in minutes on a CPU,
 and so that fusion has something to win: object classes are the product of a colour group
