@@ -56,3 +56,48 @@ def flags(data_dirs: dict, **extra) -> list[str]:
   def fmt(v):
     return '(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple) else str(v)
   return [f'--config.{k}={fmt(v)}' for k, v in {**OVERRIDES, **data_dirs, **extra}.items()]
+
+
+def translation_config(tmp_dir, **overrides):
+  """A tiny translation config (the keys of a Taskonomy config) on synthetic data in `tmp_dir`.
+
+  16 train and 6 val scenes of 72x72 (written and built by translation_pipeline.prepare into
+  tmp_dir/synthetic and tmp_dir/tfds), resized to 72 and cropped to 64 for training, 64 for
+  evaluation; a 6-level U-Net of width 8. `overrides` are dotted keys with '__' for '.', e.g.
+  translation_config(d, data__num_workers=0).
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.task = 'translation'
+  c.seed = 0
+  c.modalities = ('reshading', 'depth_euclidean')
+  c.target = 'rgb'
+  c.model = ml_collections.ConfigDict({
+      'name': 'unet', 'ngf': 8, 'ndf': 8, 'num_downs': 6, 'fusion': True,
+      'fusion_blocks': (2, 3, 4, 5), 'dropout_rate': 0.5})
+  c.compute_dtype = 'auto'
+  c.data = ml_collections.ConfigDict({
+      'name': 'taskonomy', 'manual_dir': os.path.join(str(tmp_dir), 'synthetic'),
+      'tfds_data_dir': os.path.join(str(tmp_dir), 'tfds'), 'synthetic': True,
+      'synthetic_image_size': 72, 'num_train': 16, 'num_val': 6, 'load_size': 72,
+      'num_workers': 2})
+  c.crop_size = 64
+  c.batch_size = 4
+  c.eval_batch_size = 4
+  c.optim = ml_collections.ConfigDict({'lr': 2e-4, 'b1': 0.5, 'b2': 0.999, 'l1_weight': 100.0})
+  c.num_epochs = 3
+  c.eval_every_epochs = 1
+  c.eval = ml_collections.ConfigDict({'inception_weights': ''})
+  c.init = ml_collections.ConfigDict({'checkpoint': ''})
+  c.max_steps = -1
+  c.log_every_steps = 2
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.num_prediction_images = 3
+  for key, value in overrides.items():
+    *parents, leaf = key.split('__')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

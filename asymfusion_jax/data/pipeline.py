@@ -41,7 +41,7 @@ PREFETCH = 2
 
 
 @functools.cache
-def _configure_tensorflow(num_threads: int) -> None:
+def configure_tensorflow(num_threads: int) -> None:
   """Keeps TensorFlow off the accelerators (JAX owns them) and to a few CPU threads.
 
   Both settings only take effect before TensorFlow's runtime starts; if another library started
@@ -63,19 +63,20 @@ def _builder(name: str, tfds_data_dir: str, num_threads: int):
   """The TFDS builder of dataset `name`, reading and writing `tfds_data_dir` ('' = TFDS default)."""
   if name != 'nyudv2':
     raise ValueError(f'Unknown dataset {name!r}; this pipeline knows nyudv2.')
-  _configure_tensorflow(max(num_threads, 1))
+  configure_tensorflow(max(num_threads, 1))
   from asymfusion_jax.data import builder  # pylint: disable=g-import-not-at-top
   return builder.Nyudv2(data_dir=tfds_data_dir or None)
 
 
-def _is_prepared(builder) -> bool:
+def is_prepared(builder) -> bool:
+  """Whether a TFDS builder's dataset is fully written (shared with the translation pipeline)."""
   # Checking the folder first spares TFDS's warning about a variant folder that does not exist.
   return builder.data_path.exists() and builder.is_prepared()
 
 
 def _prepared_builder(name: str, tfds_data_dir: str, num_threads: int):
   builder = _builder(name, tfds_data_dir, num_threads)
-  if not _is_prepared(builder):
+  if not is_prepared(builder):
     raise FileNotFoundError(f'No prepared {name} dataset in {builder.data_dir_root}; run '
                             'asymfusion_jax.data.pipeline.prepare(config) first.')
   return builder
@@ -115,7 +116,7 @@ def _build(config: ml_collections.ConfigDict) -> None:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = _builder(*_builder_args(config))
   mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  if _is_prepared(builder):
+  if is_prepared(builder):
     if not manual_dir:
       return
     metadata = builder.info.metadata
@@ -262,8 +263,9 @@ def _load_split(name: str, tfds_data_dir: str, num_workers: int, split: str,
                names=[ex['name'].decode() for ex in examples])
 
 
-def _local_batch_size(global_batch: int, process_index: int, process_count: int,
-                      what: str) -> int:
+def local_batch_size(global_batch: int, process_index: int, process_count: int,
+                     what: str) -> int:
+  """This process's share of a global batch (shared with the translation pipeline)."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count}).')
   if global_batch % process_count:
@@ -287,7 +289,7 @@ def train_schedule(seed: int, step: int, batch_size: int,
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1):
   """This process's train batches for steps start_step, start_step + 1, ... forever."""
-  local = _local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
+  local = local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
   split = load_split(config, 'train')
@@ -330,7 +332,7 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
   normalised pad value.
   """
   global_batch = int(config.eval_batch_size if batch_size is None else batch_size)
-  local = _local_batch_size(global_batch, process_index, process_count, 'eval batch size')
+  local = local_batch_size(global_batch, process_index, process_count, 'eval batch size')
   split = load_split(config, 'val')
   names = tuple(config.modalities)
   ignore_label = int(config.data.ignore_label)
