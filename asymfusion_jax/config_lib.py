@@ -113,6 +113,63 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
   return c
 
 
+def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
+                    fusion: bool = True) -> ml_collections.ConfigDict:
+  """The paper's image translation recipe on Taskonomy (docs/method.md section 11)."""
+  c = ml_collections.ConfigDict()
+  c.task = 'translation'
+  c.seed = 0
+  c.modalities = tuple(modalities)  # The input domains, in this order.
+  c.target = 'rgb'
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'unet'
+  c.model.ngf = 64  # Generator width (channels of encoder block 1).
+  c.model.ndf = 64  # Discriminator width.
+  c.model.num_downs = 8  # U-Net depth: inputs must be multiples of 2**num_downs.
+  c.model.fusion = fusion  # Shuffle + shift after the InstanceNorm of fusion_blocks.
+  c.model.fusion_blocks = (2, 3, 4, 5, 6, 7)  # Encoder blocks, counted from 1.
+  c.model.dropout_rate = 0.5  # On the innermost decoder blocks, training only.
+  c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'taskonomy'
+  c.data.manual_dir = ''  # Folder with one sub-folder per domain and train.txt, val.txt.
+  c.data.tfds_data_dir = ''
+  c.data.synthetic = False  # Generate the synthetic Taskonomy-layout set into manual_dir.
+  c.data.synthetic_image_size = 96  # Side of generated (square) synthetic images.
+  c.data.num_train = 1000
+  c.data.num_val = 500
+  c.data.load_size = 286  # Train images are resized to this, then cropped to crop_size.
+  c.data.num_workers = 4
+  c.crop_size = 256  # Train crop and validation size.
+  c.batch_size = 1
+  c.eval_batch_size = 1
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 2e-4  # Adam, for the generator and the discriminator alike.
+  c.optim.b1 = 0.5
+  c.optim.b2 = 0.999
+  c.optim.l1_weight = 100.0
+
+  c.eval = ml_collections.ConfigDict()
+  # The FID Inception weights (pytorch-fid's .pth, or `convert --inception` output); '' skips
+  # FID and KID, and the best checkpoint is then chosen by the ensemble's L1.
+  c.eval.inception_weights = ''
+
+  c.init = ml_collections.ConfigDict()
+  c.init.checkpoint = ''  # Generator (and discriminator) written by asymfusion_jax.convert.
+
+  c.num_epochs = 300
+  c.max_steps = -1
+  c.log_every_steps = 100
+  c.eval_every_epochs = 5
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.num_prediction_images = 8
+  return c
+
+
 # Loading config files by path or by name, from any working directory.
 
 # The repository's configs/ folder. The package is meant to be installed editable from a clone

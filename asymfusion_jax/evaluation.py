@@ -23,11 +23,6 @@ def branch_names(config) -> list[str]:
   return list(config.modalities) + ['ensemble']
 
 
-def flatten(results: dict) -> dict[str, float]:
-  """{'eval/<branch>/<metric>': value} for metrics.jsonl and TensorBoard."""
-  return {f'eval/{branch}/{k}': v for branch, res in results.items() for k, v in res.items()}
-
-
 def eval_step(variables, batch, *, model, num_classes):
   logits = model.apply(variables, batch['image'], train=False)
   return metrics.confusion_matrix(logits, batch['label'], num_classes, batch['mask'])

@@ -15,7 +15,9 @@ float32 normalised images, with a symbolic batch size B and H, W fixed at export
 --width: the fusion pixel shift and the align-corners upsampling build static gather indices from
 the feature sizes). Its output is the (M + 1, B, ceil(H/4), ceil(W/4), K) float32 logits of a
 RefineNet, or the (M + 1, B, H, W, K) logits of a DeepLab (at input size unless
-config.model.upsample_logits is off): the M branches, then the ensemble. FILE.json, the
+config.model.upsample_logits is off): the M branches, then the ensemble. A translation model
+exports its generator: input (M, B, H, W, 3) domain images in [-1, 1], output the
+(M + 1, B, H, W, 3) RGB images in [-1, 1] (H and W multiples of 2**config.model.num_downs). FILE.json, the
 sidecar, says how to feed it and read it (see `sidecar`). Running it needs only jax: `jax.export.deserialize(blob).call(x)`.
 
 --format=torch writes the variables as a state_dict of the reference PyTorch implementation
@@ -45,11 +47,13 @@ from asymfusion_jax import config_lib
 from asymfusion_jax import convert
 from asymfusion_jax import logger
 from asymfusion_jax import sharding
+from asymfusion_jax import tasks
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
 from asymfusion_jax import variables_io
 from asymfusion_jax.data import modalities
-from asymfusion_jax.models import build_model, resolve_compute_dtype
+from asymfusion_jax.models import build_generator, build_model, resolve_compute_dtype
+from asymfusion_jax.tasks import segmentation, translation
 
 FORMATS = ('jax', 'torch')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
@@ -99,9 +103,20 @@ def from_checkpoint(checkpoint: str, config) -> Source:
     FileNotFoundError: no such directory.
     ValueError: it is not a variables checkpoint, or does not match the config's model.
   """
-  model = build_model(config)
-  target = jax.eval_shape(lambda: train.init_variables(model, config, jax.random.key(0)))
-  variables = variables_io.load_variables(checkpoint, target)
+  if tasks.name(config) == 'translation':
+    # The generator is what runs; a converted discriminator, if any, is left out.
+    params = jax.eval_shape(lambda: translation.init_params(config, jax.random.key(0)))
+    target = {'params': {'generator': params['generator']}}
+    variables = variables_io.load_variables(checkpoint)
+    variables = {'params': {'generator': variables.get('params', {}).get('generator')}}
+    if variables['params']['generator'] is None:
+      raise ValueError(f'{checkpoint} has no generator (params/generator): it is not a '
+                       'translation checkpoint written by asymfusion_jax.convert')
+    variables_io.check_same_shapes(variables, target, checkpoint)
+  else:
+    model = build_model(config)
+    target = jax.eval_shape(lambda: segmentation.init_variables(model, config, jax.random.key(0)))
+    variables = variables_io.load_variables(checkpoint, target)
   return Source(config, jax.device_get(variables), None,
                 f'checkpoint {os.path.abspath(checkpoint)}')
 
@@ -114,8 +129,9 @@ def default_image_size(config) -> tuple[int, int]:
 
   The size of the dataset's images where the config knows it (synthetic data), else the
   training crop. For NYUDv2 evaluation at full resolution pass --height=480 --width=640.
+  Translation models take config.crop_size squares (256 in the paper).
   """
-  if config.data.get('synthetic', False):
+  if config.data.get('synthetic', False) and tasks.name(config) == 'segmentation':
     height, width = config.data.synthetic_image_size
     return int(height), int(width)
   return int(config.crop_size), int(config.crop_size)
@@ -135,13 +151,22 @@ def export_forward(source: Source, height: int, width: int,
   """The eval-mode forward pass with the variables as constants, input (M, b, H, W, 3)."""
   if height < 1 or width < 1:
     raise ValueError(f'the input size must be positive, got {height}x{width}')
-  model = build_model(source.config)
-  variables = source.variables
-  forward = jax.jit(lambda x: model.apply(variables, x, train=False))
+  forward = jax.jit(_forward(source))
   batch, = jax.export.symbolic_shape(BATCH_DIM)
   spec = jax.ShapeDtypeStruct((len(source.config.modalities), batch, height, width, 3),
                               jnp.float32)
   return jax.export.export(forward, platforms=check_platforms(platforms))(spec)
+
+
+def _forward(source: Source):
+  """The eval-mode forward pass of the source's model (a translation model's generator)."""
+  config, variables = source.config, source.variables
+  if tasks.name(config) == 'translation':
+    generator = build_generator(config)
+    params = {'params': variables['params']['generator']}
+    return lambda x: generator.apply(params, x, train=False)
+  model = build_model(config)
+  return lambda x: model.apply(variables, x, train=False)
 
 
 def output_stride(config) -> int:
@@ -167,11 +192,9 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
   return {
       'artifact': artifact,
       'format': 'jax.export',
-      **modalities.to_json(config.modalities),
+      'task': tasks.name(config),
+      **_task_sidecar(config),
       'outputs': list(config.modalities) + ['ensemble'],
-      'num_classes': int(config.model.num_classes),
-      'ignore_label': int(config.data.ignore_label),
-      'output_stride': output_stride(config),
       'input_shape': _shape(inp),
       'input_dtype': str(inp.dtype),
       'output_shape': _shape(out),
@@ -183,6 +206,24 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
       'compute_dtype': str(resolve_compute_dtype(config.compute_dtype)),  # What the artifact runs.
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,
+  }
+
+
+def _task_sidecar(config) -> dict:
+  """What the inputs are and what the outputs mean, per task."""
+  if tasks.name(config) == 'translation':
+    return {
+        'modalities': list(config.modalities),
+        'target': config.target,
+        'formula': ('input = decoded 8-bit domain image (docs/method.md section 11) / 127.5 - 1, '
+                    'resized to the input size; output in [-1, 1], as uint8 '
+                    'round((output + 1) * 127.5)'),
+    }
+  return {
+      **modalities.to_json(config.modalities),
+      'num_classes': int(config.model.num_classes),
+      'ignore_label': int(config.data.ignore_label),
+      'output_stride': output_stride(config),
   }
 
 
@@ -288,7 +329,7 @@ def write_jax(source: Source, out: str, height: int | None = None, width: int | 
 def write_torch(source: Source, out: str) -> None:
   """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`."""
   name = source.config.model.get('name', 'refinenet')
-  if name != 'refinenet':
+  if name != 'refinenet' or tasks.name(source.config) != 'segmentation':
     raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
                      f'is {name!r}, which has no PyTorch reference layout: use --format=jax')
   state_dict = convert.refinenet_to_torch(source.variables)

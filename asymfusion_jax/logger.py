@@ -106,6 +106,11 @@ def import_tensorflow():
 SUPERSEDED_FILE = 'metrics.superseded.jsonl'
 
 
+def eval_scalars(results: dict) -> dict[str, float]:
+  """{'eval/<branch>/<metric>': value} of an evaluation's {branch: {metric: value}}."""
+  return {f'eval/{branch}/{k}': v for branch, res in results.items() for k, v in res.items()}
+
+
 class MetricLogger:
   """Appends to DIR/metrics.jsonl and DIR/tensorboard (process 0 only).
 
@@ -220,20 +225,21 @@ class Progress:
     count = self.total // self._eval_every - (step - 1) // self._eval_every
     return count + (1 if self.total % self._eval_every else 0)
 
-  def report(self, step: int, losses=None) -> float:
+  def report(self, step: int, losses=None, name: str = 'loss') -> float:
     """Logs a progress line and returns steps per second over the interval.
 
     Args:
       step: the step just done (counted from 1).
       losses: the training losses of the steps since the last report; the line shows their
-        mean, the value metrics.jsonl records as train/loss.
+        mean, the value metrics.jsonl records as train/<name>.
+      name: what the losses are ('loss'; the translation task shows its 'g_loss').
     """
     now = time.perf_counter()
     rate = (step - self._step) / max(now - self._t, 1e-9) if self._t is not None else 0.0
     self._t, self._step = now, step
     parts = [f'step {step}/{self.total}']
     if losses:
-      parts.append(f'loss {float(sum(losses)) / len(losses):.4f} (mean of {len(losses)} '
+      parts.append(f'{name} {float(sum(losses)) / len(losses):.4f} (mean of {len(losses)} '
                    f'step{"s" if len(losses) > 1 else ""})')
     parts.append(f'{rate:.2f} steps/s')
     parts.append('ETA ' + self._eta_text(step, rate))
@@ -261,14 +267,29 @@ _WORKDIR_FILES = (
     ('config.json', 'the resolved config'),
     ('metrics.jsonl', 'every logged loss and score, one JSON object a line'),
     ('checkpoints', 'the latest checkpoints (training resumes from them)'),
-    ('best', 'the checkpoint of the best ensemble mIoU (export and --mode=eval use it)'),
-    ('predictions', 'colour-coded predictions of the last evaluation'),
+    ('best', 'the best checkpoint (export and --mode=eval use it)'),
+    ('predictions', 'the first validation images predicted at the last evaluation (PNG)'),
     ('tensorboard', 'the same scalars for TensorBoard'),
 )
 
 
-def run_summary(workdir: str) -> str:
-  """A few lines on a run, from its metrics.jsonl: best and last evaluation, and its files."""
+# How the summary names a metric of eval/<branch>/<metric>.
+_METRIC_NAMES = {'miou': 'mIoU', 'pixel_acc': 'pixel acc', 'mean_acc': 'mean acc', 'l1': 'L1',
+                 'l2': 'L2', 'fid': 'FID', 'kid': 'KID'}
+# The metric shown beside the best one in the line on the last evaluation.
+_SECOND_METRIC = {'miou': 'pixel_acc', 'l1': 'l2', 'fid': 'l1'}
+
+
+def run_summary(workdir: str, best_metric: tuple[str, bool] = ('ensemble/miou', True)) -> str:
+  """A few lines on a run, from its metrics.jsonl: best and last evaluation, and its files.
+
+  best_metric: ('<branch>/<metric>', higher is better), what picks the best checkpoint
+  (Task.best_metric).
+  """
+  name, higher = best_metric
+  branch, metric = name.split('/')
+  key = f'eval/{name}'
+  second = _SECOND_METRIC.get(metric)
   evals = []
   path = os.path.join(workdir, 'metrics.jsonl')
   if os.path.exists(path):
@@ -278,28 +299,40 @@ def run_summary(workdir: str) -> str:
           record = json.loads(line)
         except ValueError:
           continue
-        if isinstance(record, dict) and 'eval/ensemble/miou' in record:
+        if isinstance(record, dict) and key in record:
           evals.append(record)
+  label = f'{branch} {_METRIC_NAMES.get(metric, metric)}'
   lines = [f'Run summary ({workdir}):']
   if evals:
     # The first of equal scores, as the best checkpoint keeps the first.
-    best = max(evals, key=lambda r: (r['eval/ensemble/miou'], -r['step']))
+    sign = 1 if higher else -1
+    best = max(evals, key=lambda r: (sign * r[key], -r['step']))
     last = evals[-1]
-    lines.append(f'  best ensemble mIoU   {best["eval/ensemble/miou"]:.2f} at step {best["step"]}')
-    lines.append(f'  last evaluation      step {last["step"]}: ensemble mIoU '
-                 f'{last["eval/ensemble/miou"]:.2f}, pixel acc '
-                 f'{last.get("eval/ensemble/pixel_acc", math.nan):.2f}')
+    lines.append(f'  best {label:<15} {best[key]:.{_digits(metric)}f} at step {best["step"]}')
+    text = f'  last evaluation      step {last["step"]}: {label} {last[key]:.{_digits(metric)}f}'
+    if second:
+      text += (f', {_METRIC_NAMES[second]} '
+               f'{last.get(f"eval/{branch}/{second}", math.nan):.{_digits(second)}f}')
+    lines.append(text)
   else:
     lines.append('  no evaluation yet')
-  for name, what in _WORKDIR_FILES:
-    full = os.path.join(workdir, name)
+  for entry, what in _WORKDIR_FILES:
+    full = os.path.join(workdir, entry)
     if os.path.exists(full):
+      if entry == 'best':
+        what = f'the checkpoint of the best {label} (export and --mode=eval use it)'
       shown = full + (os.sep if os.path.isdir(full) else '')
       lines.append(f'  {shown:<{len(workdir) + 16}}  {what}')
   return '\n'.join(lines)
 
 
-def print_run_summary(workdir: str) -> None:
+def _digits(metric: str) -> int:
+  """Decimals shown: percentages and FID with 2, errors in [-1, 1] units with 4."""
+  return 4 if metric in ('l1', 'l2') else 2
+
+
+def print_run_summary(workdir: str, best_metric: tuple[str, bool] = ('ensemble/miou', True)
+                      ) -> None:
   """Prints run_summary to stdout, beside the results tables (process 0 only)."""
   if jax.process_index() == 0:
-    print('\n' + run_summary(workdir), flush=True)
+    print('\n' + run_summary(workdir, best_metric), flush=True)

@@ -1,7 +1,7 @@
 """Data parallelism over a ('data',) mesh of every device of every process.
 
-Batches are sharded along their batch axis (axis 1 of the (M, B, H, W, C) images, axis 0 of
-labels and masks); parameters and optimiser state are replicated. Each process holds the rows
+Batches are sharded along their batch axis (axis 1 of the (M, B, H, W, C) multimodal inputs,
+axis 0 of everything else: labels, targets, masks); parameters and optimiser state are replicated. Each process holds the rows
 of the global batch that its own devices own.
 """
 
@@ -20,9 +20,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+# Batch entries laid out (M, B, ...): the segmentation images and the translation inputs.
+MODAL_KEYS = ('image', 'inputs')
+
+
+def batch_axis(key: str) -> int:
+  """The batch axis of a batch entry: 1 for the multimodal MODAL_KEYS, else 0."""
+  return 1 if key in MODAL_KEYS else 0
+
+
 def batch_shardings(mesh: Mesh, batch: dict) -> dict:
-  """A NamedSharding per batch entry: 'image' splits axis 1, everything else axis 0."""
-  return {k: NamedSharding(mesh, P(None, 'data') if k == 'image' else P('data')) for k in batch}
+  """A NamedSharding per batch entry, splitting its batch_axis over the mesh."""
+  return {k: NamedSharding(mesh, P(None, 'data') if batch_axis(k) else P('data')) for k in batch}
 
 
 def _counts(devices: int | None, processes: int | None) -> tuple[int, int]:
@@ -70,7 +79,7 @@ def pad_rows(local_batch: dict, rows: int, ignore_label: int) -> dict:
   """
   out = {}
   for key, value in local_batch.items():
-    axis = 1 if key == 'image' else 0
+    axis = batch_axis(key)
     extra = rows - value.shape[axis]
     if extra < 0:
       raise ValueError(f'cannot pad {value.shape[axis]} rows of {key!r} down to {rows}')
@@ -85,7 +94,7 @@ def global_batch(mesh: Mesh, local_batch: dict) -> dict:
   shardings = batch_shardings(mesh, local_batch)
   out = {}
   for k, v in local_batch.items():
-    axis = 1 if k == 'image' else 0
+    axis = batch_axis(k)
     shape = list(v.shape)
     shape[axis] *= jax.process_count()
     out[k] = jax.make_array_from_process_local_data(shardings[k], v, tuple(shape))

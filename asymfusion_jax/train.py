@@ -1,61 +1,28 @@
-"""Training and evaluation of AsymFusion segmentation from an ml_collections config.
+"""The training program: trains and evaluates any task (asymfusion_jax.tasks) from a config.
 
 `train_and_evaluate(config, workdir)` is the main job; `evaluate_checkpoint` is `--mode=eval`.
+The task (config.task) supplies its state, data, train step and evaluation; everything else
+here is shared: the mesh, the loop, verified checkpoints and resume, the workdir lock, SIGTERM,
+NaN checks, metrics.jsonl/TensorBoard and the progress lines.
 The step functions are pure and run under jax.jit with the batch sharded over a ('data',) mesh.
-A run resumes from its workdir: the batch of step t and the dropout key of step t are functions
+A run resumes from its workdir: the batch of step t and the random keys of step t are functions
 of (seed, t) alone, so a resumed run ends with the same parameters as an uninterrupted one.
 """
 
-import functools
 import json
 import math
 import os
 import shutil
 import signal
-from typing import Any
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from asymfusion_jax import (checkpointing, config_io, evaluation, initialization, losses, optim,
-                            sharding, validation, workdir_lock)
-from asymfusion_jax.data import pipeline
-from asymfusion_jax.logger import MetricLogger, Progress, print_run_summary
-from asymfusion_jax.models import build_model
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  batch_stats: Any
-  opt_state: Any
-  rng: jax.Array  # Raw uint32 key data, so orbax stores it as a plain array.
-
-  def variables(self):
-    return {'params': self.params, 'batch_stats': self.batch_stats}
-
-
-def init_variables(model, config, rng) -> dict:
-  # Parameter shapes do not depend on the image size; a small one keeps init cheap.
-  x = jnp.zeros((len(config.modalities), 1, 64, 64, 3), jnp.float32)
-  return dict(model.init({'params': rng}, x, train=False))
-
-
-def create_train_state(model, tx, config, mesh) -> TrainState:
-  """A replicated TrainState initialised from config.seed, under jit so nothing runs eagerly."""
-  def make():
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, train_rng = jax.random.split(rng)
-    variables = init_variables(model, config, init_rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(variables['params']), rng=train_rng)
-  return jax.jit(make, out_shardings=sharding.replicated(mesh))()
+from asymfusion_jax import checkpointing, config_io, sharding, tasks, workdir_lock
+from asymfusion_jax.logger import MetricLogger, Progress, eval_scalars, print_run_summary
+from asymfusion_jax.tasks import TrainState
 
 
 def abstract_train_state(config, mesh) -> TrainState:
@@ -64,44 +31,10 @@ def abstract_train_state(config, mesh) -> TrainState:
   The optimiser state's structure does not depend on the schedule's step counts, so one step
   per epoch stands in for the dataset size: restoring for evaluation or export needs no dataset.
   """
-  model = build_model(config)
-  tx = optim.make_optimizer(config, 1)
-  shapes = jax.eval_shape(lambda: create_train_state(model, tx, config, mesh))
+  task = tasks.get(config)
+  shapes = jax.eval_shape(lambda: task.create_train_state(config, mesh, 1))
   return jax.tree.map(
       lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.replicated(mesh)), shapes)
-
-
-def train_step(state: TrainState, batch: dict, *, model, tx, ignore_label: int):
-  """One SGD step on the sum of the M + 1 outputs' cross-entropies (docs/method.md section 6)."""
-  dropout_rng = jax.random.fold_in(state.rng, state.step)
-
-  def loss_fn(params):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
-    if model.frozen_bn:
-      logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': dropout_rng})
-      new_stats = state.batch_stats
-    else:
-      logits, updates = model.apply(variables, batch['image'], train=True,
-                                    rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
-      new_stats = updates['batch_stats']
-    return losses.segmentation_loss(logits, batch['label'], ignore_label), new_stats
-
-  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                            opt_state=opt_state)
-  return new_state, {'loss': loss}
-
-
-def jit_train_step(model, tx, config, mesh, state, example_batch):
-  step_fn = functools.partial(train_step, model=model, tx=tx,
-                              ignore_label=config.data.ignore_label)
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
-  return jax.jit(step_fn,
-                 in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)),
-                 donate_argnums=(0,))
 
 
 # How often (in steps) the processes of a multi-process run agree on a SIGTERM.
@@ -156,7 +89,7 @@ class StoppedBySignal(Exception):
 
 
 class _LossWatch:
-  """Collects per-step losses on device and checks them for NaN/Inf in one transfer.
+  """Collects the train step's metrics on device and checks them for NaN/Inf in one transfer.
 
   kept: says which checkpoint a run stopped here can resume from (Checkpoints.kept_note).
   """
@@ -166,25 +99,34 @@ class _LossWatch:
     self._pending = []
     self._checked = []
 
-  def add(self, step: int, loss: jax.Array) -> None:
-    self._pending.append((step, loss))
+  def add(self, step: int, metrics) -> None:
+    """metrics: the step's {name: scalar} (or one scalar, named 'loss')."""
+    self._pending.append((step, metrics if isinstance(metrics, dict) else {'loss': metrics}))
 
   def check(self) -> None:
-    """Raises FloatingPointError naming the steps whose loss is not finite."""
-    values = jax.device_get([loss for _, loss in self._pending])
-    checked = [(step, float(v)) for (step, _), v in zip(self._pending, values)]
+    """Raises FloatingPointError naming the metric and the steps where it is not finite."""
+    values = jax.device_get([metrics for _, metrics in self._pending])
+    checked = [(step, {k: float(v) for k, v in m.items()})
+               for (step, _), m in zip(self._pending, values)]
     self._pending = []
-    bad = [(s, v) for s, v in checked if not math.isfinite(v)]
+    bad = [(step, name, v) for step, m in checked for name, v in m.items()
+           if not math.isfinite(v)]
     if bad:
+      step, name, value = bad[0]
+      what = 'loss' if name == 'loss' else f'{name}'
       raise FloatingPointError(
-          f'training loss is {bad[0][1]} at step {bad[0][0]} (non-finite at steps '
-          f'{[s for s, _ in bad]}); stopping. {self._kept()}')
+          f'training {what} is {value} at step {step} (non-finite at steps '
+          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()}')
     self._checked += checked
 
-  def drain(self) -> list[float]:
-    """The checked losses since the last drain."""
+  def drain(self) -> dict[str, list[float]]:
+    """The checked values of every metric since the last drain, {name: [value per step]}."""
     self.check()
-    out, self._checked = [v for _, v in self._checked], []
+    out = {}
+    for _, metrics in self._checked:
+      for name, value in metrics.items():
+        out.setdefault(name, []).append(value)
+    self._checked = []
     return out
 
 
@@ -231,84 +173,92 @@ def resolve_data_paths(config, workdir: str):
   return config
 
 
-def steps_per_epoch(config) -> int:
-  steps = pipeline.steps_per_epoch(config)
-  if steps < 1:
-    raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                     f'{pipeline.num_examples(config, "train")} training examples')
-  return steps
-
-
-def prepare_data(config) -> int:
+def prepare_data(task: tasks.Task, config) -> int:
   """Prepares the data (process 0) and returns the train steps per epoch."""
   if jax.process_index() == 0:
-    pipeline.prepare(config)
+    task.prepare_data(config)
   sync('data prepared')
-  return steps_per_epoch(config)
+  return task.steps_per_epoch(config)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains with periodic evaluation; returns the last evaluation's results.
 
-  Everything that can be checked is checked before the workdir exists; what only the prepared
-  data can tell (labels outside the config's classes, fewer examples than a batch) fails before
-  training starts, and a workdir this call created is then removed again. So a config error
-  leaves no workdir behind.
+  Runs the task of config.task (asymfusion_jax.tasks). Everything that can be checked is
+  checked before the workdir exists; what only the prepared data can tell (labels outside the
+  config's classes, fewer examples than a batch) fails before training starts, and a workdir
+  this call created is then removed again. So a config error leaves no workdir behind.
 
   Raises:
     StoppedBySignal: SIGTERM stopped training before its last step (a checkpoint is saved).
     workdir_lock.WorkdirLockedError: another run holds the workdir.
   """
   config = resolve_data_paths(config, workdir)
-  validation.check_training(config)  # Before the workdir exists: a bad config leaves nothing.
+  task = tasks.get(config)
+  task.check_training(config)  # Before the workdir exists: a bad config leaves nothing.
   created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
   data_ready = False
   try:
     # The lock before anything is written: preparing synthetic data writes into the workdir.
     with workdir_lock.WorkdirLock(workdir, 'training'):
-      per_epoch = prepare_data(config)
+      per_epoch = prepare_data(task, config)
       data_ready = True
-      return _train_and_evaluate(config, workdir, per_epoch)
+      return _train_and_evaluate(task, config, workdir, per_epoch)
   except Exception:
     if created and not data_ready and jax.process_index() == 0:
       shutil.rmtree(workdir, ignore_errors=True)  # After the lock is released.
     raise
 
 
-def _train_and_evaluate(config, workdir: str, per_epoch: int) -> dict:
+def _best_of(record: dict) -> tuple[str, float] | None:
+  """(metric, value) of the best checkpoint so far, from a checkpoint's record."""
+  if record.get('best_metric') is not None:
+    return record['best_metric'], float(record['best_value'])
+  if record.get('best_miou', -1.0) >= 0:  # Checkpoints written before tasks existed.
+    return 'ensemble/miou', float(record['best_miou'])
+  return None
+
+
+def _score(task: tasks.Task, config, results: dict) -> tuple[str, float]:
+  """(name, value) of the metric that picks the best checkpoint, from an evaluation."""
+  name, _ = task.best_metric(config)
+  branch, metric = name.split('/')
+  return name, float(results[branch][metric])
+
+
+def _improves(task: tasks.Task, config, score: tuple[str, float],
+              best: tuple[str, float] | None) -> bool:
+  if best is None or best[0] != score[0]:  # The first evaluation, or another criterion now.
+    return True
+  higher = task.best_metric(config)[1]
+  return score[1] > best[1] if higher else score[1] < best[1]
+
+
+def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) -> dict:
   """train_and_evaluate with the workdir locked and the data prepared."""
   mesh = sharding.make_mesh()
-  total = optim.total_steps(config, per_epoch)
+  total = task.total_steps(config, per_epoch)
   eval_every = config.eval_every_epochs * per_epoch
-  model = build_model(config)
-  tx = optim.make_optimizer(config, per_epoch)
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
   logging.info('initialising the model (its initialisation compiles first)...')
-  state = create_train_state(model, tx, config, mesh)
+  state = task.create_train_state(config, mesh, per_epoch)
 
   restored, record = ckpts.restore_latest(checkpointing.abstract(state))
   if restored is not None:
-    state, best_miou = restored, record['best_miou']
+    state, best = restored, _best_of(record)
     logging.info('Resumed from the checkpoint of step %d in %s.', record['step'], workdir)
   else:
-    state, best_miou = initialization.from_pretrained(state, config), -1.0
+    state, best = task.from_pretrained(state, config), None
   # Only now: a config whose model does not fit the workdir's checkpoints has changed nothing.
   write_config(config, workdir, int(state.step))
 
   start = int(state.step)
   logger = MetricLogger(workdir, resume_step=start)
-  batches = pipeline.train_batches(config, start_step=start, process_index=jax.process_index(),
-                                   process_count=jax.process_count())
-  rows = validation.train_batch_rows(config)  # > batch / processes: padded (frozen BN only).
-  if rows * jax.process_count() != config.batch_size:
-    logging.info('Training on %d rows per step: config.batch_size=%d filled up to a multiple of '
-                 'the %d devices with unlabelled rows (with frozen BatchNorm they change '
-                 'nothing but the dropout masks drawn).', rows * jax.process_count(), config.batch_size, jax.device_count())
-  evaluator = evaluation.Evaluator(model, config, mesh)
-  losses_seen = _LossWatch(ckpts.kept_note)
+  batches = task.train_batches(config, start)
+  evaluator = task.evaluator(config, mesh)
+  metrics_seen = _LossWatch(ckpts.kept_note)
   progress = Progress(total, eval_every)
-  lr = optim.learning_rate_schedules(config, per_epoch)
   step_fn = None
   results = {}
 
@@ -318,7 +268,8 @@ def _train_and_evaluate(config, workdir: str, per_epoch: int) -> dict:
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
                                f'{ckpts.kept_note()}')
-    record = {'step': step, 'data_position': step, 'best_miou': best_miou}
+    record = {'step': step, 'data_position': step,
+              'best_metric': best[0] if best else None, 'best_value': best[1] if best else None}
     if also_best:
       ckpts.save(state, record, best=True)
     ckpts.save(state, record)
@@ -330,37 +281,37 @@ def _train_and_evaluate(config, workdir: str, per_epoch: int) -> dict:
   stopped = None
   with _Termination() as term:
     for step in range(start, total):
-      batch = sharding.global_batch(
-          mesh, sharding.pad_rows(next(batches), rows, config.data.ignore_label))
+      batch = sharding.global_batch(mesh, next(batches))
       if step_fn is None:
-        step_fn = jit_train_step(model, tx, config, mesh, state, batch)
+        step_fn = task.jit_train_step(config, mesh, per_epoch, state, batch)
         progress.compiling()  # The first call below compiles it.
       state, metrics = step_fn(state, batch)
       done = step + 1  # Steps are counted from 1, as in metrics.jsonl and checkpoints.
-      losses_seen.add(done, metrics['loss'])
+      metrics_seen.add(done, metrics)
       stop = term.agreed(done)
       if step == start:
         jax.block_until_ready(state)
         progress.start(done)
       if done % config.log_every_steps == 0 or done == total:
-        logged = losses_seen.drain()
-        rate = progress.report(done, logged)
-        logger.write(done, {
-            'train/loss': float(np.mean(logged)),
-            'train/lr_encoder': float(lr['encoder'](step)),
-            'train/lr_decoder': float(lr['decoder'](step)),
-            'steps_per_second': rate})
+        logged = metrics_seen.drain()
+        rate = progress.report(done, logged[task.progress_metric],
+                               name=task.progress_metric)
+        logger.write(done, {**{f'train/{k}': float(np.mean(v)) for k, v in logged.items()},
+                            **task.extra_scalars(config, per_epoch, step),
+                            'steps_per_second': rate})
       if done % eval_every == 0 or done == total:
         progress.pause(done)
-        losses_seen.check()
+        metrics_seen.check()
         results = evaluator.run(state.variables(), workdir, step=done)
-        logger.write(done, evaluation.flatten(results))
-        improved = results['ensemble']['miou'] > best_miou
-        best_miou = max(best_miou, results['ensemble']['miou'])
+        logger.write(done, eval_scalars(results))
+        score = _score(task, config, results)
+        improved = _improves(task, config, score, best)
+        if improved:
+          best = score
         save(done, also_best=improved)
         progress.start(done)  # Throughput excludes evaluation and checkpointing.
       elif done % config.checkpoint_every_steps == 0 or stop:
-        losses_seen.check()
+        metrics_seen.check()
         save(done)
       if stop:
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
@@ -368,7 +319,7 @@ def _train_and_evaluate(config, workdir: str, per_epoch: int) -> dict:
         break
   ckpts.close()
   logger.close()
-  print_run_summary(workdir)
+  print_run_summary(workdir, task.best_metric(config))
   if stopped is not None:
     raise StoppedBySignal(stopped, total)
   return results
@@ -388,7 +339,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
     workdir_lock.WorkdirLockedError: another run holds the workdir.
   """
   config = resolve_data_paths(config, workdir)
-  validation.check_config(config)
+  tasks.get(config).check_config(config)
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist')
   with workdir_lock.WorkdirLock(workdir, 'evaluation'):
@@ -397,6 +348,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
 
 def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
   """evaluate_checkpoint with the workdir locked."""
+  task = tasks.get(config)
   mesh = sharding.make_mesh()
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
@@ -405,11 +357,10 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
     ckpts.close()
   logging.info('Evaluating the checkpoint of step %d.', record['step'])
   if jax.process_index() == 0:
-    pipeline.prepare(config)
+    task.prepare_data(config)
   sync('data prepared')
   out_dir = os.path.join(workdir, 'eval', f'step_{record["step"]}')
-  results = evaluation.Evaluator(build_model(config), config, mesh).run(
-      state.variables(), out_dir, step=record['step'])
+  results = task.evaluator(config, mesh).run(state.variables(), out_dir, step=record['step'])
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:

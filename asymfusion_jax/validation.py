@@ -16,6 +16,7 @@ import jax
 from asymfusion_jax import sharding
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import pipeline
+from asymfusion_jax.data import taskonomy
 from asymfusion_jax.models import refinenet, resnet
 
 
@@ -146,6 +147,55 @@ def check_config(config) -> None:
       _fail(key, rates, f'{len(stages)} finite learning rates > 0, one per stage of '
                         'config.optim.epochs_per_stage')
 
+  _int(config, 'max_steps', -1)
+  for key in ('log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
+              'keep_checkpoints'):
+    _int(config, key, 1)
+  _int(config, 'num_prediction_images', 0)
+
+
+def check_translation_config(config) -> None:
+  """check_config for a translation config (config.task == 'translation')."""
+  _int(config, 'seed', 0)
+  names = _sequence(config, 'modalities')
+  known = sorted(taskonomy.DOMAINS)
+  if not all(name in taskonomy.DOMAINS for name in names):
+    _fail('modalities', names, f'a sequence of known Taskonomy domains, among {known}')
+  if len(set(names)) != len(names):
+    _fail('modalities', names, 'a sequence without repeats')
+  target = _value(config, 'target')
+  if target not in taskonomy.DOMAINS or target in names:
+    _fail('target', target, f'a known domain that is not an input, among {known}')
+
+  _choice(config, 'model.name', ('unet',))
+  num_downs = _int(config, 'model.num_downs', 1)
+  _int(config, 'model.ngf', 1)
+  _int(config, 'model.ndf', 1)
+  _bool(config, 'model.fusion')
+  blocks = _value(config, 'model.fusion_blocks')
+  if isinstance(blocks, (str, bytes)) or not hasattr(blocks, '__len__') or not all(
+      _is_int(b) and 2 <= b <= num_downs - 1 for b in blocks):
+    _fail('model.fusion_blocks', blocks, f'encoder blocks among 2..{num_downs - 1} (those '
+                                         f'with an InstanceNorm for model.num_downs={num_downs})')
+  _number(config, 'model.dropout_rate', 0, 1, high_open=True)
+  _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
+
+  _bool(config, 'data.synthetic')
+  for key in ('data.num_train', 'data.num_val', 'data.synthetic_image_size'):
+    _int(config, key, 1)
+  _int(config, 'data.num_workers', 0)
+  crop = _int(config, 'crop_size', 1)
+  if crop % 2 ** num_downs:
+    _fail('crop_size', crop, f'a multiple of 2**model.num_downs = {2 ** num_downs}')
+  _int(config, 'data.load_size', crop)
+  for key in ('batch_size', 'eval_batch_size'):
+    _int(config, key, 1)
+
+  _number(config, 'optim.lr', 0, low_open=True)
+  _number(config, 'optim.b1', 0, 1, high_open=True)
+  _number(config, 'optim.b2', 0, 1, high_open=True)
+  _number(config, 'optim.l1_weight', 0)
+  _int(config, 'num_epochs', 1)
   _int(config, 'max_steps', -1)
   for key in ('log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
               'keep_checkpoints'):

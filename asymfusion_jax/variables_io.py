@@ -11,6 +11,7 @@ import os
 from typing import Any, Mapping
 
 from absl import logging
+import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -65,6 +66,21 @@ def _leaf_mismatches(restored, target) -> list[str]:
 
   jax.tree_util.tree_map_with_path(check, restored, target)
   return problems
+
+
+def check_same_shapes(tree: Mapping[str, Any], target: Mapping[str, Any], what: str) -> None:
+  """Raises ValueError listing the entries of `tree` missing from, extra to, or shaped unlike
+  those of `target` (any nested mappings of arrays or ShapeDtypeStructs)."""
+  have = flax.traverse_util.flatten_dict(dict(tree), sep='/')
+  want = flax.traverse_util.flatten_dict(dict(target), sep='/')
+  problems = [f'missing {k}' for k in sorted(set(want) - set(have))]
+  problems += [f'unexpected {k}' for k in sorted(set(have) - set(want))]
+  problems += [f'{k}: {tuple(np.shape(have[k]))}, expected {tuple(want[k].shape)}'
+               for k in sorted(set(have) & set(want))
+               if tuple(np.shape(have[k])) != tuple(want[k].shape)]
+  if problems:
+    raise ValueError(f'{what} does not match the model ({len(problems)} problems): '
+                     + '; '.join(problems[:10]) + (' ...' if len(problems) > 10 else ''))
 
 
 def load_variables(directory, target: Mapping[str, Any] | None = None) -> dict[str, Any]:

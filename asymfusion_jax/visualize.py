@@ -202,9 +202,39 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
 def save_prediction_panel(path: str, rgb_uint8, depth, label, predictions: dict,
                           names=None) -> np.ndarray:
   """Writes prediction_panel(...) as a PNG (creating its directory) and returns it."""
-  panel = prediction_panel(rgb_uint8, depth, label, predictions, names)
+  return _write(path, prediction_panel(rgb_uint8, depth, label, predictions, names))
+
+
+# Tiles narrower than this are enlarged (nearest neighbour) so that their titles stay legible.
+MIN_TILE_WIDTH = 128
+
+
+def image_row(tiles: dict) -> np.ndarray:
+  """Titled uint8 (H, W, 3) images side by side, {title: image} in order, a gap between them.
+
+  Small images (under MIN_TILE_WIDTH wide) are enlarged by a whole factor, pixels kept sharp.
+  """
+  def enlarged(image):
+    image = np.asarray(image, np.uint8)
+    factor = -(-MIN_TILE_WIDTH // image.shape[1])
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
+  titled = [_titled(enlarged(image), title) for title, image in tiles.items()]
+  gap = np.full((titled[0].shape[0], 4, 3), _BACKGROUND, np.uint8)
+  parts = [gap]
+  for tile in titled:
+    parts += [tile, gap]
+  return np.concatenate(parts, axis=1)
+
+
+def save_image_row(path: str, tiles: dict) -> np.ndarray:
+  """Writes image_row(tiles) as a PNG (creating its directory) and returns it."""
+  return _write(path, image_row(tiles))
+
+
+def _write(path: str, rgb: np.ndarray) -> np.ndarray:
+  """Writes an RGB uint8 image as a PNG, creating its directory; returns the image."""
   if os.path.dirname(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-  if not cv2.imwrite(path, cv2.cvtColor(panel, cv2.COLOR_RGB2BGR)):
+  if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
     raise IOError(f'cv2.imwrite could not write {path}')
-  return panel
+  return rgb

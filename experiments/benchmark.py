@@ -5,9 +5,13 @@
       [--mode=train|eval] [--steps=20 --warmup=3] [--peak_tflops=989] [--dump_hlo=/tmp/hlo] \\
       [--compile_only]
 
-The step is the one training runs: train.create_train_state, train.jit_train_step (jitted,
-donated, sharded over the ('data',) mesh) with the paper optimiser, or, for --mode=eval, the
-evaluation.jit_eval_step, which the Evaluator runs. It is lowered and
+The step is the one training runs: segmentation.create_train_state, segmentation.jit_train_step
+(jitted, donated, sharded over the ('data',) mesh) with the paper optimiser, or, for
+--mode=eval, the evaluation.jit_eval_step, which the Evaluator runs. A translation config
+(config.task='translation') times its discriminator + generator train step
+(translation.jit_train_step) or the generator's eval step (translation_eval.jit_eval_step):
+
+  python experiments/benchmark.py --config=configs/taskonomy_shade_depth.py [--config.batch_size=4] It is lowered and
 compiled once ahead of time, so that compile time is measured on its own and the timed steps
 run exactly the executable training would run; every timed step ends in block_until_ready.
 
@@ -57,8 +61,10 @@ import numpy as np
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import config_lib, evaluation, logger, optim, sharding, train  # pylint: disable=g-import-not-at-top
-from asymfusion_jax import models  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import config_lib, evaluation, logger, optim, sharding  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import models, tasks  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.tasks import (  # pylint: disable=g-import-not-at-top
+    segmentation, translation, translation_eval)
 
 FLAGS = flags.FLAGS
 
@@ -86,6 +92,29 @@ def synthetic_batch(config, mode: str, seed: int = 0) -> dict:
   return batch
 
 
+def synthetic_translation_batch(config, mode: str, seed: int = 0) -> dict:
+  """This process's rows of a translation batch: inputs and target uniform in [-1, 1]."""
+  rng = np.random.default_rng([seed, jax.process_index()])
+  m, s = len(config.modalities), config.crop_size
+  b = config.batch_size // jax.process_count()
+  batch = {'inputs': rng.uniform(-1, 1, (m, b, s, s, 3)).astype(np.float32),
+           'target': rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32)}
+  if mode == 'eval':
+    batch['mask'] = np.ones((b,), bool)
+  return batch
+
+
+def build_translation_step(config, mode: str, seed: int = 0, abstract: bool = False):
+  """build_step for a translation config: the D + G train step, or the generator's eval step."""
+  mesh = sharding.make_mesh()
+  batch = sharding.global_batch(mesh, synthetic_translation_batch(config, mode, seed))
+  make_state = functools.partial(translation.create_train_state, config, mesh)
+  state = jax.eval_shape(make_state) if abstract else make_state()
+  if mode == 'train':
+    return translation.jit_train_step(config, mesh, state, batch), (state, batch)
+  return translation_eval.jit_eval_step(config, mesh), (state.params['generator'], batch)
+
+
 def build_step(config, mode: str, seed: int = 0, abstract: bool = False):
   """(jitted step, its arguments) for the config: the library's own step, state and sharding.
 
@@ -94,17 +123,19 @@ def build_step(config, mode: str, seed: int = 0, abstract: bool = False):
   anything. The synthetic batch is this process's share of the global batch.
   """
   sharding.check_batch_size(config.batch_size)
+  if tasks.name(config) == 'translation':
+    return build_translation_step(config, mode, seed, abstract)
   mesh = sharding.make_mesh()
   model = models.build_model(config)
   tx = optim.make_optimizer(config, _STEPS_PER_EPOCH)
   batch = sharding.global_batch(mesh, synthetic_batch(config, mode, seed))
   if mode == 'train':
-    make_state = functools.partial(train.create_train_state, model, tx, config, mesh)
+    make_state = functools.partial(segmentation.create_train_state, model, tx, config, mesh)
     state = jax.eval_shape(make_state) if abstract else make_state()
-    return train.jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
+    return segmentation.jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
   # The eval step needs the variables only: no optimiser state in the device's peak memory.
   make_variables = jax.jit(
-      lambda: train.init_variables(model, config, jax.random.PRNGKey(config.seed)),
+      lambda: segmentation.init_variables(model, config, jax.random.PRNGKey(config.seed)),
       out_shardings=sharding.replicated(mesh))
   variables = jax.eval_shape(make_variables) if abstract else make_variables()
   return evaluation.jit_eval_step(model, config, mesh), (variables, batch)
@@ -335,14 +366,16 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
       'batch_size': config.batch_size,
       'crop_size': config.crop_size,
       'modalities': len(config.modalities),
-      'depth': config.model.depth,
+      'task': tasks.name(config),
+      'model': config.model.get('name', 'refinenet'),
+      'depth': config.model.get('depth'),
       'compute_dtype': str(models.resolve_compute_dtype(config.compute_dtype)),
-      'frozen_bn': bool(config.frozen_bn),
+      'frozen_bn': bool(config.get('frozen_bn', False)),
       'platform': device.platform,
       'device_kind': device.device_kind,
       'device_count': jax.device_count(),
       'jax_version': jax.__version__,
-      'remat': str(config.model.remat),
+      'remat': str(config.model.get('remat', 'none')),
   }
   if hlo:
     result['hlo'] = hlo

@@ -19,13 +19,16 @@ an interrupted one from its last checkpoint. WORKDIR/results.json holds every fi
 {variant: {seed: {branch: scores}}}.
 """
 
-import json
-import math
 import os
+import sys
 
 from absl import app, flags, logging
 
-from asymfusion_jax import config_lib, logger, train
+# Runnable as a script from the repository root without installing anything.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from asymfusion_jax import config_lib, logger  # pylint: disable=g-import-not-at-top
+import runs  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the shared dataset and one run per variant.')
@@ -36,11 +39,8 @@ flags.DEFINE_integer('max_steps', -1, 'Cut every run short (smoke runs); -1 trai
 flags.mark_flag_as_required('workdir')
 
 BRANCHES = ('rgb', 'depth', 'ensemble')
-FINAL_SCORES = 'final_scores.json'
-
-
-def run_dir(workdir: str, variant: str, seed: int) -> str:
-  return os.path.join(workdir, variant, f'seed_{seed}')
+FINAL_SCORES = runs.FINAL_SCORES
+summarize = runs.summarize
 
 
 def run_variant(variant: str, seed: int, workdir: str, max_steps: int) -> dict:
@@ -49,37 +49,10 @@ def run_variant(variant: str, seed: int, workdir: str, max_steps: int) -> dict:
   Returns:
     {branch: scores} of the run's final evaluation.
   """
-  directory = run_dir(workdir, variant, seed)
-  done = os.path.join(directory, FINAL_SCORES)
-  if os.path.exists(done):
-    with open(done) as f:
-      record = json.load(f)
-    if record['max_steps'] == max_steps:
-      logging.info('Skipping %s seed %d: finished in %s.', variant, seed, directory)
-      return record['scores']
-    logging.info('Retraining %s seed %d: %s was written with max_steps=%d, not %d.', variant,
-                 seed, done, record['max_steps'], max_steps)
   config = config_lib.get_config(f'demo:{variant}')
   config.seed = seed
-  config.data.manual_dir = os.path.join(workdir, 'data', 'synthetic')
-  config.data.tfds_data_dir = os.path.join(workdir, 'data', 'tfds')
   config.max_steps = max_steps
-  scores = train.train_and_evaluate(config, directory)
-  os.makedirs(directory, exist_ok=True)
-  scores = {branch: {k: float(v) for k, v in res.items()} for branch, res in scores.items()}
-  with open(done + '.tmp', 'w') as f:
-    json.dump({'variant': variant, 'seed': seed, 'max_steps': max_steps, 'scores': scores}, f,
-              indent=2)
-  os.replace(done + '.tmp', done)
-  return scores
-
-
-def summarize(values: list) -> dict:
-  """Mean, sample standard deviation (ddof=1; 0 for one value), min and max."""
-  n = len(values)
-  mean = sum(values) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-  return {'n': n, 'mean': mean, 'std': std, 'min': min(values), 'max': max(values)}
+  return runs.train_or_read(config, workdir, variant)
 
 
 def seed_table(runs: dict) -> str:
@@ -110,34 +83,26 @@ def per_seed_table(runs: dict) -> str:
   return '\n'.join(lines)
 
 
-def write_results(runs: dict, workdir: str) -> None:
-  path = os.path.join(workdir, 'results.json')
-  with open(path + '.tmp', 'w') as f:
-    json.dump({v: {str(s): r for s, r in by_seed.items()} for v, by_seed in runs.items()}, f,
-              indent=2)
-  os.replace(path + '.tmp', path)
-
-
 def main(argv):
   del argv
   logger.setup_cli_logging(tensorflow=True)
   try:
-    seeds = [int(s) for s in FLAGS.seeds]
+    seeds = runs.parse_seeds(FLAGS.seeds)
   except ValueError as e:
-    raise app.UsageError(f'--seeds={",".join(FLAGS.seeds)}: expected integers ({e})') from e
-  runs = {variant: {} for variant in FLAGS.variants}
+    raise app.UsageError(str(e)) from e
+  results = {variant: {} for variant in FLAGS.variants}
   # Seed-major order: an interrupted experiment has every variant at the same number of seeds.
   for seed in seeds:
     for variant in FLAGS.variants:
       logging.info('Training variant %s, seed %d', variant, seed)
-      runs[variant][seed] = run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps)
-      write_results(runs, FLAGS.workdir)
+      results[variant][seed] = run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps)
+      runs.write_results(results, FLAGS.workdir)
   # For one modality the ensemble is that branch itself (softmax of a single alpha is 1).
   print('\nmIoU (%) over seeds ' + ','.join(map(str, seeds))
         + ': mean ± sample std [min, max]')
-  print(seed_table(runs))
+  print(seed_table(results))
   print('\nEnsemble mIoU (%) of every run:')
-  print(per_seed_table(runs))
+  print(per_seed_table(results))
 
 
 if __name__ == '__main__':

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asymfusion_jax import losses, train
+from asymfusion_jax import losses
 from asymfusion_jax.models import build_model, resolve_compute_dtype
+from asymfusion_jax.tasks import segmentation
 from experiments import benchmark
 
 
@@ -35,7 +36,7 @@ def relative_error(got, want) -> float:
 
 def init(config):
   model = build_model(config)
-  return jax.jit(lambda key: train.init_variables(model, config, key))(jax.random.key(0))
+  return jax.jit(lambda key: segmentation.init_variables(model, config, key))(jax.random.key(0))
 
 
 @pytest.fixture(scope='module')
@@ -152,7 +153,7 @@ def test_train_step_traces_and_compiles_once(monkeypatch):
       compiles.append(event)
 
   jax.monitoring.register_event_duration_secs_listener(listener)
-  monkeypatch.setattr(train, 'train_step', chex.assert_max_traces(train.train_step, n=1))
+  monkeypatch.setattr(segmentation, 'train_step', chex.assert_max_traces(segmentation.train_step, n=1))
   try:
     # BatchNorm with batch statistics, so the running statistics are updated every step.
     step, (state, batch) = benchmark.build_step(tiny_config('bfloat16'), 'train')

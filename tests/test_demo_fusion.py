@@ -49,7 +49,7 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
     trained.append((tuple(config.modalities), config.seed, config.max_steps, workdir))
     return {'rgb': scores(10.0), 'ensemble': scores(10.0)}
 
-  monkeypatch.setattr(demo_fusion.train, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(demo_fusion.runs.train, 'train_and_evaluate', fake_train)
   assert demo_fusion.run_variant('rgb', 1, str(tmp_path), -1) == finished
   assert not trained
   # Another budget retrains, and a new seed trains, each in its own directory.

@@ -4,15 +4,16 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import initialization, optim, sharding, train, variables_io
+from asymfusion_jax import initialization, optim, sharding, variables_io
 from asymfusion_jax.models import build_model
+from asymfusion_jax.tasks import segmentation
 from tests import tiny
 
 
 def make_state(config):
   model = build_model(config)
   tx = optim.make_optimizer(config, 4)
-  return train.create_train_state(model, tx, config, sharding.make_mesh())
+  return segmentation.create_train_state(model, tx, config, sharding.make_mesh())
 
 
 def tiny_config(**model):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from asymfusion_jax import checkpointing, logger, train
+from asymfusion_jax.tasks import segmentation
 from tests import tiny
 
 TRAIN_KEYS = {'step', 'train/loss', 'train/lr_encoder', 'train/lr_decoder', 'steps_per_second'}
@@ -155,14 +156,14 @@ def test_a_changed_model_stops_and_keeps_the_workdir(full_run, tiny_data, tmp_pa
 
 def test_parameters_are_checked_before_every_save(tiny_data, tmp_path, monkeypatch):
   """A step whose loss is finite but whose update is not: nothing is saved."""
-  real_step = train.train_step
+  real_step = segmentation.train_step
 
   def poisoned(state, batch, **kwargs):
     state, metrics = real_step(state, batch, **kwargs)
     params = jax.tree.map(lambda p: jnp.where(state.step == 4, p * jnp.inf, p), state.params)
     return state.replace(params=params), metrics
 
-  monkeypatch.setattr(train, 'train_step', poisoned)
+  monkeypatch.setattr(segmentation, 'train_step', poisoned)
   config = tiny.config(tiny_data)
   config.max_steps = 4
   with pytest.raises(FloatingPointError, match=r'parameters after step 4 are not finite'):

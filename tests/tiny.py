@@ -1,4 +1,4 @@
-"""A tiny configuration of the demo, shared by the training, export and device tests."""
+"""Tiny configurations of the two demos, shared by the training, export and device tests."""
 
 import os
 
@@ -42,12 +42,7 @@ def config(data_dirs: dict, variant: str = 'fused', extra: dict | None = None):
   """configs/demo.py with OVERRIDES, the data dirs and `extra` (dotted keys) applied."""
   from configs import demo  # pylint: disable=g-import-not-at-top
   c = demo.get_config(variant)
-  for key, value in {**OVERRIDES, **data_dirs, **(extra or {})}.items():
-    *parents, leaf = key.split('.')
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  _set(c, {**OVERRIDES, **data_dirs, **(extra or {})})
   return c
 
 
@@ -58,46 +53,48 @@ def flags(data_dirs: dict, **extra) -> list[str]:
   return [f'--config.{k}={fmt(v)}' for k, v in {**OVERRIDES, **data_dirs, **extra}.items()]
 
 
-def translation_config(tmp_dir, **overrides):
-  """A tiny translation config (the keys of a Taskonomy config) on synthetic data in `tmp_dir`.
+# Overrides of configs/demo_translation.py: 16 training scenes of 72x72 resized to 72 and cropped
+# to 64 (evaluation at 64), a 6-level U-Net of width 8, 4 steps per epoch, 12 steps in all.
+TRANSLATION_OVERRIDES = {
+    'model.ngf': 8,
+    'model.ndf': 8,
+    'data.synthetic_image_size': 72,
+    'data.num_train': 16,
+    'data.num_val': 6,
+    'data.load_size': 72,
+    'data.num_workers': 2,
+    'crop_size': 64,
+    'batch_size': 4,
+    'eval_batch_size': 4,
+    'num_epochs': 3,
+    'eval_every_epochs': 1,
+    'log_every_steps': 2,
+    'checkpoint_every_steps': 1000,
+    'num_prediction_images': 3,
+}
 
-  16 train and 6 val scenes of 72x72 (written and built by translation_pipeline.prepare into
-  tmp_dir/synthetic and tmp_dir/tfds), resized to 72 and cropped to 64 for training, 64 for
-  evaluation; a 6-level U-Net of width 8. `overrides` are dotted keys with '__' for '.', e.g.
+
+def translation_config(tmp_dir, **overrides):
+  """configs/demo_translation.py with TRANSLATION_OVERRIDES on synthetic data in `tmp_dir`.
+
+  translation_pipeline.prepare writes and builds the data into tmp_dir/synthetic and
+  tmp_dir/tfds. `overrides` are dotted keys with '__' for '.', e.g.
   translation_config(d, data__num_workers=0).
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  c = ml_collections.ConfigDict()
-  c.task = 'translation'
-  c.seed = 0
-  c.modalities = ('reshading', 'depth_euclidean')
-  c.target = 'rgb'
-  c.model = ml_collections.ConfigDict({
-      'name': 'unet', 'ngf': 8, 'ndf': 8, 'num_downs': 6, 'fusion': True,
-      'fusion_blocks': (2, 3, 4, 5), 'dropout_rate': 0.5})
-  c.compute_dtype = 'auto'
-  c.data = ml_collections.ConfigDict({
-      'name': 'taskonomy', 'manual_dir': os.path.join(str(tmp_dir), 'synthetic'),
-      'tfds_data_dir': os.path.join(str(tmp_dir), 'tfds'), 'synthetic': True,
-      'synthetic_image_size': 72, 'num_train': 16, 'num_val': 6, 'load_size': 72,
-      'num_workers': 2})
-  c.crop_size = 64
-  c.batch_size = 4
-  c.eval_batch_size = 4
-  c.optim = ml_collections.ConfigDict({'lr': 2e-4, 'b1': 0.5, 'b2': 0.999, 'l1_weight': 100.0})
-  c.num_epochs = 3
-  c.eval_every_epochs = 1
-  c.eval = ml_collections.ConfigDict({'inception_weights': ''})
-  c.init = ml_collections.ConfigDict({'checkpoint': ''})
-  c.max_steps = -1
-  c.log_every_steps = 2
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 2
-  c.num_prediction_images = 3
-  for key, value in overrides.items():
-    *parents, leaf = key.split('__')
+  from configs import demo_translation  # pylint: disable=g-import-not-at-top
+  c = demo_translation.get_config()
+  dirs = {'data.manual_dir': os.path.join(str(tmp_dir), 'synthetic'),
+          'data.tfds_data_dir': os.path.join(str(tmp_dir), 'tfds')}
+  _set(c, {**TRANSLATION_OVERRIDES, **dirs,
+           **{k.replace('__', '.'): v for k, v in overrides.items()}})
+  return c
+
+
+def _set(c, values: dict) -> None:
+  """Sets dotted keys of a ConfigDict."""
+  for key, value in values.items():
+    *parents, leaf = key.split('.')
     node = c
     for p in parents:
       node = node[p]
     node[leaf] = value
-  return c

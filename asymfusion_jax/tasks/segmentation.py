@@ -1,0 +1,129 @@
+"""Semantic segmentation (NYUDv2 RefineNet): the task's state, train step and evaluation.
+
+The model is the config's RefineNet (models.build_model), trained with the paper's SGD
+(optim.py) on the sum of the M + 1 outputs' cross-entropies (losses.py); evaluation computes
+pixel accuracy, mean accuracy and mIoU per branch (evaluation.py), and the best checkpoint is
+the one with the highest ensemble mIoU.
+"""
+
+import functools
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import optax
+
+from asymfusion_jax import evaluation, initialization, losses, optim, sharding, validation
+from asymfusion_jax.data import pipeline
+from asymfusion_jax.models import build_model
+from asymfusion_jax.tasks import base
+
+
+def init_variables(model, config, rng) -> dict:
+  # Parameter shapes do not depend on the image size; a small one keeps init cheap.
+  x = jnp.zeros((len(config.modalities), 1, 64, 64, 3), jnp.float32)
+  return dict(model.init({'params': rng}, x, train=False))
+
+
+def create_train_state(model, tx, config, mesh) -> base.TrainState:
+  """A replicated TrainState initialised from config.seed, under jit so nothing runs eagerly."""
+  def make():
+    rng = jax.random.PRNGKey(config.seed)
+    init_rng, train_rng = jax.random.split(rng)
+    variables = init_variables(model, config, init_rng)
+    return base.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                           batch_stats=variables.get('batch_stats', {}),
+                           opt_state=tx.init(variables['params']), rng=train_rng)
+  return jax.jit(make, out_shardings=sharding.replicated(mesh))()
+
+
+def train_step(state: base.TrainState, batch: dict, *, model, tx, ignore_label: int):
+  """One SGD step on the sum of the M + 1 outputs' cross-entropies (docs/method.md section 6)."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    if model.frozen_bn:
+      logits = model.apply(variables, batch['image'], train=True, rngs={'dropout': dropout_rng})
+      new_stats = state.batch_stats
+    else:
+      logits, updates = model.apply(variables, batch['image'], train=True,
+                                    rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+      new_stats = updates['batch_stats']
+    return losses.segmentation_loss(logits, batch['label'], ignore_label), new_stats
+
+  (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                            opt_state=opt_state)
+  return new_state, {'loss': loss}
+
+
+def jit_train_step(model, tx, config, mesh, state, example_batch):
+  step_fn = functools.partial(train_step, model=model, tx=tx,
+                              ignore_label=config.data.ignore_label)
+  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
+  return jax.jit(step_fn,
+                 in_shardings=(state_sharding, sharding.batch_shardings(mesh, example_batch)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+class Segmentation(base.Task):
+  """The segmentation task for train.py (see base.Task)."""
+
+  def check_config(self, config) -> None:
+    validation.check_config(config)
+
+  def check_training(self, config) -> None:
+    validation.check_training(config)
+
+  def prepare_data(self, config) -> None:
+    pipeline.prepare(config)
+
+  def steps_per_epoch(self, config) -> int:
+    steps = pipeline.steps_per_epoch(config)
+    if steps < 1:
+      raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
+                       f'{pipeline.num_examples(config, "train")} training examples')
+    return steps
+
+  def total_steps(self, config, steps_per_epoch: int) -> int:
+    return optim.total_steps(config, steps_per_epoch)
+
+  def create_train_state(self, config, mesh, steps_per_epoch: int) -> base.TrainState:
+    return create_train_state(build_model(config), optim.make_optimizer(config, steps_per_epoch),
+                              config, mesh)
+
+  def from_pretrained(self, state, config):
+    return initialization.from_pretrained(state, config)
+
+  def train_batches(self, config, start_step: int):
+    """Batches with the rows the mesh runs: with frozen BatchNorm a batch that does not split
+    over the devices is filled up with unlabelled rows (validation.train_batch_rows)."""
+    rows = validation.train_batch_rows(config)
+    if rows * jax.process_count() != config.batch_size:
+      logging.info('Training on %d rows per step: config.batch_size=%d filled up to a multiple '
+                   'of the %d devices with unlabelled rows (with frozen BatchNorm they change '
+                   'nothing but the dropout masks drawn).', rows * jax.process_count(),
+                   config.batch_size, jax.device_count())
+    batches = pipeline.train_batches(config, start_step=start_step,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    return (sharding.pad_rows(b, rows, config.data.ignore_label) for b in batches)
+
+  def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
+    return jit_train_step(build_model(config), optim.make_optimizer(config, steps_per_epoch),
+                          config, mesh, state, batch)
+
+  def extra_scalars(self, config, steps_per_epoch, step):
+    lr = optim.learning_rate_schedules(config, steps_per_epoch)
+    return {'train/lr_encoder': float(lr['encoder'](step)),
+            'train/lr_decoder': float(lr['decoder'](step))}
+
+  def evaluator(self, config, mesh):
+    return evaluation.Evaluator(build_model(config), config, mesh)
+
+  def best_metric(self, config):
+    return 'ensemble/miou', True

@@ -1,0 +1,213 @@
+"""The translation task in the shared training program: step, evaluation, resume, export."""
+
+import functools
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from asymfusion_jax import checkpointing, export, fid, sharding, train
+from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax.models import build_discriminator, build_generator
+from asymfusion_jax.tasks import translation, translation_eval
+from tests import tiny
+
+BRANCHES = ('reshading', 'depth_euclidean', 'ensemble')
+TRAIN_KEYS = {'step', 'train/d_loss', 'train/g_loss', 'train/g_adv', 'train/l1',
+              'steps_per_second'}
+EVAL_KEYS = {'step'} | {f'eval/{b}/{m}' for b in BRANCHES for m in ('l1', 'l2')}
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp('translation_data'))
+  translation_pipeline.prepare(tiny.translation_config(root))
+  return root
+
+
+@pytest.fixture(scope='module')
+def run(data_dir, tmp_path_factory):
+  """(workdir, results) of the complete tiny run: 12 steps, evaluations at 4, 8 and 12."""
+  workdir = str(tmp_path_factory.mktemp('translation_run'))
+  return workdir, train.train_and_evaluate(tiny.translation_config(data_dir), workdir)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def restore(workdir, step):
+  ckpts = checkpointing.Checkpoints(workdir)
+  try:
+    return jax.tree.map(np.asarray, ckpts.periodic.restore(step)['state'])
+  finally:
+    ckpts.close()
+
+
+def test_run_logs_checkpoints_and_grids(run):
+  workdir, results = run
+  records = read_metrics(workdir)
+  train_records = [r for r in records if 'train/g_loss' in r]
+  eval_records = [r for r in records if 'eval/ensemble/l1' in r]
+  assert [r['step'] for r in train_records] == list(range(2, 13, 2))
+  assert all(set(r) == TRAIN_KEYS for r in train_records)
+  assert all(np.isfinite(r['train/d_loss']) and r['train/d_loss'] > 0 for r in train_records)
+  # g_loss = g_adv + 100 * l1, each the mean over the steps since the last log.
+  for r in train_records:
+    assert r['train/g_loss'] == pytest.approx(r['train/g_adv'] + 100 * r['train/l1'], rel=1e-5)
+  assert [r['step'] for r in eval_records] == [4, 8, 12]
+  assert all(set(r) == EVAL_KEYS for r in eval_records)
+  assert eval_records[-1]['eval/ensemble/l1'] == pytest.approx(results['ensemble']['l1'])
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['task'] == 'translation'
+  assert sorted(os.listdir(os.path.join(workdir, 'predictions'))) == ['0000.png', '0001.png',
+                                                                    '0002.png']
+  ckpts = checkpointing.Checkpoints(workdir)
+  best_step = ckpts.best.latest_step()
+  assert ckpts.periodic.all_steps() == [8, 12]
+  ckpts.close()
+  best_l1 = min(r['eval/ensemble/l1'] for r in eval_records)
+  assert next(r for r in eval_records if r['step'] == best_step)['eval/ensemble/l1'] == best_l1
+
+
+def test_resumed_run_matches_uninterrupted(run, data_dir, tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny.translation_config(data_dir, max_steps=6), workdir)
+  train.train_and_evaluate(tiny.translation_config(data_dir), workdir)  # Resumed.
+  resumed, uninterrupted = restore(workdir, 12), restore(run[0], 12)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               resumed['params'], uninterrupted['params'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               resumed['opt_state'], uninterrupted['opt_state'])
+
+
+def _reference_step(params, batch, rng, *, config):
+  """The D-then-G update written out plainly: two generator passes, losses from probabilities."""
+  generator, discriminator = build_generator(config), build_discriminator(config)
+  tx = translation.make_optimizer(config)
+  inputs, target = batch['inputs'], batch['target']
+  m = inputs.shape[0]
+
+  def generate(g):
+    return generator.apply({'params': g}, inputs, train=True, rngs={'dropout': rng})
+
+  def prob(d, x, y):
+    return jax.nn.sigmoid(discriminator.apply({'params': d}, jnp.concatenate([x, y], -1)))
+
+  def d_loss(d):
+    fake = jax.lax.stop_gradient(generate(params['generator']))
+    return sum(0.5 * (jnp.mean(-jnp.log(prob(d, inputs[i], target)))
+                      + jnp.mean(-jnp.log(1 - prob(d, inputs[i], fake[i])))) for i in range(m))
+
+  d_grads = jax.grad(d_loss)(params['discriminator'])
+  d_updates, _ = tx.update(d_grads, tx.init(params['discriminator']), params['discriminator'])
+  new_d = jax.tree.map(jnp.add, params['discriminator'], d_updates)
+
+  def g_loss(g):
+    out = generate(g)
+    adversarial = sum(jnp.mean(-jnp.log(prob(new_d, inputs[i], out[i]))) for i in range(m))
+    return adversarial + config.optim.l1_weight * sum(
+        jnp.mean(jnp.abs(out[k] - target)) for k in range(m + 1))
+
+  g_grads = jax.grad(g_loss)(params['generator'])
+  g_updates, _ = tx.update(g_grads, tx.init(params['generator']), params['generator'])
+  return {'generator': jax.tree.map(jnp.add, params['generator'], g_updates),
+          'discriminator': new_d}
+
+
+def test_train_step_is_d_then_g_against_the_updated_d(data_dir, monkeypatch):
+  # Plain SGD, so that the update is proportional to the gradient: Adam's first step is about
+  # lr * sign(gradient), which float noise flips for gradients near zero.
+  monkeypatch.setattr(translation, 'make_optimizer', lambda config: optax.sgd(0.1))
+  config = tiny.translation_config(data_dir)
+  mesh = sharding.make_mesh()
+  state = translation.create_train_state(config, mesh)
+  batch = next(translation_pipeline.train_batches(config))
+  expected = jax.jit(functools.partial(_reference_step, config=config))(
+      state.params, batch, jax.random.fold_in(state.rng, state.step))
+  before = jax.device_get(state.params)  # The step donates the state.
+  step = translation.jit_train_step(config, mesh, state, sharding.global_batch(mesh, batch))
+  new_state, metrics = step(state, sharding.global_batch(mesh, batch))
+  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a - c, b - c, rtol=1e-3, atol=1e-6),
+               jax.device_get(new_state.params), jax.device_get(expected), before)
+  assert int(new_state.step) == 1
+  assert float(metrics['g_loss']) == pytest.approx(
+      float(metrics['g_adv']) + 100 * float(metrics['l1']), rel=1e-6)
+
+
+def test_evaluation_counts_every_image_once(run, data_dir):
+  """6 val images in batches of 4: the masked padding adds nothing."""
+  config = tiny.translation_config(data_dir)
+  params = restore(run[0], 12)['params']['generator']
+  generator = build_generator(config)
+  outputs, targets = [], []
+  for batch in translation_pipeline.eval_batches(config, batch_size=6):
+    outputs.append(np.asarray(generator.apply({'params': params}, batch['inputs'], train=False)))
+    targets.append(batch['target'][batch['mask']])
+  out, target = np.concatenate(outputs, axis=1), np.concatenate(targets)
+  assert out.shape[1] == 6
+  results = translation_eval.Evaluator(config, sharding.make_mesh()).run(
+      {'params': {'generator': params}})
+  for i, name in enumerate(BRANCHES):
+    diff = out[i].astype(np.float64) - target
+    assert results[name]['l1'] == pytest.approx(np.mean(np.abs(diff)), rel=1e-5)
+    assert results[name]['l2'] == pytest.approx(
+        np.sqrt(np.mean(np.mean(diff ** 2, axis=(1, 2, 3)))), rel=1e-5)
+
+
+class _PixelFeatures:
+  """Stands in for the Inception network: 2048 pixel values of each uint8 image."""
+
+  def __init__(self, variables, batch_size):
+    del variables, batch_size
+
+  def __call__(self, images):
+    return images.reshape(len(images), -1)[:, :2048].astype(np.float32) / 255.0
+
+
+def test_fid_kid_per_branch_and_best_by_fid(run, data_dir, tmp_path, monkeypatch):
+  monkeypatch.setattr(fid, 'load_weights', lambda path: {})
+  monkeypatch.setattr(fid, 'FeatureExtractor', _PixelFeatures)
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(run[0], workdir)
+  config = tiny.translation_config(data_dir, eval__inception_weights='weights.pth')
+  results = train.evaluate_checkpoint(config, workdir, step=12)
+  params = restore(workdir, 12)['params']['generator']
+  generator = build_generator(config)
+  generated = [[] for _ in BRANCHES]
+  real = []
+  for batch in translation_pipeline.eval_batches(config, batch_size=6):
+    out = np.asarray(translation_eval.to_uint8(
+        generator.apply({'params': params}, batch['inputs'], train=False)))
+    for i in range(len(BRANCHES)):
+      generated[i].append(_PixelFeatures(None, None)(out[i]))
+    real.append(_PixelFeatures(None, None)(np.asarray(translation_eval.to_uint8(batch['target']))))
+  real = np.concatenate(real)
+  for i, name in enumerate(BRANCHES):
+    gen = np.concatenate(generated[i]).astype(np.float64)
+    expected = fid.frechet_distance(gen.mean(0), np.cov(gen, rowvar=False),
+                                    real.mean(0), np.cov(real.astype(np.float64), rowvar=False))
+    assert results[name]['fid'] == pytest.approx(expected, rel=1e-4)
+    kid, _ = fid.kernel_inception_distance(gen.astype(np.float32), real)
+    assert results[name]['kid'] == pytest.approx(kid * fid.KID_SCALE, rel=1e-4)
+  assert translation.Translation().best_metric(config) == ('ensemble/fid', False)
+
+
+def test_export_runs_the_generator(run, data_dir, tmp_path):
+  source = export.from_workdir(run[0])
+  out = str(tmp_path / 'model.jax')
+  meta = export.write_jax(source, out, platforms=('cpu',))
+  assert meta['task'] == 'translation' and meta['target'] == 'rgb'
+  assert meta['input_shape'] == [2, 'b', 64, 64, 3] and meta['output_shape'] == [3, 'b', 64, 64, 3]
+  with open(out, 'rb') as f:
+    exported = jax.export.deserialize(f.read())
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64, 3)).astype(np.float32)
+  generator = build_generator(source.config)
+  expected = generator.apply({'params': source.variables['params']['generator']}, x, train=False)
+  np.testing.assert_allclose(exported.call(x), expected, rtol=1e-5, atol=1e-5)
