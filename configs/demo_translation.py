@@ -38,9 +38,9 @@ def get_config(variant: str = 'fused'):
   c.batch_size = 4
   c.eval_batch_size = 8
 
-  c.num_epochs = 10  # 400 steps.
+  c.num_epochs = 25  # 1,000 steps.
   c.eval_every_epochs = 5
   c.log_every_steps = 25
-  c.checkpoint_every_steps = 200
+  c.checkpoint_every_steps = 250
   c.num_prediction_images = 4
   return c

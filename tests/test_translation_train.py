@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from asymfusion_jax import checkpointing, export, fid, sharding, train
+from asymfusion_jax import checkpointing, export, fid, sharding, train, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks import translation, translation_eval
@@ -211,3 +211,13 @@ def test_export_runs_the_generator(run, data_dir, tmp_path):
   generator = build_generator(source.config)
   expected = generator.apply({'params': source.variables['params']['generator']}, x, train=False)
   np.testing.assert_allclose(exported.call(x), expected, rtol=1e-5, atol=1e-5)
+  # A converted checkpoint (convert's variables format) exports the same generator.
+  converted = str(tmp_path / 'converted')
+  variables_io.save_variables(converted, {'params': source.variables['params'],
+                                          'batch_stats': {}})
+  again = export.from_checkpoint(converted, source.config)
+  jax.tree.map(np.testing.assert_array_equal, again.variables['params']['generator'],
+               source.variables['params']['generator'])
+  with pytest.raises(ValueError, match='does not match the model'):
+    wider = tiny.translation_config(data_dir, model__ngf=16)
+    export.from_checkpoint(converted, wider)
