@@ -113,9 +113,8 @@ class _LossWatch:
            if not math.isfinite(v)]
     if bad:
       step, name, value = bad[0]
-      what = 'loss' if name == 'loss' else f'{name}'
       raise FloatingPointError(
-          f'training {what} is {value} at step {step} (non-finite at steps '
+          f'training {name} is {value} at step {step} (non-finite at steps '
           f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()}')
     self._checked += checked
 

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from asymfusion_jax import checkpointing, export, fid, sharding, train, variables_io
+from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks import translation, translation_eval
@@ -221,3 +221,45 @@ def test_export_runs_the_generator(run, data_dir, tmp_path):
   with pytest.raises(ValueError, match='does not match the model'):
     wider = tiny.translation_config(data_dir, model__ngf=16)
     export.from_checkpoint(converted, wider)
+
+
+def test_init_checkpoint_loads_a_converted_generator(run, data_dir, tmp_path):
+  """config.init.checkpoint: convert's {'generator'} (no discriminator) replaces G only."""
+  trained = restore(run[0], 12)['params']
+  converted = str(tmp_path / 'generator_only')
+  variables_io.save_variables(converted, {'params': {'generator': trained['generator']},
+                                          'batch_stats': {}})
+  config = tiny.translation_config(data_dir, init__checkpoint=converted)
+  task = translation.Translation()
+  fresh = task.create_train_state(config, sharding.make_mesh(), 4)
+  discriminator = jax.device_get(fresh.params['discriminator'])
+  loaded = jax.device_get(task.from_pretrained(fresh, config).params)
+  jax.tree.map(np.testing.assert_array_equal, loaded['generator'], trained['generator'])
+  jax.tree.map(np.testing.assert_array_equal, loaded['discriminator'], discriminator)
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('task', 'tranlsation', r"config.task='tranlsation' is not valid"),
+    ('target', 'reshading', r'config.target=.reshading. must be a known domain that is not an '
+                            r'input'),
+    ('modalities', ('reshading', 'colour'), r'config.modalities=.* known Taskonomy domains'),
+    ('crop_size', 48, r'config.crop_size=48 must be a multiple of 2\*\*model.num_downs = 64'),
+    ('data.load_size', 60, r'config.data.load_size=60 must be an integer >= 64'),
+    ('model.fusion_blocks', (2, 6), r'config.model.fusion_blocks=\(2, 6\) must be encoder '
+                                    r'blocks among 2..5'),
+    ('optim.b1', 1.0, r'config.optim.b1=1.0 must be a number in \[0, 1\)'),
+])
+def test_bad_translation_configs_name_the_key(tmp_path, key, value, message):
+  config = tiny.translation_config(tmp_path, **{key.replace('.', '__'): value})
+  with pytest.raises(validation.ConfigError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_nan_stop_names_the_metric_and_step():
+  watch = train._LossWatch(lambda: 'The last verified checkpoint, step 8 in DIR, is kept.')
+  watch.add(9, {'d_loss': jnp.float32(1.0), 'g_loss': jnp.float32(2.0)})
+  assert watch.drain() == {'d_loss': [1.0], 'g_loss': [2.0]}
+  watch.add(10, {'d_loss': jnp.float32(np.nan), 'g_loss': jnp.float32(2.0)})
+  with pytest.raises(FloatingPointError, match=r'training d_loss is nan at step 10 .*step 8'):
+    watch.check()
