@@ -15,12 +15,13 @@ the initial parameters also leaves a leaf 0.87 apart after three updates). The l
 then differ by 1e-4 to 2e-3 relative, depending on how XLA happens to compile the sums
 (optimised or not): chaos of float rounding, not a difference in what is computed.
 So these runs train at a learning rate of 0.001 (tiny.CONSTANT_LR), which shrinks every update
-and with it the amplified difference, and compare the first loss at rtol 1e-6 (a per-device BatchNorm would
-change it by percents) and the next two at rtol 1e-4, then the evaluation after step 3.
+and with it the amplified difference, and compare the first loss at rtol 1e-6 (a per-device
+BatchNorm would change it by percents) and the next two at rtol 1e-4, then an evaluation.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,28 +76,14 @@ def test_four_devices_match_one(tiny_data, single_device_run, tmp_path):
   assert four_eval['eval/ensemble/pixel_acc'] == pytest.approx(ref_eval['eval/ensemble/pixel_acc'], rel=1e-3)
 
 
-def test_two_processes_match_one(tiny_data, single_device_run, tmp_path):
-  ref_losses, ref_eval = single_device_run
-  workdir = str(tmp_path / 'two')
-  cwd = os.getcwd()
-  os.chdir(tiny.REPO)
-  try:
-    outputs = multihost.launch(2, ['--config=configs/demo.py', f'--workdir={workdir}']
-                               + tiny.flags(tiny_data, **SHORT), timeout=600)
-  finally:
-    os.chdir(cwd)
-  assert 'JAX process 1/2' in outputs[1]
-  two_losses, two_eval = losses(workdir)
-  assert_losses_match(two_losses, ref_losses)
-  assert two_eval['eval/ensemble/pixel_acc'] == pytest.approx(ref_eval['eval/ensemble/pixel_acc'], rel=1e-3)
-  # Process 0 draws the prediction PNGs from its rows: the first validation images.
-  assert sorted(os.listdir(os.path.join(workdir, 'predictions'))) == ['0000.png', '0001.png']
-
-
-def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data, tmp_path):
-  """One host gets the signal: every process stops after the same step and saves it."""
+def test_two_processes_match_one_and_stop_together(tiny_data, single_device_run, tmp_path):
+  """Two processes (one run, for CPU time): their first losses are the single device's;
+  SIGTERM to one host stops both after the same step, which is saved; a two-process
+  --mode=eval of that checkpoint gives the single process's scores, and process 0 draws the
+  predictions of the first validation images from its rows."""
+  ref_losses, _ = single_device_run
   workdir = str(tmp_path / 'run')
-  long_run = {**tiny.LONG_RUN, 'num_prediction_images': 0}
+  long_run = {**tiny.LONG_RUN, 'num_prediction_images': 2}
   logs = [open(tmp_path / f'process_{i}.log', 'w') for i in range(2)]
   cwd = os.getcwd()
   os.chdir(tiny.REPO)
@@ -107,7 +94,7 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data, tmp_path):
     os.chdir(cwd)
   try:
     metrics = os.path.join(workdir, 'metrics.jsonl')
-    deadline = time.time() + 400
+    deadline = time.time() + 600
     while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 3):
       assert all(p.poll() is None for p in procs), (tmp_path / 'process_0.log').read_text()
       assert time.time() < deadline
@@ -121,8 +108,26 @@ def test_sigterm_to_one_process_stops_all_at_one_step(tiny_data, tmp_path):
     for log in logs:
       log.close()
   assert codes == [143, 143], [(tmp_path / f'process_{i}.log').read_text()[-3000:] for i in range(2)]
+  assert 'JAX process 1/2' in (tmp_path / 'process_1.log').read_text()
+  assert_losses_match(losses(workdir)[0][:3], ref_losses)
   ckpts = checkpointing.Checkpoints(workdir)
   steps = ckpts.periodic.all_steps()
   ckpts.close()
   assert len(steps) == 1 and steps[0] % 10 == 0, steps
   assert f'Stopped by SIGTERM after step {steps[0]}' in (tmp_path / 'process_0.log').read_text()
+
+  one = str(tmp_path / 'one_process')
+  shutil.copytree(workdir, one)
+  expected = train.evaluate_checkpoint(tiny.config(tiny_data, extra=long_run), one, steps[0])
+  os.chdir(tiny.REPO)
+  try:
+    multihost.launch(2, ['--config=configs/demo.py', f'--workdir={workdir}', '--mode=eval',
+                         f'--step={steps[0]}'] + tiny.flags(tiny_data, **long_run), timeout=600)
+  finally:
+    os.chdir(cwd)
+  out = os.path.join(workdir, 'eval', f'step_{steps[0]}')
+  with open(os.path.join(out, 'results.json')) as f:
+    results = json.load(f)
+  for branch, scores in expected.items():
+    assert results[branch] == pytest.approx(scores, rel=1e-4), branch
+  assert sorted(os.listdir(os.path.join(out, 'predictions'))) == ['0000.png', '0001.png']
