@@ -88,6 +88,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
   c.model.dropout_rate = 0.1
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
   c.model.upsample_logits = True  # Logits at the input size; False: at stride 4.
+  c.model.bn_momentum = 0.9997  # BatchNorm running statistics (TF-DeepLab's decay).
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
   c.frozen_bn = False  # TF-DeepLab trains BatchNorm over the global batch.
 

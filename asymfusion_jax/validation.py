@@ -190,6 +190,8 @@ def _check_deeplab(config) -> int:
   _number(config, 'model.dropout_rate', 0, 1)
   _choice(config, 'model.remat', deeplab.REMAT)
   _bool(config, 'model.upsample_logits')
+  if 'bn_momentum' in config.model:
+    _number(config, 'model.bn_momentum', 0, 1)
   if not config.model.upsample_logits:
     _fail('model.upsample_logits', False, 'True for training and evaluation (the loss and the '
                                           'metrics take logits at the label size)')

@@ -254,3 +254,22 @@ def test_eval_at_output_stride_8_multiscale_and_flip(cs_run, cs_data, tmp_path):
   assert record['branches']['ensemble']['miou'] == pytest.approx(results['ensemble']['miou'])
   assert np.asarray(record['confusion']['rgb']).sum() == np.asarray(
       json.load(open(os.path.join(cs_run[0], 'eval_step_4.json')))['confusion']['rgb']).sum()
+
+
+def test_config_bn_momentum_sets_every_batch_norm():
+  """Running statistics start at 0, so one update leaves (1 - momentum) * the batch mean."""
+  x = np.random.default_rng(0).normal(size=(2, 2, 33, 33, 3)).astype(np.float32)
+  stats = {}
+  for momentum in (0.5, 0.9):
+    model = models.build_model(tiny_config('/unused', model__bn_momentum=momentum))
+    variables = model.init(jax.random.key(0), x)
+    _, updates = jax.jit(lambda v, x, model=model: model.apply(
+        v, x, train=True, rngs={'dropout': jax.random.key(1)}, mutable=['batch_stats']))(
+            variables, x)
+    stats[momentum] = jax.tree_util.tree_flatten_with_path(updates['batch_stats'])[0]
+  means = [(jax.tree_util.keystr(p), a, b) for (p, a), (_, b) in zip(stats[0.5], stats[0.9])
+           if p[-1].key == 'mean']
+  assert len(means) > 50
+  for name, a, b in means:
+    np.testing.assert_allclose(np.asarray(a) * 0.1, np.asarray(b) * 0.5, rtol=1e-4, atol=1e-6,
+                               err_msg=name)
