@@ -1,5 +1,4 @@
-"""Small synthetic datasets: RGB-D segmentation in the NYUDv2 or Cityscapes layout, or Taskonomy-like
-scenes.
+"""Small synthetic datasets: RGB-D segmentation (NYUDv2 or Cityscapes layout), Taskonomy scenes.
 
 It exists so that tests and the demo exercise the real builder and pipeline in minutes on a CPU,
 and so that fusion has something to win: object classes are the product of a colour group
