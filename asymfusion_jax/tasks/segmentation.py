@@ -10,7 +10,7 @@ config.optim.schedule's (optim.py); the loss is the sum of the M + 1 outputs' cr
 With trained BatchNorm (frozen_bn=False, DeepLab) the batch statistics are those of the global
 batch: the step is one jitted program over the batch sharded on the ('data',) mesh, so the mean
 over the batch axis inside BatchNorm is a mean over every device's rows (XLA adds the
-all-reduce), as TF-DeepLab's synchronised BatchNorm.
+all-reduce; tests/test_cityscapes.py checks it on two devices).
 """
 
 import functools
@@ -116,9 +116,9 @@ class Segmentation(base.Task):
                    'of the %d devices with unlabelled rows (with frozen BatchNorm they change '
                    'nothing but the dropout masks drawn).', rows * jax.process_count(),
                    config.batch_size, jax.device_count())
-    batches = segmentation_pipeline(config).train_batches(config, start_step=start_step,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+    batches = segmentation_pipeline(config).train_batches(
+        config, start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count())
     return (sharding.pad_rows(b, rows, config.data.ignore_label) for b in batches)
 
   def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
