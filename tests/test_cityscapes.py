@@ -124,6 +124,19 @@ def test_augmentation_geometry():
   assert (label[4:] == 255).all() and (label[:, :2] == 255).all()
   assert (images['rgb'][:4, 2:] == 1).all() and (images['rgb'][4:] == 0).all()
   assert (images['depth'][:4, 2:] == 1).all() and (images['depth'][:, :2] == -1).all()
+  # Sampling the crop directly matches resizing the whole image, then cropping.
+  rng = np.random.default_rng(0)
+  example = {'rgb': cv2.GaussianBlur(rng.integers(0, 256, (20, 30, 3), np.uint8), (5, 5), 2),
+             'disparity': rng.integers(1, 60000, (20, 30), np.uint16),
+             'label': rng.integers(0, 19, (20, 30), np.uint8)}
+  images, label = cityscapes_pipeline.apply_augmentation(
+      (2.0, (40, 60), 3, 5, False), example, ('rgb', 'depth'), 16, 255)
+  window = (slice(3, 19), slice(5, 21))
+  resized = {k: cv2.resize(v, (60, 40), interpolation=cv2.INTER_NEAREST if k != 'rgb' else
+                           cv2.INTER_LINEAR)[window] for k, v in example.items()}
+  np.testing.assert_array_equal(label, resized['label'])
+  np.testing.assert_array_equal(images['depth'], cityscapes.depth_input(resized['disparity']))
+  np.testing.assert_allclose(images['rgb'], cityscapes.rgb_input(resized['rgb']), atol=2 / 127.5)
   draw = cityscapes_pipeline.draw_augmentation(np.random.default_rng(0), 40, 80, 33, choices)
   scale, scaled, top, left, _ = draw
   assert scaled == (int(40 * scale), int(80 * scale))

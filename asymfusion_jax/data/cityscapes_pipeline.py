@@ -20,6 +20,10 @@ config.data.scale_step), resize to (int(H s), int(W s)) (RGB bilinear, disparity
 nearest: no disparity is invented across object edges), pad at the bottom and right to at least
 crop x crop (RGB with the mean pixel, disparity as invalid, label 255), a random crop x crop
 window, then a horizontal flip with probability 1/2. Draw order: scale, top, left, flip.
+The scaled image is never formed (at s = 2 that would cost more than decoding): each crop pixel
+samples the source through cv2.warpAffine with cv2.resize's half-pixel-centred map
+(x_source = (x_scaled + 0.5) / s - 0.5) and its replicated edges; crop pixels beyond the scaled
+image's int(H s) x int(W s) extent are then set to the padding.
 
 Batches (modalities ordered as config.modalities, 'rgb' and 'depth'):
   train: {'image': float32 (M, B, crop, crop, 3), 'label': int32 (B, crop, crop)}
@@ -36,7 +40,6 @@ from etils import epath
 import ml_collections
 import numpy as np
 
-from asymfusion_jax.data import augment
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import pipeline
 from asymfusion_jax.data import synthetic_cityscapes
@@ -174,21 +177,28 @@ def draw_augmentation(rng: np.random.Generator, height: int, width: int, crop_si
   return scale, scaled, top, left, bool(rng.integers(2))
 
 
+def _warp(image: np.ndarray, scale: float, top: int, left: int, crop_size: int,
+          interpolation: int) -> np.ndarray:
+  """The crop x crop window at (top, left) of `image` resized by `scale` (see the module doc)."""
+  shift = 0.5 * scale - 0.5
+  matrix = np.asarray([[scale, 0.0, shift - left], [0.0, scale, shift - top]], np.float64)
+  return cv2.warpAffine(image, matrix, (crop_size, crop_size), flags=interpolation,
+                        borderMode=cv2.BORDER_REPLICATE)
+
+
 def apply_augmentation(draw, example: dict, names, crop_size: int, ignore_label: int):
   """The crop of every modality ({name: float32 (crop, crop, 3)}) and of the label (int32)."""
-  _, scaled, top, left, flip = draw
-  size = (scaled[1], scaled[0])  # OpenCV takes (width, height).
+  scale, scaled, top, left, flip = draw
+  rows, cols = scaled[0] - top, scaled[1] - left  # The crop's pixels inside the scaled image.
   out = {}
   for name in names:
-    raw = example[cityscapes.raw_key(name)]
     interpolation = cv2.INTER_LINEAR if name == 'rgb' else cv2.INTER_NEAREST
-    resized = cv2.resize(raw, size, interpolation=interpolation)
-    canvas = np.full((crop_size, crop_size, 3), cityscapes.pad_value(name), np.float32)
-    augment.paste(canvas, cityscapes.network_input(name, resized), -top, -left)
+    warped = _warp(example[cityscapes.raw_key(name)], scale, top, left, crop_size, interpolation)
+    canvas = cityscapes.network_input(name, warped)
+    canvas[rows:] = canvas[:, cols:] = cityscapes.pad_value(name)
     out[name] = canvas[:, ::-1] if flip else canvas
-  label = np.full((crop_size, crop_size), ignore_label, np.int32)
-  augment.paste(label, cv2.resize(example['label'], size, interpolation=cv2.INTER_NEAREST),
-                -top, -left)
+  label = _warp(example['label'], scale, top, left, crop_size, cv2.INTER_NEAREST).astype(np.int32)
+  label[rows:] = label[:, cols:] = ignore_label
   return out, (label[:, ::-1] if flip else label)
 
 
