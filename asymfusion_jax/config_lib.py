@@ -68,12 +68,11 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = T
 
 def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
                        output_stride: int = 16) -> ml_collections.ConfigDict:
-  """DeepLabv3+ / Xception-65 on Cityscapes RGB-D (docs/method.md section 13): model and import.
+  """DeepLabv3+ / Xception-65 on Cityscapes RGB-D and its recipe (docs/method.md section 13).
 
-  Holds what the model, the TF-DeepLab checkpoint import (`python -m asymfusion_jax.convert
-  --tf_checkpoint`) and export need. The Cityscapes data pipeline and the training recipe (poly
-  learning rate, 90,000 steps) are not available yet: there is no `optim` section and
-  data.name 'cityscapes' has no loader, so training with this config stops at the data.
+  TF-DeepLab's Cityscapes recipe: crops of 769, batch 8, SGD with momentum 0.9 and the poly
+  learning rate 0.01 (1 - t / 90000)^0.9, weight decay 4e-5 on the non-depthwise kernels,
+  BatchNorm trained over the global batch; evaluation on the full 1024x2048 images.
   """
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -89,27 +88,52 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
   c.model.dropout_rate = 0.1
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
   c.model.upsample_logits = True  # Logits at the input size; False: at stride 4.
+  c.model.bn_momentum = 0.9997  # BatchNorm running statistics (TF-DeepLab's decay).
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
   c.frozen_bn = False  # TF-DeepLab trains BatchNorm over the global batch.
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'cityscapes'
-  c.data.manual_dir = ''
-  c.data.tfds_data_dir = ''
-  c.data.synthetic = False
+  c.data.manual_dir = ''  # leftImg8bit/, disparity/, gtFine/ (folders or *_trainvaltest.zip).
+  c.data.tfds_data_dir = ''  # Where TFDS keeps the prepared dataset; '' is TFDS's default.
+  c.data.synthetic = False  # Generate synthetic Cityscapes-layout scenes into manual_dir.
+  c.data.synthetic_image_size = (64, 128)  # (height, width) of generated synthetic scenes.
+  c.data.num_train = 2975
+  c.data.num_val = 500
   c.data.ignore_label = 255
+  c.data.scale_range = (0.5, 2.0)  # Random scales low, low + step, ..., high.
+  c.data.scale_step = 0.25
+  c.data.num_workers = 8  # Threads that read, decode and augment examples.
   c.batch_size = 8
   c.crop_size = 769
   c.eval_batch_size = 1
 
+  c.optim = ml_collections.ConfigDict()
+  c.optim.schedule = 'poly'  # lr * (1 - t / total_steps) ** power.
+  c.optim.lr = 0.01
+  c.optim.power = 0.9
+  c.optim.total_steps = 90000
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 4e-5  # TF-style L2 on conv kernels, none on depthwise kernels.
+  c.optim.clip_grad_norm = 0.0
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.output_stride = 16  # 16, or 8 (finer, slower; the same weights).
+  c.eval.scales = (1.0,)  # Multi-scale inference: e.g. (0.75, 1.0, 1.25, 1.5, 1.75).
+  c.eval.flip = False  # Also average the predictions of the mirrored images.
+
   c.init = ml_collections.ConfigDict()
   c.init.torch_resnet = ''  # Unused by DeepLab; kept so that initialization reads the same keys.
+  # TF-DeepLab's ImageNet xception_65 checkpoint prefix (model.ckpt), read at the start of a run.
+  c.init.tf_checkpoint = ''
   c.init.checkpoint = ''  # Written by `python -m asymfusion_jax.convert --tf_checkpoint=...`.
 
   c.max_steps = -1
   c.log_every_steps = 50
+  c.eval_every_epochs = 50  # 371 steps per epoch at batch 8.
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
+  c.num_prediction_images = 8
   return c
 
 

@@ -1,8 +1,9 @@
 """Starting weights for a run that has no checkpoint in its workdir.
 
 Order (after resuming from the workdir, which train.py tries first): a checkpoint written by
-`python -m asymfusion_jax.convert` (config.init.checkpoint), else ImageNet torchvision ResNet
-weights (config.init.torch_resnet), else the random initialisation. Pretrained variables are
+`python -m asymfusion_jax.convert` (config.init.checkpoint), else a TF-DeepLab checkpoint read
+directly (config.init.tf_checkpoint, DeepLab configs), else ImageNet torchvision ResNet weights
+(config.init.torch_resnet), else the random initialisation. Pretrained variables are
 merged by name: every pretrained entry must exist in the model with the same shape, and model
 entries the pretrained weights lack (a fresh decoder, say) keep their initialisation.
 """
@@ -41,6 +42,10 @@ def from_pretrained(state, config):
   if config.init.checkpoint:
     source = config.init.checkpoint
     pretrained = variables_io.load_variables(source)
+  elif config.init.get('tf_checkpoint'):
+    from asymfusion_jax import models  # pylint: disable=g-import-not-at-top
+    source = config.init.tf_checkpoint
+    pretrained, _ = convert.deeplab_from_tf(source, models.build_model(config))
   elif config.init.torch_resnet:
     source = config.init.torch_resnet
     backbone = convert.resnet_from_torch(torch_pickle.load_state_dict(source),
@@ -50,7 +55,7 @@ def from_pretrained(state, config):
   else:
     if config.frozen_bn:
       logging.warning(
-          'No pretrained weights (config.init.checkpoint and config.init.torch_resnet are '
+          'No pretrained weights (config.init.checkpoint, tf_checkpoint and torch_resnet are '
           'empty) but config.frozen_bn is on: the encoder starts from random weights and its '
           'BatchNorm layers keep their initial statistics (mean 0, variance 1) for the whole '
           'run. The paper recipe starts from ImageNet weights: pass '

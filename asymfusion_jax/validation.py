@@ -4,8 +4,8 @@ Errors found later cost more: a negative learning rate trains by gradient ascent
 is NaN, a batch larger than the dataset fails once the workdir and its data exist. So training
 and --mode=eval check every key first, and each error names the key, its value and what would be
 valid. Checks that need the dataset's size (`check_train_data`) read it without writing anything
-(pipeline.planned_num_examples); the label range is checked once the dataset is prepared
-(pipeline.check_labels).
+(planned_num_examples of the dataset's pipeline); the NYUDv2 label range is checked once the
+dataset is prepared (pipeline.check_labels).
 """
 
 import math
@@ -13,11 +13,12 @@ import numbers
 
 import jax
 
-from asymfusion_jax import sharding
+from asymfusion_jax import optim, sharding
+from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import modalities as modality_lib
-from asymfusion_jax.data import pipeline
+from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.data import taskonomy
-from asymfusion_jax.models import refinenet, resnet
+from asymfusion_jax.models import deeplab, refinenet, resnet
 
 
 class ConfigError(ValueError):
@@ -100,18 +101,12 @@ def check_config(config) -> None:
     _fail('modalities', names, 'a sequence without repeats')
 
   model_name = config.model.get('name', 'refinenet')
-  if model_name != 'refinenet':
-    raise ConfigError(
-        f'config.model.name={model_name!r} cannot be trained or evaluated yet: its dataset '
-        '(Cityscapes) and training recipe are not implemented; the model converts '
-        '(python -m asymfusion_jax.convert --tf_checkpoint) and exports')
-  _choice(config, 'model.depth', resnet.STAGE_SIZES)
-  num_classes = _int(config, 'model.num_classes', 1)
-  _bool(config, 'model.fusion')
-  _int(config, 'model.width', 1)
-  _int(config, 'model.decoder_width', 1)
-  _number(config, 'model.dropout_rate', 0, 1)
-  _choice(config, 'model.remat', refinenet.REMAT)
+  if model_name not in ('refinenet', 'deeplab'):
+    _fail('model.name', model_name, "'refinenet' or 'deeplab' for segmentation")
+  if model_name == 'deeplab':
+    num_classes = _check_deeplab(config)
+  else:
+    num_classes = _check_refinenet(config)
   _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
   _bool(config, 'frozen_bn')
 
@@ -128,7 +123,6 @@ def check_config(config) -> None:
   low, high = _sequence(config, 'data.scale_range', 2)
   if not (_is_number(low) and _is_number(high) and 0 < low <= high):
     _fail('data.scale_range', (low, high), '(low, high) with 0 < low <= high')
-  _int(config, 'data.min_short_side', 0)
   _int(config, 'data.num_workers', 0)
 
   for key in ('batch_size', 'eval_batch_size', 'crop_size'):
@@ -138,20 +132,75 @@ def check_config(config) -> None:
   _number(config, 'optim.weight_decay', 0)
   if 'clip_grad_norm' in config.optim:
     _number(config, 'optim.clip_grad_norm', 0)
-  stages = _sequence(config, 'optim.epochs_per_stage')
-  if not all(_is_int(e) and e >= 1 for e in stages):
-    _fail('optim.epochs_per_stage', stages, 'a sequence of positive integers')
-  for key in ('optim.lr_encoder', 'optim.lr_decoder'):
-    rates = _sequence(config, key)
-    if len(rates) != len(stages) or not all(_is_number(r) and r > 0 for r in rates):
-      _fail(key, rates, f'{len(stages)} finite learning rates > 0, one per stage of '
-                        'config.optim.epochs_per_stage')
+  if 'schedule' in config.optim:
+    _choice(config, 'optim.schedule', optim.SCHEDULES)
+  if optim.schedule_name(config) == 'poly':
+    _number(config, 'optim.lr', 0, low_open=True)
+    _number(config, 'optim.power', 0)
+    _int(config, 'optim.total_steps', 1)
+  else:
+    stages = _sequence(config, 'optim.epochs_per_stage')
+    if not all(_is_int(e) and e >= 1 for e in stages):
+      _fail('optim.epochs_per_stage', stages, 'a sequence of positive integers')
+    for key in ('optim.lr_encoder', 'optim.lr_decoder'):
+      rates = _sequence(config, key)
+      if len(rates) != len(stages) or not all(_is_number(r) and r > 0 for r in rates):
+        _fail(key, rates, f'{len(stages)} finite learning rates > 0, one per stage of '
+                          'config.optim.epochs_per_stage')
 
   _int(config, 'max_steps', -1)
   for key in ('log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps',
               'keep_checkpoints'):
     _int(config, key, 1)
   _int(config, 'num_prediction_images', 0)
+
+
+def _check_refinenet(config) -> int:
+  """The RefineNet keys and the NYUDv2 data keys; returns num_classes."""
+  _choice(config, 'data.name', ('nyudv2',))
+  _choice(config, 'model.depth', resnet.STAGE_SIZES)
+  num_classes = _int(config, 'model.num_classes', 1)
+  _bool(config, 'model.fusion')
+  _int(config, 'model.width', 1)
+  _int(config, 'model.decoder_width', 1)
+  _number(config, 'model.dropout_rate', 0, 1)
+  _choice(config, 'model.remat', refinenet.REMAT)
+  _int(config, 'data.min_short_side', 0)
+  return num_classes
+
+
+def _check_deeplab(config) -> int:
+  """The DeepLab keys and the Cityscapes data and evaluation keys; returns num_classes."""
+  _choice(config, 'data.name', ('cityscapes',))
+  names = tuple(config.modalities)
+  if not set(names) <= {'rgb', 'depth'}:
+    _fail('modalities', names, "a sequence of the Cityscapes modalities 'rgb' and 'depth'")
+  num_classes = _value(config, 'model.num_classes')
+  if num_classes != cityscapes.NUM_CLASSES:
+    _fail('model.num_classes', num_classes, f'{cityscapes.NUM_CLASSES}: the Cityscapes train '
+                                            'ids the data pipeline produces')
+  _bool(config, 'model.fusion')
+  _choice(config, 'model.output_stride', deeplab.ASPP_RATES)
+  _choice(config, 'eval.output_stride', deeplab.ASPP_RATES)
+  divisor = _int(config, 'model.width_divisor', 1)
+  if 8 % divisor:
+    _fail('model.width_divisor', divisor, '1, 2, 4 or 8: a divisor of every width of the model '
+                                          '(32, 48, 728, ...)')
+  _int(config, 'model.middle_flow_units', 1)
+  _number(config, 'model.dropout_rate', 0, 1)
+  _choice(config, 'model.remat', deeplab.REMAT)
+  _bool(config, 'model.upsample_logits')
+  if 'bn_momentum' in config.model:
+    _number(config, 'model.bn_momentum', 0, 1)
+  if not config.model.upsample_logits:
+    _fail('model.upsample_logits', False, 'True for training and evaluation (the loss and the '
+                                          'metrics take logits at the label size)')
+  _number(config, 'data.scale_step', 0)
+  eval_scales = _sequence(config, 'eval.scales')
+  if not all(_is_number(x) and x > 0 for x in eval_scales):
+    _fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
+  _bool(config, 'eval.flip')
+  return num_classes
 
 
 def check_translation_config(config) -> None:
@@ -232,7 +281,7 @@ def train_batch_rows(config, devices: int | None = None, processes: int | None =
 
 def check_train_data(config) -> None:
   """The train split holds at least one batch; reads its size without writing anything."""
-  available = pipeline.planned_num_examples(config, 'train')
+  available = segmentation_pipeline(config).planned_num_examples(config, 'train')
   if available is not None and config.batch_size > available:
     raise ConfigError(f'config.batch_size={config.batch_size} is larger than the {available} '
                      'training examples, so an epoch would have no step')

@@ -1,8 +1,12 @@
 """RGB-only DeepLabv3+ / Xception-65 on Cityscapes, M = 1 (79.4 mIoU in the paper).
 
-The model and the TF-DeepLab checkpoint import are available; the Cityscapes data pipeline and
-training recipe are not yet (config_lib.cityscapes_deeplab). TF-DeepLab's Cityscapes model
-imports whole and exports at full resolution:
+The recipe of configs/cityscapes_deeplab_xception65.py on RGB alone:
+
+  python -m asymfusion_jax.main --config=configs/cityscapes_deeplab_xception65_rgb.py \
+      --config.data.manual_dir=/path/to/cityscapes \
+      --config.init.tf_checkpoint=/path/to/xception_65/model.ckpt --workdir=/tmp/cs_rgb
+
+TF-DeepLab's Cityscapes model imports whole and exports at full resolution:
 
   python -m asymfusion_jax.convert \
       --tf_checkpoint=/path/to/deeplabv3_cityscapes_train/model.ckpt \

@@ -275,6 +275,26 @@ def test_backbone_checkpoint_loads_partially(reference, tmp_path):
       tf_vars['xception_65/entry_flow/conv1_1/weights'])
 
 
+def test_config_init_tf_checkpoint_starts_a_run_from_tf_deeplab(reference):
+  """config.init.tf_checkpoint: a run without a checkpoint starts from the TF-DeepLab model."""
+  from asymfusion_jax import initialization  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.tasks import TrainState  # pylint: disable=g-import-not-at-top
+  _, prefix, _, _ = reference
+  config = cityscapes_deeplab_xception65.get_config()
+  config.model.width_divisor, config.model.middle_flow_units = 8, 2
+  config.model.num_classes = SMALL['num_classes']
+  config.init.tf_checkpoint = prefix
+  model = build_model(config)
+  fresh = jax.device_put(random_variables(model, (2, 1, 33, 33, 3)))
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=fresh['params'],
+                     batch_stats=fresh['batch_stats'], opt_state=(), rng=jnp.zeros((2,)))
+  loaded = initialization.from_pretrained(state, config)
+  expected, _ = convert.deeplab_from_tf(prefix, model)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.params), expected['params'])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.batch_stats),
+               expected['batch_stats'])
+
+
 def test_mismatches_are_listed_by_name(reference):
   tf_vars, _, _, _ = reference
   bad = dict(tf_vars)

@@ -1,5 +1,27 @@
-"""Input data: the NYUDv2 TFDS builder, a synthetic RGB-D stand-in and the train/eval pipelines.
+"""Input data: the NYUDv2 and Cityscapes TFDS builders, synthetic stand-ins and the pipelines.
 
-Importing this package imports nothing heavy; TensorFlow is only loaded by the functions of
-`pipeline` that build or read the TFDS dataset.
+Importing this package imports nothing heavy; TensorFlow is only loaded by the functions that
+build or read a TFDS dataset.
 """
+
+# config.data.name of each segmentation dataset.
+SEGMENTATION_DATASETS = ('nyudv2', 'cityscapes')
+
+
+def segmentation_pipeline(config):
+  """The pipeline module of a segmentation config's dataset (config.data.name).
+
+  Both modules have the same functions: prepare, planned_num_examples, num_examples,
+  steps_per_epoch, train_batches and eval_batches. NYUDv2 (`pipeline`) holds a split in memory;
+  Cityscapes (`cityscapes_pipeline`) reads examples by index from disk.
+  """
+  # pylint: disable=g-import-not-at-top
+  name = config.data.name
+  if name == 'cityscapes':
+    from asymfusion_jax.data import cityscapes_pipeline
+    return cityscapes_pipeline
+  if name == 'nyudv2':
+    from asymfusion_jax.data import pipeline
+    return pipeline
+  raise ValueError(f'config.data.name={name!r} is not a segmentation dataset; choose one of '
+                   f'{SEGMENTATION_DATASETS}')

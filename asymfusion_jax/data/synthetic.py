@@ -1,4 +1,4 @@
-"""Small synthetic datasets: RGB-D segmentation in the NYUDv2 layout, or Taskonomy-like scenes.
+"""Small synthetic datasets: RGB-D segmentation (NYUDv2 or Cityscapes layout), Taskonomy scenes.
 
 It exists so that tests and the demo exercise the real builder and pipeline in minutes on a CPU,
 and so that fusion has something to win: object classes are the product of a colour group
@@ -20,6 +20,11 @@ domain rendered from one 3D scene (see `synthetic_taskonomy` for what each domai
 
   python -m asymfusion_jax.data.synthetic --kind=taskonomy --out /tmp/synthetic_taskonomy \
       --num_train 200 --num_val 50 --size 96
+
+With --kind=cityscapes it writes street scenes in the Cityscapes layout (leftImg8bit/,
+disparity/, gtFine/; see `synthetic_cityscapes`), 64x128 by default:
+
+  python -m asymfusion_jax.data.synthetic --kind=cityscapes --out /tmp/synthetic_cityscapes
 """
 
 import argparse
@@ -29,6 +34,7 @@ import cv2
 import numpy as np
 
 from asymfusion_jax.data import layout
+from asymfusion_jax.data import synthetic_cityscapes
 from asymfusion_jax.data import synthetic_taskonomy
 from asymfusion_jax.data import taskonomy
 
@@ -170,19 +176,20 @@ def write_taskonomy(out_dir: os.PathLike | str, num_train: int = 200, num_val: i
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--kind', choices=('nyudv2', 'taskonomy'), default='nyudv2',
+  parser.add_argument('--kind', choices=('nyudv2', 'taskonomy', 'cityscapes'), default='nyudv2',
                       help='nyudv2 (default): RGB-D segmentation in the NYUDv2 layout; taskonomy: '
-                      'rendered scenes in the Taskonomy layout, for image translation.')
+                      'rendered scenes in the Taskonomy layout, for image translation; '
+                      'cityscapes: street scenes in the Cityscapes layout.')
   parser.add_argument('--out', required=True, help='Folder to write the dataset to.')
   # Underscores, as every other CLI here spells its flags; the dashed spellings still work.
   parser.add_argument('--num_train', '--num-train', type=int, default=200,
                       help='Training images (default 200).')
   parser.add_argument('--num_val', '--num-val', type=int, default=50,
                       help='Validation images (default 50).')
-  parser.add_argument('--height', type=int, default=96,
-                      help='Image height (default 96; --kind=nyudv2).')
+  parser.add_argument('--height', type=int, default=None,
+                      help='Image height (default 96, or 64 for --kind=cityscapes).')
   parser.add_argument('--width', type=int, default=128,
-                      help='Image width (default 128; --kind=nyudv2).')
+                      help='Image width (default 128).')
   parser.add_argument('--size', type=int, default=96,
                       help='Side of the square Taskonomy images (default 96; --kind=taskonomy).')
   parser.add_argument('--seed', type=int, default=0, help='Random seed (default 0).')
@@ -192,6 +199,14 @@ def main(argv=None) -> None:
     print(f'Wrote {args.num_train} train and {args.num_val} val Taskonomy scenes of '
           f'{args.size}x{args.size} ({", ".join(synthetic_taskonomy.DOMAINS)}) to {args.out}')
     return
+  if args.kind == 'cityscapes':
+    height = 64 if args.height is None else args.height
+    synthetic_cityscapes.write_cityscapes(args.out, args.num_train, args.num_val, height,
+                                          args.width, args.seed)
+    print(f'Wrote {args.num_train} train and {args.num_val} val Cityscapes-layout scenes of '
+          f'{height}x{args.width} to {args.out}')
+    return
+  args.height = 96 if args.height is None else args.height
   write_dataset(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
   print(f'Wrote {args.num_train} train and {args.num_val} val images of {args.height}x{args.width} '
         f'({NUM_CLASSES} classes) to {args.out}')

@@ -14,7 +14,7 @@ from asymfusion_jax.models.patchgan import PatchDiscriminator
 from asymfusion_jax.models.refinenet import RefineNet, resolve_compute_dtype
 from asymfusion_jax.models.resnet import STAGE_SIZES, Bottleneck, ResNet
 from asymfusion_jax.models.unet import UNetGenerator
-from asymfusion_jax.models.xception import Xception65
+from asymfusion_jax.models.xception import BN_MOMENTUM, Xception65
 
 # Values of config.model.name; a config without the key builds a RefineNet. 'unet' is the
 # image-translation generator (build_generator), with its discriminator (build_discriminator).
@@ -34,7 +34,8 @@ def build_deeplab(config) -> DeepLab:
       middle_flow_units=config.model.middle_flow_units,
       dropout_rate=config.model.dropout_rate,
       remat=config.model.remat,
-      upsample_logits=config.model.upsample_logits)
+      upsample_logits=config.model.upsample_logits,
+      bn_momentum=config.model.get('bn_momentum', BN_MOMENTUM))
 
 
 def build_model(config) -> RefineNet | DeepLab:

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from asymfusion_jax import resize
-from asymfusion_jax.models.xception import (HEAD_EPSILON, MIDDLE_FLOW_UNITS, ConvBN, SeparableConv,
-                                            Xception65)
+from asymfusion_jax.models.xception import (BN_MOMENTUM, HEAD_EPSILON, MIDDLE_FLOW_UNITS, ConvBN,
+                                            SeparableConv, Xception65)
 
 # Values of DeepLab.remat.
 REMAT = ('none', 'backbone', 'all')
@@ -57,6 +57,8 @@ class DeepLab(nn.Module):
     remat: one of REMAT: 'backbone' recomputes every Xception unit in the backward pass,
       'all' also the ASPP and the decoder's separable convs.
     upsample_logits: resize the logits to the input size (bilinear, align_corners=True).
+    bn_momentum: of every BatchNorm's running statistics; TF-DeepLab's 0.9997 suits long
+      fine-tuning, a short run from scratch needs a smaller one for its statistics to converge.
   """
   num_classes: int = 19
   num_modalities: int = 2
@@ -69,6 +71,7 @@ class DeepLab(nn.Module):
   dropout_rate: float = 0.1
   remat: str = 'none'
   upsample_logits: bool = True
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -85,12 +88,13 @@ class DeepLab(nn.Module):
     use_running_average = self.frozen_bn or not train
     features, low_level = Xception65(
         self.output_stride, self.fusion, self.width_divisor, self.middle_flow_units, dt,
-        remat=self.remat != 'none', name='backbone')(x, use_running_average)
+        remat=self.remat != 'none', bn_momentum=self.bn_momentum,
+        name='backbone')(x, use_running_average)
 
     depth = 256 // self.width_divisor
     sep_cls = nn.remat(SeparableConv) if self.remat == 'all' else SeparableConv
     common = dict(relu=True, epsilon=HEAD_EPSILON, use_running_average=use_running_average,
-                  dtype=dt)
+                  dtype=dt, momentum=self.bn_momentum)
     sep_common = dict(common, depthwise_init=_DEPTHWISE_INIT, pointwise_init=_POINTWISE_INIT)
 
     # ASPP: [image_pooling, aspp0, aspp1, aspp2, aspp3].

@@ -55,6 +55,7 @@ class ConvBN(nn.Module):
   use_running_average: bool = True
   kernel_init: Any = backbone_kernel_init
   dtype: Any = jnp.float32
+  momentum: float = BN_MOMENTUM  # Of the BatchNorm running statistics (Flax convention).
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -64,7 +65,7 @@ class ConvBN(nn.Module):
                 feature_group_count=x.shape[-1] if self.depthwise else 1, use_bias=False,
                 dtype=self.dtype, param_dtype=jnp.float32, kernel_init=self.kernel_init,
                 name='conv')(x)
-    x = ModalBatchNorm(self.use_running_average, momentum=BN_MOMENTUM, epsilon=self.epsilon,
+    x = ModalBatchNorm(self.use_running_average, momentum=self.momentum, epsilon=self.epsilon,
                        dtype=self.dtype, name='BatchNorm')(x)
     return jax.nn.relu(x) if self.relu else x
 
@@ -84,11 +85,13 @@ class SeparableConv(nn.Module):
   depthwise_init: Any = backbone_kernel_init
   pointwise_init: Any = backbone_kernel_init
   dtype: Any = jnp.float32
+  momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     common = dict(relu=self.relu, epsilon=self.epsilon,
-                  use_running_average=self.use_running_average, dtype=self.dtype)
+                  use_running_average=self.use_running_average, dtype=self.dtype,
+                  momentum=self.momentum)
     x = ConvBN(x.shape[-1], 3, self.stride, self.rate, depthwise=True,
                kernel_init=self.depthwise_init, name='depthwise', **common)(x)
     return ConvBN(self.features, 1, kernel_init=self.pointwise_init, name='pointwise',
@@ -112,6 +115,7 @@ class XceptionUnit(nn.Module):
   fuse: bool = False
   use_running_average: bool = True
   dtype: Any = jnp.float32
+  momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -120,6 +124,7 @@ class XceptionUnit(nn.Module):
         h = jax.nn.relu(h)
       return SeparableConv(self.depths[i - 1], self.stride if i == 3 else 1, self.rate,
                            relu=self.relu_inside, use_running_average=self.use_running_average,
+                           momentum=self.momentum,
                            dtype=self.dtype, name=f'separable_conv{i}')(h)
 
     h = sep(1, x)
@@ -136,6 +141,7 @@ class XceptionUnit(nn.Module):
     if self.skip == 'conv':
       h = h + ConvBN(self.depths[-1], 1, self.stride,
                      use_running_average=self.use_running_average, dtype=self.dtype,
+                     momentum=self.momentum,
                      name='shortcut')(x)
     elif self.skip == 'sum':
       h = h + x
@@ -171,6 +177,7 @@ class Xception65(nn.Module):
     fusion: AsymFusion at four points (needs M >= 2; M = 1 runs without it).
     width_divisor, middle_flow_units: see xception65_blocks (1 and 16 for Xception-65).
     remat: recompute every unit in the backward pass instead of keeping its activations.
+    bn_momentum: of every BatchNorm's running statistics (TF-DeepLab's decay 0.9997).
   """
   output_stride: int = 16
   fusion: bool = True
@@ -178,6 +185,7 @@ class Xception65(nn.Module):
   middle_flow_units: int = MIDDLE_FLOW_UNITS
   dtype: Any = jnp.float32
   remat: bool = False
+  bn_momentum: float = BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = True):
@@ -186,7 +194,8 @@ class Xception65(nn.Module):
     if self.output_stride not in OUTPUT_STRIDES:
       raise ValueError(f'output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride}')
     fuse = self.fusion and x.shape[0] >= 2
-    common = dict(use_running_average=use_running_average, dtype=self.dtype)
+    common = dict(use_running_average=use_running_average, dtype=self.dtype,
+                  momentum=self.bn_momentum)
     x = x.astype(self.dtype)
     x = ConvBN(32 // self.width_divisor, 3, 2, relu=True, name='entry_flow_conv1_1', **common)(x)
     x = ConvBN(64 // self.width_divisor, 3, 1, relu=True, name='entry_flow_conv1_2', **common)(x)

@@ -1,9 +1,16 @@
-"""Semantic segmentation (NYUDv2 RefineNet): the task's state, train step and evaluation.
+"""Semantic segmentation: the task's state, train step and evaluation.
 
-The model is the config's RefineNet (models.build_model), trained with the paper's SGD
-(optim.py) on the sum of the M + 1 outputs' cross-entropies (losses.py); evaluation computes
-pixel accuracy, mean accuracy and mIoU per branch (evaluation.py), and the best checkpoint is
-the one with the highest ensemble mIoU.
+Two setups share it: NYUDv2 with RefineNet and the paper's staged SGD, and Cityscapes with
+DeepLabv3+ and TF-DeepLab's poly SGD. The model is config.model.name's (models.build_model), the
+data config.data.name's pipeline (data.segmentation_pipeline), the optimiser
+config.optim.schedule's (optim.py); the loss is the sum of the M + 1 outputs' cross-entropies
+(losses.py). Evaluation computes pixel accuracy, mean accuracy and mIoU per branch
+(evaluation.py), and the best checkpoint is the one with the highest ensemble mIoU.
+
+With trained BatchNorm (frozen_bn=False, DeepLab) the batch statistics are those of the global
+batch: the step is one jitted program over the batch sharded on the ('data',) mesh, so the mean
+over the batch axis inside BatchNorm is a mean over every device's rows (XLA adds the
+all-reduce; tests/test_cityscapes.py checks it on two devices).
 """
 
 import functools
@@ -14,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from asymfusion_jax import evaluation, initialization, losses, optim, sharding, validation
-from asymfusion_jax.data import pipeline
+from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks import base
 
@@ -80,13 +87,14 @@ class Segmentation(base.Task):
     validation.check_training(config)
 
   def prepare_data(self, config) -> None:
-    pipeline.prepare(config)
+    segmentation_pipeline(config).prepare(config)
 
   def steps_per_epoch(self, config) -> int:
-    steps = pipeline.steps_per_epoch(config)
+    data = segmentation_pipeline(config)
+    steps = data.steps_per_epoch(config)
     if steps < 1:
       raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                       f'{pipeline.num_examples(config, "train")} training examples')
+                       f'{data.num_examples(config, "train")} training examples')
     return steps
 
   def total_steps(self, config, steps_per_epoch: int) -> int:
@@ -108,9 +116,9 @@ class Segmentation(base.Task):
                    'of the %d devices with unlabelled rows (with frozen BatchNorm they change '
                    'nothing but the dropout masks drawn).', rows * jax.process_count(),
                    config.batch_size, jax.device_count())
-    batches = pipeline.train_batches(config, start_step=start_step,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+    batches = segmentation_pipeline(config).train_batches(
+        config, start_step=start_step, process_index=jax.process_index(),
+        process_count=jax.process_count())
     return (sharding.pad_rows(b, rows, config.data.ignore_label) for b in batches)
 
   def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
@@ -119,6 +127,8 @@ class Segmentation(base.Task):
 
   def extra_scalars(self, config, steps_per_epoch, step):
     lr = optim.learning_rate_schedules(config, steps_per_epoch)
+    if 'all' in lr:
+      return {'train/lr': float(lr['all'](step))}
     return {'train/lr_encoder': float(lr['encoder'](step)),
             'train/lr_decoder': float(lr['decoder'](step))}
 
