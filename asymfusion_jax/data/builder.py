@@ -13,21 +13,19 @@ It records, per split, every label value it saw and the first mask that holds it
 config's num_classes and ignore_label without decoding a single image.
 """
 
-import inspect
 
-from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from asymfusion_jax.data import layout
+from asymfusion_jax.data import manual_builder
 
 IGNORE_LABEL = 255
 # The metadata key of {split: {label value (str): 'Mask masks/... listed in <list> line N'}}.
 LABEL_FILES = 'label_files'
 
 
-class Nyudv2(tfds.core.GeneratorBasedBuilder):
+class Nyudv2(manual_builder.ManualBuilder):
   """NYUDv2 RGB-D semantic segmentation: 795 train / 654 val images, 40 classes."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -38,13 +36,6 @@ class Nyudv2(tfds.core.GeneratorBasedBuilder):
   the list files `train.txt` and `val.txt`, whose lines are
   `rgb/NNNNNN.png<TAB>masks/NNNNNN.png<TAB>depth/NNNNNN.png`.
   """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # TFDS computes this through the optional `importlib_resources` package for builders that live
-    # in a package, and fails where it is not installed; this is the value it would compute.
-    return epath.Path(inspect.getfile(cls))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -60,16 +51,6 @@ class Nyudv2(tfds.core.GeneratorBasedBuilder):
         homepage='https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html',
         metadata=tfds.core.MetadataDict(),
     )
-
-  # TFDS prints "Downloading and preparing dataset Unknown size ..." and a "downloaded" line to
-  # stdout around a build; nothing is downloaded here (the build reads manual_dir), so these say
-  # what happens instead, in the log.
-  def _log_download_bytes(self) -> None:
-    logging.info('Building the TFDS dataset %s in %s from the manual_dir files...', self.name,
-                 self.data_dir)
-
-  def _log_download_done(self) -> None:
-    logging.info('Built the TFDS dataset %s in %s.', self.name, self.data_dir)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = dl_manager.manual_dir

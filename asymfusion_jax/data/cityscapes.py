@@ -23,6 +23,7 @@ import cv2
 from etils import epath
 import numpy as np
 
+from asymfusion_jax.data import layout
 from asymfusion_jax.data.layout import LayoutError
 
 SPLITS = ('train', 'val')
@@ -156,16 +157,7 @@ def list_examples(files: Files, split: str) -> list[Entry]:
 
 
 def _decode(files: Files, relative: str, flags: int) -> np.ndarray:
-  data = np.frombuffer(files.read(relative), np.uint8)
-  image = None
-  if data.size:
-    try:
-      image = cv2.imdecode(data, flags)
-    except cv2.error:
-      image = None
-  if image is None:
-    raise LayoutError(f'Unreadable image {files.where(relative)}.')
-  return image
+  return layout.decode_image(files.read(relative), flags, files.where(relative))
 
 
 def read_example(files: Files, entry: Entry) -> dict[str, np.ndarray]:

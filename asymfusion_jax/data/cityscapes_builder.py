@@ -12,17 +12,15 @@ and never holds a split in memory (Cityscapes decodes to about 35 GB). Each exam
 position (`index`), which readers check.
 """
 
-import inspect
 
-from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from asymfusion_jax.data import cityscapes
+from asymfusion_jax.data import manual_builder
 
 
-class CityscapesRgbd(tfds.core.GeneratorBasedBuilder):
+class CityscapesRgbd(manual_builder.ManualBuilder):
   """Cityscapes RGB-D semantic segmentation: 2975 train / 500 val images, 19 classes."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -35,12 +33,6 @@ class CityscapesRgbd(tfds.core.GeneratorBasedBuilder):
   def __init__(self, **kwargs):
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # As builder.Nyudv2: TFDS would need `importlib_resources` to compute this.
-    return epath.Path(inspect.getfile(cls))
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -57,13 +49,6 @@ class CityscapesRgbd(tfds.core.GeneratorBasedBuilder):
         metadata=tfds.core.MetadataDict(),
         disable_shuffling=True,  # Record i of a split is example i: random access by index.
     )
-
-  def _log_download_bytes(self) -> None:
-    logging.info('Building the TFDS dataset %s in %s from the manual_dir files...', self.name,
-                 self.data_dir)
-
-  def _log_download_done(self) -> None:
-    logging.info('Built the TFDS dataset %s in %s.', self.name, self.data_dir)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = dl_manager.manual_dir

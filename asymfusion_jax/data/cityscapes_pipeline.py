@@ -41,6 +41,7 @@ import ml_collections
 import numpy as np
 
 from asymfusion_jax.data import cityscapes
+from asymfusion_jax.data import common
 from asymfusion_jax.data import pipeline
 from asymfusion_jax.data import synthetic_cityscapes
 from asymfusion_jax.data import workers
@@ -106,26 +107,16 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode))
   _source.cache_clear()
-  for split in SPLITS:
-    found, expected = builder.info.splits[split].num_examples, config.data[f'num_{split}']
-    if found != expected:
-      logging.warning('The %s split has %d examples; config.data.num_%s says %d.', split, found,
-                      split, expected)
+  common.warn_about_split_sizes(config, builder)
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int | None:
-  """The number of examples `prepare` will give `split`, known before anything is written."""
-  manual_dir = config.data.manual_dir
-  if manual_dir and _has_images(manual_dir):
-    return len(cityscapes.Files(manual_dir).list(split))
-  if config.data.synthetic:
-    return int(config.data[f'num_{split}'])
-  if manual_dir:
-    return None
-  try:
-    return num_examples(config, split)
-  except FileNotFoundError:
-    return None
+  """The number of examples `prepare` will give `split`, known before anything is written:
+  the images in manual_dir, config.data.num_<split> for synthetic data, or the prepared
+  dataset's (common.planned_num_examples)."""
+  def count_source(manual_dir):
+    return len(cityscapes.Files(manual_dir).list(split)) if _has_images(manual_dir) else None
+  return common.planned_num_examples(config, split, count_source, num_examples)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:

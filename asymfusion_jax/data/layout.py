@@ -63,23 +63,29 @@ def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
   return entries
 
 
+def decode_image(data: bytes, flags: int, where: str) -> np.ndarray:
+  """cv2.imdecode of `data`, or a LayoutError 'Unreadable image <where>.' (empty or corrupt)."""
+  array = np.frombuffer(data, np.uint8)
+  image = None
+  if array.size:
+    try:
+      image = cv2.imdecode(array, flags)
+    except cv2.error:
+      image = None
+  if image is None:
+    raise LayoutError(f'Unreadable image {where}.')
+  return image
+
+
 def _read_png(manual_dir, relative: str, flags: int, entry: Entry) -> np.ndarray:
   path = epath.Path(manual_dir) / relative
   if not path.exists():
     raise LayoutError(f'Missing file {path} listed in {entry.where()}.')
   try:
-    data = np.frombuffer(path.read_bytes(), np.uint8)
+    data = path.read_bytes()
   except OSError as e:  # No permission, a folder, an I/O error.
     raise LayoutError(f'Unreadable file {path} listed in {entry.where()}: {e}') from e
-  image = None
-  if data.size:
-    try:
-      image = cv2.imdecode(data, flags)
-    except cv2.error:
-      image = None
-  if image is None:
-    raise LayoutError(f'Unreadable image {path} listed in {entry.where()}.')
-  return image
+  return decode_image(data, flags, f'{path} listed in {entry.where()}')
 
 
 def _single_channel(image: np.ndarray, path, entry: Entry, dtypes, what: str) -> np.ndarray:

@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from asymfusion_jax.data import augment
+from asymfusion_jax.data import common
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities
 from asymfusion_jax.data import synthetic
@@ -136,11 +137,7 @@ def _build(config: ml_collections.ConfigDict) -> None:
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode))
   _load_split.cache_clear()
-  for split, expected in (('train', config.data.num_train), ('val', config.data.num_val)):
-    found = builder.info.splits[split].num_examples
-    if found != expected:
-      logging.warning('The %s split has %d examples; config.data.num_%s says %d.', split, found,
-                      split, expected)
+  common.warn_about_split_sizes(config, builder)
 
 
 def _label_files(builder) -> dict | None:
@@ -185,23 +182,14 @@ def check_labels(config: ml_collections.ConfigDict) -> None:
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int | None:
-  """The number of examples `prepare` will give `split`, known before anything is written.
-
-  From the manual folder's list file when there is one; else config.data.num_<split> for
-  synthetic data that `prepare` will generate; else the prepared dataset's. None when none of
-  these exists (`prepare` will then fail and say why).
-  """
-  manual_dir = config.data.manual_dir
-  if manual_dir and (epath.Path(manual_dir) / layout.LIST_FILES[split]).exists():
-    return len(layout.read_list(manual_dir, split))
-  if config.data.synthetic:
-    return int(config.data[f'num_{split}'])
-  if manual_dir:
+  """The number of examples `prepare` will give `split`, known before anything is written:
+  the list file's lines, config.data.num_<split> for synthetic data, or the prepared
+  dataset's (common.planned_num_examples)."""
+  def count_source(manual_dir):
+    if (epath.Path(manual_dir) / layout.LIST_FILES[split]).exists():
+      return len(layout.read_list(manual_dir, split))
     return None
-  try:
-    return num_examples(config, split)
-  except FileNotFoundError:
-    return None
+  return common.planned_num_examples(config, split, count_source, num_examples)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:

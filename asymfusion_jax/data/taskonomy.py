@@ -130,17 +130,11 @@ def _read_png(manual_dir, relative: str, entry: Entry) -> np.ndarray:
   if not path.exists():
     raise layout.LayoutError(f'Missing file {path} listed in {entry.where()}.')
   try:
-    data = np.frombuffer(path.read_bytes(), np.uint8)
+    data = path.read_bytes()
   except OSError as e:  # No permission, a folder, an I/O error.
     raise layout.LayoutError(f'Unreadable file {path} listed in {entry.where()}: {e}') from e
-  image = None
-  if data.size:
-    try:
-      image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)  # Keeps 16 bits and the channel count.
-    except cv2.error:
-      image = None
-  if image is None:
-    raise layout.LayoutError(f'Unreadable image {path} listed in {entry.where()}.')
+  # IMREAD_UNCHANGED keeps 16 bits and the channel count.
+  image = layout.decode_image(data, cv2.IMREAD_UNCHANGED, f'{path} listed in {entry.where()}')
   if image.ndim == 3 and image.shape[-1] == 3:
     image = image[..., ::-1]  # OpenCV decodes BGR.
   return image

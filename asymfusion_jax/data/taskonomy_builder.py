@@ -13,15 +13,13 @@ of that size (metadata['sizes'], so a user sees at once whether a split mixes re
 """
 
 import functools
-import inspect
 import types
 from typing import Sequence
 
-from absl import logging
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from asymfusion_jax.data import manual_builder
 from asymfusion_jax.data import taskonomy
 
 # The metadata key of {split: {'HxW': 'the first list line of that size'}}.
@@ -40,7 +38,7 @@ def builder_config(domains: Sequence[str]) -> tfds.core.BuilderConfig:
                                  description=f'Domains {", ".join(sorted(set(domains)))}.')
 
 
-class Taskonomy(tfds.core.GeneratorBasedBuilder):
+class Taskonomy(manual_builder.ManualBuilder):
   """Taskonomy domains (decoded to 8 bits, 3 channels) for image translation."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -51,12 +49,6 @@ class Taskonomy(tfds.core.GeneratorBasedBuilder):
   whose lines are paths with the placeholder, e.g.
   `{domain}/point_407_view_2_domain_{domain}.png`.
   """
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    # As in builder.Nyudv2: TFDS would need the optional importlib_resources package here.
-    return epath.Path(inspect.getfile(cls))
 
   @property
   def domains(self) -> tuple[str, ...]:
@@ -76,13 +68,6 @@ class Taskonomy(tfds.core.GeneratorBasedBuilder):
         homepage='http://taskonomy.stanford.edu/',
         metadata=tfds.core.MetadataDict(),
     )
-
-  def _log_download_bytes(self) -> None:
-    logging.info('Building the TFDS dataset %s in %s from the manual_dir files...', self.name,
-                 self.data_dir)
-
-  def _log_download_done(self) -> None:
-    logging.info('Built the TFDS dataset %s in %s.', self.name, self.data_dir)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = dl_manager.manual_dir

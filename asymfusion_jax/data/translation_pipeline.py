@@ -34,6 +34,7 @@ from etils import epath
 import ml_collections
 import numpy as np
 
+from asymfusion_jax.data import common
 from asymfusion_jax.data import pil_resize
 from asymfusion_jax.data import pipeline
 from asymfusion_jax.data import synthetic
@@ -139,30 +140,18 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, download_mode=mode))
   _load_split.cache_clear()
-  for split in SPLITS:
-    found, expected = builder.info.splits[split].num_examples, config.data[f'num_{split}']
-    if found != expected:
-      logging.warning('The %s split has %d examples; config.data.num_%s says %d.', split, found,
-                      split, expected)
+  common.warn_about_split_sizes(config, builder)
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int | None:
-  """The number of examples `prepare` will give `split`, known before anything is written.
-
-  From the manual folder's list file when there is one; else config.data.num_<split> for
-  synthetic data that `prepare` will generate; else the prepared dataset's; else None.
-  """
-  manual_dir = config.data.manual_dir
-  if manual_dir and (epath.Path(manual_dir) / taskonomy.LIST_FILES[split]).exists():
-    return len(taskonomy.read_list(manual_dir, split))
-  if config.data.synthetic:
-    return int(config.data[f'num_{split}'])
-  if manual_dir:
+  """The number of examples `prepare` will give `split`, known before anything is written:
+  the list file's lines, config.data.num_<split> for synthetic data, or the prepared
+  dataset's (common.planned_num_examples)."""
+  def count_source(manual_dir):
+    if (epath.Path(manual_dir) / taskonomy.LIST_FILES[split]).exists():
+      return len(taskonomy.read_list(manual_dir, split))
     return None
-  try:
-    return num_examples(config, split)
-  except FileNotFoundError:
-    return None
+  return common.planned_num_examples(config, split, count_source, num_examples)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
