@@ -295,3 +295,19 @@ def test_segmentation_baselines_train_with_finite_losses(method):
     first = variables['params']['backbone']['layer4_1']['aggregate']
     last = state.params['backbone']['layer4_1']['aggregate']
     assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), first, last)))
+
+
+def test_torchvision_weights_convert_for_a_baseline_config(tmp_path):
+  """A torchvision ResNet converts for a Concat config (the aggregations, which torchvision
+  lacks, keep their initialisation when the file is loaded) as for AsymFusion."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax import convert, variables_io  # pylint: disable=g-import-not-at-top
+  from tests import test_convert  # pylint: disable=g-import-not-at-top
+  state_dict = test_convert.torchvision_layout(test_convert.reference_state_dict(1))
+  torch.save({'state_dict': state_dict}, tmp_path / 'resnet.pth')
+  convert.convert_file(str(tmp_path / 'resnet.pth'), test_convert.tiny_config(**{
+      'model.fusion': 'concat'}), str(tmp_path / 'out'))
+  backbone = convert.resnet_from_torch(state_dict, 2)
+  test_convert.assert_trees_equal(
+      variables_io.load_variables(tmp_path / 'out'),
+      {name: {'backbone': backbone[name]} for name in ('params', 'batch_stats')})
