@@ -185,13 +185,14 @@ def test_late_fusion_ensemble_is_the_plain_mean_with_gradient():
   small = dict(ngf=4, num_downs=4)
   x = jax.random.uniform(jax.random.key(1), (2, 1, 16, 16, 3), minval=-1, maxval=1)
   model = UNetGenerator(2, fusion='late', **small)
-  params = model.init(jax.random.key(0), x)['params']
-  out = model.apply({'params': params}, x)
+  params = jax.jit(model.init)(jax.random.key(0), x)['params']
+  out = jax.jit(model.apply)({'params': params}, x)
   np.testing.assert_allclose(out[2], (out[0] + out[1]) / 2, rtol=1e-6, atol=1e-7)
   # The branches are those of the unfused model with the same weights.
   plain = UNetGenerator(2, fusion='none', **small)
-  np.testing.assert_array_equal(
-      plain.apply({'params': {**params, 'alpha': jnp.ones(2)}}, x)[:2], out[:2])
+  np.testing.assert_allclose(
+      jax.jit(plain.apply)({'params': {**params, 'alpha': jnp.ones(2)}}, x)[:2], out[:2],
+      rtol=1e-6, atol=1e-6)
   grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({'params': p}, x)[2])))(params)
   assert float(jnp.abs(grads['conv1']['conv']['kernel']).sum()) > 0
 
@@ -244,7 +245,7 @@ def test_translation_baselines_train_with_finite_losses(method):
   config.model.fusion = method
   config.model.ngf, config.model.ndf, config.model.num_downs = 4, 4, 4
   config.model.fusion_blocks = (2, 3)
-  params = translation.init_params(config, jax.random.key(0))
+  params = jax.jit(lambda key: translation.init_params(config, key))(jax.random.key(0))
   tx = translation.make_optimizer(config)
   state = base.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={},
                           opt_state={k: tx.init(v) for k, v in params.items()},
@@ -281,7 +282,7 @@ def test_segmentation_baselines_train_with_finite_losses(method):
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(2, 2, 32, 32, 3)).astype(np.float32),
            'label': rng.integers(0, 3, (2, 32, 32)).astype(np.int32)}
-  variables = model.init(jax.random.key(0), batch['image'])
+  variables = jax.jit(model.init)(jax.random.key(0), batch['image'])
   tx = optax.sgd(0.01, momentum=0.9)
   state = base.TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                           batch_stats=variables['batch_stats'],
