@@ -10,10 +10,16 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from asymfusion_jax import fusion as fusion_lib
 
-def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = True,
+
+def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool | str = 'asym',
                  epochs_per_stage: int = 100) -> ml_collections.ConfigDict:
-  """The paper's NYUDv2 RefineNet recipe (docs/method.md section 8)."""
+  """The paper's NYUDv2 RefineNet recipe (docs/method.md section 8).
+
+  fusion: a fusion method of asymfusion_jax.fusion.METHODS (True means 'asym', False 'none');
+  the config holds its name, so --config.model.fusion=concat overrides it.
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.modalities = tuple(modalities)
@@ -21,7 +27,8 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool = T
   c.model = ml_collections.ConfigDict()
   c.model.depth = depth
   c.model.num_classes = 40
-  c.model.fusion = fusion
+  # 'asym', 'none', or a baseline: 'concat', 'average', 'attention', 'late' (MMF).
+  c.model.fusion = fusion_lib.method(fusion)
   c.model.width = 64
   c.model.decoder_width = 256
   c.model.dropout_rate = 0.5
@@ -138,8 +145,13 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
 
 
 def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
-                    fusion: bool = True) -> ml_collections.ConfigDict:
-  """The paper's image translation recipe on Taskonomy (docs/method.md section 11)."""
+                    fusion: bool | str = 'asym') -> ml_collections.ConfigDict:
+  """The paper's image translation recipe on Taskonomy (docs/method.md section 11).
+
+  fusion: a fusion method of asymfusion_jax.fusion.METHODS (True means 'asym', False 'none';
+  the baselines of the paper's table: docs/method.md section 12); the config holds its name,
+  so --config.model.fusion=concat overrides it.
+  """
   c = ml_collections.ConfigDict()
   c.task = 'translation'
   c.seed = 0
@@ -151,7 +163,9 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.model.ngf = 64  # Generator width (channels of encoder block 1).
   c.model.ndf = 64  # Discriminator width.
   c.model.num_downs = 8  # U-Net depth: inputs must be multiples of 2**num_downs.
-  c.model.fusion = fusion  # Shuffle + shift after the InstanceNorm of fusion_blocks.
+  # 'asym' (shuffle + shift after the InstanceNorm of fusion_blocks), 'none', or a baseline:
+  # 'concat', 'average', 'attention' (at the same blocks), 'late' (MMF: mean of the outputs).
+  c.model.fusion = fusion_lib.method(fusion)
   c.model.fusion_blocks = (2, 3, 4, 5, 6, 7)  # Encoder blocks, counted from 1.
   c.model.dropout_rate = 0.5  # On the innermost decoder blocks, training only.
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.

@@ -721,8 +721,10 @@ def convert_file(torch_path: str, config, out_dir: str, overwrite: bool = False,
   elif 'conv1.module.weight' in state_dict:
     variables = refinenet_from_torch(state_dict, num_modalities, model=build_model(config))
   elif 'conv1.weight' in state_dict:
-    encoder = ResNet(depth=config.model.depth, fusion=config.model.fusion,
-                     width=config.model.width)
+    # torchvision's weights fill the encoder without fusion: AsymFusion has no parameters, and
+    # the baselines' aggregations, which torchvision lacks, keep their initialisation when
+    # the converted file is loaded (initialization.merge).
+    encoder = ResNet(depth=config.model.depth, fusion='none', width=config.model.width)
     backbone = resnet_from_torch(state_dict, num_modalities, model=encoder)
     variables = {name: {'backbone': backbone[name]} for name in variables_io.COLLECTIONS}
   else:

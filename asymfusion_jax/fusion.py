@@ -1,14 +1,52 @@
-"""The two parameter-free fusion operations of AsymFusion (docs/method.md section 3).
+"""Fusion of modalities: AsymFusion's two operations and the baselines' aggregations.
 
-Both act on a multimodal feature array shaped (M, B, H, W, C): modality axis first, NHWC after
-it. With g = C // 5 and s = 4 * g, channels [0, s) form four groups of g channels and channels
-[s, C) are the "last fifth" that crosses modalities.
+Everything here acts on a multimodal feature array shaped (M, B, H, W, C): modality axis first,
+NHWC after it.
+
+AsymFusion (docs/method.md section 3): channel_shuffle and pixel_shift, parameter-free. With
+g = C // 5 and s = 4 * g, channels [0, s) form four groups of g channels and channels [s, C) are
+the "last fifth" that crosses modalities.
+
+The baselines of the paper's translation table (docs/method.md section 12) replace AsymFusion by
+an aggregation whose one result feeds every branch (`Aggregation`: 'concat', 'average',
+'attention'), or fuse only the branch outputs ('late'). `method` reads config.model.fusion.
 """
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+# Values of config.model.fusion (docs/method.md section 12). 'asym': AsymFusion's shuffle and
+# shift; 'none': shared convs and per-modality normalisation only; 'concat', 'average' and
+# 'attention' aggregate the modalities at the fusion points; 'late' (MMF) fuses only the outputs,
+# as their plain mean.
+METHODS = ('asym', 'none', 'concat', 'average', 'attention', 'late')
+# The methods that aggregate inside the network, with the `Aggregation` of that name.
+AGGREGATIONS = ('concat', 'average', 'attention')
+# Spellings of the boolean configs that predate the methods, which keep their meaning: the
+# bools of config files and config.json, and the strings an old `--config.model.fusion=False`
+# gives once the config holds a string.
+_BOOLEANS = {True: 'asym', False: 'none', 'True': 'asym', 'False': 'none', 'true': 'asym',
+             'false': 'none'}
+
+
+def method(fusion) -> str:
+  """The fusion method, one of METHODS, that a config.model.fusion value names.
+
+  True and False (and their spellings 'True'/'False', 'true'/'false') mean 'asym' and 'none'.
+
+  Raises:
+    ValueError: naming the value and the valid ones.
+  """
+  if isinstance(fusion, (bool, str)):
+    if fusion in _BOOLEANS:
+      return _BOOLEANS[fusion]
+    if fusion in METHODS:
+      return fusion
+  raise ValueError(f'unknown fusion {fusion!r}: choose one of {METHODS} (or True for '
+                   "'asym', False for 'none')")
 
 # (dh, dw) of channel groups 0..3: out[i, j] = x[i + dh, j + dw]. (-1, 0) moves content down a row.
 SHIFT_OFFSETS = ((-1, 0), (0, -1), (0, 1), (1, 0))
@@ -72,3 +110,59 @@ def _shift_bwd(reverse, unused_residuals, g):
 
 
 _shift.defvjp(_shift_fwd, _shift_bwd)
+
+
+def _mean_kernel_init(key, shape, dtype=jnp.float32):
+  """A (1, 1, M * C, C) kernel that averages the M inputs: identity / M in every C x C block."""
+  del key
+  in_features, features = shape[-2], shape[-1]
+  blocks = in_features // features
+  eye = jnp.eye(features, dtype=dtype) / blocks
+  return jnp.tile(eye, (blocks, 1)).reshape(shape)
+
+
+class Aggregation(nn.Module):
+  """One aggregate of the M modalities, fed to every branch (docs/method.md section 12).
+
+  For y of shape (M, B, H, W, C), every modality m receives the same a (B, H, W, C):
+  - 'concat': a = conv1x1(concat_m y_m) + bias, one 1x1 conv of M * C -> C channels
+    (the channels of y_0 first);
+  - 'average': a = mean_m y_m (no parameters);
+  - 'attention': per pixel, w = softmax over m of conv1x1(y_m), a 1x1 conv of C -> 1 channel
+    shared by the modalities; a = sum_m w_m y_m. The scorer has no bias: a bias would add the
+    same score to every modality, which the softmax over m cancels.
+
+  Both learned aggregations start as the average (ours): the concat kernel is identity / M in
+  every block, with zero bias, and the scorer kernel is zero (uniform weights). So the features
+  keep their scale at every fusion point from the first step, which matters where a pretrained
+  backbone follows (segmentation), and the three baselines differ only by what they learn.
+  The scores and weights are float32 whatever the compute dtype.
+
+  Attributes:
+    method: one of AGGREGATIONS.
+    dtype: compute dtype of the convolutions and the result.
+  """
+  method: str
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, y: jax.Array) -> jax.Array:
+    if self.method not in AGGREGATIONS:
+      raise ValueError(f'unknown aggregation {self.method!r}; choose one of {AGGREGATIONS}')
+    if y.ndim != 5:
+      raise ValueError(f'Aggregation expects (M, B, H, W, C) features, got shape {y.shape}')
+    num_modalities, features = y.shape[0], y.shape[-1]
+    if self.method == 'average':
+      aggregate = jnp.mean(y.astype(jnp.float32), axis=0)
+    elif self.method == 'concat':
+      stacked = jnp.concatenate(list(y), axis=-1)  # (B, H, W, M * C): [y_0, ..., y_{M-1}].
+      aggregate = nn.Conv(features, (1, 1), use_bias=True, dtype=self.dtype,
+                          param_dtype=jnp.float32, kernel_init=_mean_kernel_init,
+                          bias_init=nn.initializers.zeros, name='conv')(stacked)
+    else:
+      scores = nn.Conv(1, (1, 1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=nn.initializers.zeros, name='scorer')(y)
+      weights = jax.nn.softmax(scores.astype(jnp.float32), axis=0)  # (M, B, H, W, 1).
+      aggregate = jnp.sum(weights * y.astype(jnp.float32), axis=0)
+    aggregate = aggregate.astype(self.dtype)
+    return jnp.broadcast_to(aggregate[None], (num_modalities,) + aggregate.shape)

@@ -13,7 +13,7 @@ import numbers
 
 import jax
 
-from asymfusion_jax import optim, sharding
+from asymfusion_jax import fusion, optim, sharding
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import segmentation_pipeline
@@ -84,6 +84,16 @@ def _bool(config, key: str) -> None:
   value = _value(config, key)
   if not isinstance(value, bool):
     _fail(key, value, 'True or False')
+
+
+def _fusion(config) -> None:
+  """config.model.fusion names a fusion method (a bool is read as 'asym' / 'none')."""
+  value = _value(config, 'model.fusion')
+  try:
+    fusion.method(value)
+  except ValueError:
+    _fail('model.fusion', value, f'one of {fusion.METHODS} (or True for \'asym\', False for '
+                                 "'none')")
 
 
 def check_config(config) -> None:
@@ -160,7 +170,7 @@ def _check_refinenet(config) -> int:
   _choice(config, 'data.name', ('nyudv2',))
   _choice(config, 'model.depth', resnet.STAGE_SIZES)
   num_classes = _int(config, 'model.num_classes', 1)
-  _bool(config, 'model.fusion')
+  _fusion(config)
   _int(config, 'model.width', 1)
   _int(config, 'model.decoder_width', 1)
   _number(config, 'model.dropout_rate', 0, 1)
@@ -220,7 +230,7 @@ def check_translation_config(config) -> None:
   num_downs = _int(config, 'model.num_downs', 1)
   _int(config, 'model.ngf', 1)
   _int(config, 'model.ndf', 1)
-  _bool(config, 'model.fusion')
+  _fusion(config)
   blocks = _value(config, 'model.fusion_blocks')
   if isinstance(blocks, (str, bytes)) or not hasattr(blocks, '__len__') or not all(
       _is_int(b) and 2 <= b <= num_downs - 1 for b in blocks):

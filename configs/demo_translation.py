@@ -8,7 +8,8 @@ same scene, and the RGB target is an albedo (which the texture edges outline) ti
 (asymfusion_jax/data/synthetic.py says what each domain encodes). A small U-Net (6 levels,
 width 16) translates reshading and depth_euclidean to rgb at 64x64. get_config('nofusion')
 keeps the shared convs and per-domain InstanceNorm without shuffle/shift, and
-get_config('<domain>') trains on that single domain.
+get_config('<domain>') trains on that single domain. --config.model.fusion=concat (average,
+attention, late) trains a fusion baseline instead; experiments/fusion_table.py trains them all.
 """
 
 from asymfusion_jax import config_lib

@@ -9,6 +9,9 @@ and the list files train.txt and val.txt (README, "Image translation"). 300 epoc
 evaluated every 5. The paper reports FID 75.1 for AsymFusion on this set (its baselines: Concat
 86.4, Average 90.2, Attention 81.5, MMF 82.1); FID needs the Inception weights file, without it the
 run reports L1 and L2 only.
+
+The paper's baselines (docs/method.md section 12) run from this file with
+--config.model.fusion=concat, =average, =attention or =late (MMF); =none drops the fusion.
 """
 
 from asymfusion_jax import config_lib

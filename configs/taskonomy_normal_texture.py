@@ -9,6 +9,9 @@ train.txt and val.txt (README, "Image translation"). 300 epochs at batch 1, eval
 paper reports FID 77.8 for AsymFusion on this set (its baselines: Concat 88.9, Average 93.0,
 Attention 83.3, MMF 85.9); FID needs the Inception weights file, without it the run reports L1 and
 L2 only.
+
+The paper's baselines (docs/method.md section 12) run from this file with
+--config.model.fusion=concat, =average, =attention or =late (MMF); =none drops the fusion.
 """
 
 from asymfusion_jax import config_lib

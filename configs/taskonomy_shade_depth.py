@@ -9,6 +9,9 @@ files train.txt and val.txt (README, "Image translation"). 300 epochs at batch 1
 5. The paper reports FID 82.5 for AsymFusion on this set (its baselines: Concat 96.5, Average
 101.3, Attention 87.3, MMF 92.0); FID needs the Inception weights file, without it the run reports
 L1 and L2 only.
+
+The paper's baselines (docs/method.md section 12) run from this file with
+--config.model.fusion=concat, =average, =attention or =late (MMF); =none drops the fusion.
 """
 
 from asymfusion_jax import config_lib

@@ -9,6 +9,9 @@ the list files train.txt and val.txt (README, "Image translation"). 300 epochs a
 evaluated every 5. The paper reports FID 79.4 for AsymFusion on this set (its baselines: Concat
 92.8, Average 94.4, Attention 85.6, MMF 88.6); FID needs the Inception weights file, without it the
 run reports L1 and L2 only.
+
+The paper's baselines (docs/method.md section 12) run from this file with
+--config.model.fusion=concat, =average, =attention or =late (MMF); =none drops the fusion.
 """
 
 from asymfusion_jax import config_lib

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asymfusion_jax import fusion as _fusion
 from asymfusion_jax.models import refinenet as _refinenet
 from asymfusion_jax.models.deeplab import DeepLab
 from asymfusion_jax.models.inception import InceptionV3
@@ -22,11 +23,19 @@ MODEL_NAMES = ('refinenet', 'deeplab', 'unet')
 
 
 def build_deeplab(config) -> DeepLab:
-  """The DeepLab that a config describes (its `model` section, modalities and compute dtype)."""
+  """The DeepLab that a config describes (its `model` section, modalities and compute dtype).
+
+  Its fusion is AsymFusion or none: config.model.fusion True / 'asym' or False / 'none'.
+  """
+  method = _fusion.method(config.model.fusion)
+  if method not in ('asym', 'none'):
+    raise ValueError(f'config.model.fusion={config.model.fusion!r}: the DeepLab model has '
+                     "AsymFusion ('asym' or True) or no fusion ('none' or False); the fusion "
+                     'baselines are built for RefineNet and the translation U-Net')
   return DeepLab(
       num_classes=config.model.num_classes,
       num_modalities=len(config.modalities),
-      fusion=config.model.fusion,
+      fusion=method == 'asym',
       output_stride=config.model.output_stride,
       dtype=resolve_compute_dtype(config.compute_dtype),
       frozen_bn=config.frozen_bn,

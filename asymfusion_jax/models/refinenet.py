@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asymfusion_jax import fusion as fusion_ops
 from asymfusion_jax import resize
 from asymfusion_jax.models.layers import max_pool, shared_conv, torch_default_kernel_init
 from asymfusion_jax.models.resnet import ResNet
@@ -69,14 +70,19 @@ class RefineNet(nn.Module):
   """AsymFusion RefineNet: multimodal ResNet encoder, shared RefineNet decoder, learned ensemble.
 
   apply(variables, x, train=...) with x of shape (M, B, H, W, 3) returns float32 logits of shape
-  (M + 1, B, h, w, K) at stride 4: the M branch predictions, then their alpha-weighted ensemble.
+  (M + 1, B, h, w, K) at stride 4: the M branch predictions, then their alpha-weighted ensemble
+  (with fusion 'late': their plain mean, without alpha, through which the gradient flows).
   Training needs rngs={'dropout': key}; with frozen_bn=False it also needs mutable=['batch_stats'].
 
   Attributes:
     depth: ResNet depth (26 tiny, 50, 101, 152).
     num_classes: K.
     num_modalities: M; the input's first axis must equal it.
-    fusion: AsymFusion in the encoder (needs M >= 2 to have an effect).
+    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method): 'asym' (or True),
+      AsymFusion in the encoder; 'concat', 'average', 'attention', that aggregation at the
+      same four fusion points; 'none' (or False), no fusion; 'late' (MMF), no fusion in the
+      encoder and the mean of the branch logits as the ensemble (docs/method.md section 12).
+      Fusion in the encoder needs M >= 2 to have an effect.
     dtype: compute dtype; parameters, BatchNorm statistics and the returned logits are float32.
     frozen_bn: use running BatchNorm statistics in training too, and never update them.
     width: encoder base width (64 in the paper). decoder_width: decoder width (256 in the paper;
@@ -90,7 +96,7 @@ class RefineNet(nn.Module):
   depth: int = 101
   num_classes: int = 40
   num_modalities: int = 2
-  fusion: bool = True
+  fusion: bool | str = 'asym'
   dtype: Any = jnp.float32
   frozen_bn: bool = False
   width: int = 64
@@ -107,7 +113,8 @@ class RefineNet(nn.Module):
       raise ValueError(f'unknown remat {self.remat!r}; choose one of {REMAT}')
     dt, w = self.dtype, self.decoder_width
     rcu, crp = (nn.remat(RCU), nn.remat(CRP)) if self.remat == 'all' else (RCU, CRP)
-    feats = ResNet(self.depth, self.fusion, self.width, dt, remat=self.remat != 'none',
+    method = fusion_ops.method(self.fusion)
+    feats = ResNet(self.depth, 'none' if method == 'late' else method, self.width, dt, remat=self.remat != 'none',
                    name='backbone')(x, use_running_average=self.frozen_bn or not train)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     l1, l2 = feats['l1'], feats['l2']
@@ -135,9 +142,12 @@ class RefineNet(nn.Module):
 
     x1 = drop(top)
     logits = _conv3x3(self.num_classes, 'clf_conv', dt, use_bias=True)(x1).astype(jnp.float32)
-    alpha = self.param('alpha', nn.initializers.ones, (self.num_modalities,), jnp.float32)
-    weights = jax.nn.softmax(alpha)
-    ensemble = jnp.einsum('m,m...->...', weights, jax.lax.stop_gradient(logits))
+    if method == 'late':
+      ensemble = jnp.mean(logits, axis=0)
+    else:
+      alpha = self.param('alpha', nn.initializers.ones, (self.num_modalities,), jnp.float32)
+      weights = jax.nn.softmax(alpha)
+      ensemble = jnp.einsum('m,m...->...', weights, jax.lax.stop_gradient(logits))
     return jnp.concatenate([logits, ensemble[None]], axis=0)
 
 

@@ -3,7 +3,8 @@
 The input is (M, B, H, W, 3). Every convolution kernel is shared by the M modalities; only the
 BatchNorm layers are per modality. The last bottleneck of every stage with at least two blocks
 exchanges information between modalities through channel shuffle and pixel shift
-(docs/method.md section 4).
+(docs/method.md section 4), or, for the fusion baselines (docs/method.md section 12), feeds
+one aggregate of its M outputs to every branch.
 """
 
 from typing import Any
@@ -34,11 +35,13 @@ def stage_sizes(depth: int) -> tuple[int, ...]:
 
 
 class Bottleneck(nn.Module):
-  """torchvision's Bottleneck (stride on the 3x3 conv), optionally with AsymFusion."""
+  """torchvision's Bottleneck (stride on the 3x3 conv), optionally with AsymFusion (`fuse`) or
+  an aggregation of its output (`aggregation`, one of fusion.AGGREGATIONS, or None)."""
   features: int
   stride: int = 1
   downsample: bool = False
   fuse: bool = False
+  aggregation: str | None = None
   use_running_average: bool = True
   dtype: Any = jnp.float32
 
@@ -64,7 +67,10 @@ class Bottleneck(nn.Module):
       shortcut = shared_conv(self.features * EXPANSION, 1, stride=self.stride, dtype=self.dtype,
                              name='downsample_conv')(x)
       shortcut = bn('downsample_bn')(shortcut)
-    return jax.nn.relu(h + shortcut)
+    out = jax.nn.relu(h + shortcut)
+    if self.aggregation is not None:
+      out = fusion.Aggregation(self.aggregation, dtype=self.dtype, name='aggregate')(out)
+    return out
 
 
 class ResNet(nn.Module):
@@ -72,8 +78,12 @@ class ResNet(nn.Module):
 
   Attributes:
     depth: 26 (tiny, for tests), 50, 101 or 152.
-    fusion: AsymFusion in the last block of every stage. Off leaves shared convolutions with
-      per-modality BatchNorm only. Fusion needs at least two modalities; M = 1 runs without it.
+    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method). 'asym' (or True):
+      AsymFusion in the last block of every stage. 'concat', 'average', 'attention': that
+      aggregation of the last block's output of every stage instead, so the stage outputs
+      that feed the decoder are aggregated too (ours, docs/method.md section 12). 'none' (or
+      False) and 'late' leave shared convolutions with per-modality BatchNorm only. Fusion
+      needs at least two modalities; M = 1 runs without it.
     width: channels of the stem and of the first stage's bottleneck (64 in the paper).
     remat: recompute every bottleneck in the backward pass instead of keeping its
       intermediate activations (only block inputs are kept): less memory, one more forward
@@ -81,7 +91,7 @@ class ResNet(nn.Module):
       fuses and sums the recomputed graph in another order: 5e-6 relative, tiny model).
   """
   depth: int = 101
-  fusion: bool = True
+  fusion: bool | str = 'asym'
   width: int = 64
   dtype: Any = jnp.float32
   remat: bool = False
@@ -91,7 +101,8 @@ class ResNet(nn.Module):
     if x.ndim != 5:
       raise ValueError(f'ResNet expects (M, B, H, W, C) input, got shape {x.shape}')
     num_modalities = x.shape[0]
-    fuse = self.fusion and num_modalities >= 2
+    method = fusion.method(self.fusion) if num_modalities >= 2 else 'none'
+    aggregation = method if method in fusion.AGGREGATIONS else None
     x = x.astype(self.dtype)
     x = shared_conv(self.width, 7, stride=2, dtype=self.dtype, name='conv1')(x)
     x = ModalBatchNorm(use_running_average, dtype=self.dtype, name='bn1')(x)
@@ -101,11 +112,13 @@ class ResNet(nn.Module):
     block = nn.remat(Bottleneck) if self.remat else Bottleneck
     for s, num_blocks in enumerate(stage_sizes(self.depth)):
       for i in range(num_blocks):
+        fusion_point = num_blocks >= 2 and i == num_blocks - 1
         x = block(
             features=self.width * 2**s,
             stride=2 if (s > 0 and i == 0) else 1,
             downsample=(i == 0),
-            fuse=fuse and num_blocks >= 2 and i == num_blocks - 1,
+            fuse=fusion_point and method == 'asym',
+            aggregation=aggregation if fusion_point else None,
             use_running_average=use_running_average,
             dtype=self.dtype,
             name=f'layer{s + 1}_{i}')(x)

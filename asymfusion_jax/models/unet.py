@@ -34,12 +34,17 @@ def fuse(y: jax.Array) -> jax.Array:
 
 
 class EncoderBlock(nn.Module):
-  """[LeakyReLU(0.2)], 4x4 stride-2 conv, [per-modality InstanceNorm, [AsymFusion]]."""
+  """[LeakyReLU(0.2)], 4x4 stride-2 conv, [per-modality InstanceNorm, [fusion]].
+
+  fusion: a config.model.fusion value (fusion_ops.method): 'asym' exchanges features by
+  shuffle and shift, an aggregation of fusion_ops.AGGREGATIONS feeds its aggregate to every
+  branch, and 'none' and 'late' do nothing here.
+  """
   features: int
   num_modalities: int
   activation: bool
   norm: bool
-  fusion: bool = False
+  fusion: bool | str = 'none'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -50,8 +55,11 @@ class EncoderBlock(nn.Module):
                 name='conv')(x)
     if self.norm:
       y = ModalInstanceNorm(self.num_modalities, dtype=self.dtype, name='insnorm_conv')(y)
-    if self.fusion:
+    method = fusion_ops.method(self.fusion)
+    if method == 'asym':
       y = fuse(y)
+    elif method in fusion_ops.AGGREGATIONS:
+      y = fusion_ops.Aggregation(method, dtype=self.dtype, name='aggregate')(y)
     return y
 
 
@@ -85,7 +93,8 @@ class UNetGenerator(nn.Module):
 
   apply(variables, x, train=...) with x of shape (M, B, H, W, 3) in [-1, 1] returns float32
   images of shape (M + 1, B, H, W, 3) in [-1, 1]: the M branch outputs (tanh), then their
-  ensemble sum_m softmax(alpha)_m * stop_gradient(out_m). Training needs
+  ensemble sum_m softmax(alpha)_m * stop_gradient(out_m), or with fusion 'late' their plain
+  mean (no alpha; the gradient flows through it into the branches). Training needs
   rngs={'dropout': key}. The variables hold `params` only: the InstanceNorms use every
   image's own statistics, in training and evaluation alike.
 
@@ -95,10 +104,14 @@ class UNetGenerator(nn.Module):
       ngf * min(2**(k-1), 8) channels.
     num_downs: number of stride-2 levels (8 for 256x256 inputs); H and W must be divisible by
       2**num_downs.
-    fusion: AsymFusion after the InstanceNorm of the encoder blocks `fusion_blocks`; it needs
-      M >= 2 to have an effect (M = 1 runs without it).
-    fusion_blocks: 1-based encoder blocks with fusion; only blocks 2..num_downs-1 have an
-      InstanceNorm, so only they may be named.
+    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method): 'asym' (or True),
+      AsymFusion after the InstanceNorm of the encoder blocks `fusion_blocks`; 'concat',
+      'average' or 'attention', that aggregation there instead (docs/method.md section 12);
+      'none' (or False), no fusion; 'late' (MMF), no fusion in the encoder and the plain mean
+      of the branch outputs as the ensemble. Fusion inside the network needs M >= 2 to have an
+      effect (M = 1 runs without it).
+    fusion_blocks: 1-based encoder blocks with fusion inside the network; only blocks
+      2..num_downs-1 have an InstanceNorm, so only they may be named.
     dropout_rate: dropout of the num_downs - 5 decoder blocks nearest the bottleneck (training
       only).
     dtype: compute dtype; parameters, normalisation statistics and the outputs are float32.
@@ -106,7 +119,7 @@ class UNetGenerator(nn.Module):
   num_modalities: int
   ngf: int = 64
   num_downs: int = 8
-  fusion: bool = True
+  fusion: bool | str = 'asym'
   fusion_blocks: Sequence[int] = (2, 3, 4, 5, 6, 7)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
@@ -121,7 +134,7 @@ class UNetGenerator(nn.Module):
     if x.shape[2] % factor or x.shape[3] % factor:
       raise ValueError(f'UNetGenerator(num_downs={self.num_downs}) needs H and W divisible by '
                        f'2**num_downs = {factor}, got H x W = {x.shape[2]} x {x.shape[3]}')
-    if self.fusion:
+    if fusion_ops.method(self.fusion) not in ('none', 'late'):
       bad = [b for b in self.fusion_blocks if not 2 <= b <= self.num_downs - 1]
       if bad:
         raise ValueError(f'fusion_blocks {tuple(self.fusion_blocks)} name blocks {bad} without '
@@ -132,12 +145,13 @@ class UNetGenerator(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     self._check(x)
     n, m = self.num_downs, self.num_modalities
-    fused = set(self.fusion_blocks) if self.fusion and m >= 2 else set()
+    method = fusion_ops.method(self.fusion)
+    fused = set(self.fusion_blocks) if m >= 2 else set()
     skips = []
     h = x
     for k in range(1, n + 1):
       h = EncoderBlock(encoder_channels(self.ngf, k), m, activation=k > 1, norm=1 < k < n,
-                       fusion=k in fused, dtype=self.dtype, name=f'conv{k}')(h)
+                       fusion=method if k in fused else 'none', dtype=self.dtype, name=f'conv{k}')(h)
       skips.append(h)
     for k in range(1, n + 1):
       features = encoder_channels(self.ngf, n - k) if k < n else 3
@@ -147,6 +161,9 @@ class UNetGenerator(nn.Module):
       if k < n:  # Channels [decoder, encoder block n - k].
         h = jnp.concatenate([h, skips[n - k - 1]], axis=-1)
     out = jnp.tanh(h.astype(jnp.float32))
-    alpha = self.param('alpha', nn.initializers.ones, (m,), jnp.float32)
-    ensemble = jnp.einsum('m,m...->...', jax.nn.softmax(alpha), jax.lax.stop_gradient(out))
+    if method == 'late':
+      ensemble = jnp.mean(out, axis=0)
+    else:
+      alpha = self.param('alpha', nn.initializers.ones, (m,), jnp.float32)
+      ensemble = jnp.einsum('m,m...->...', jax.nn.softmax(alpha), jax.lax.stop_gradient(out))
     return jnp.concatenate([out, ensemble[None]], axis=0)
