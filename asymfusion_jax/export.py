@@ -62,6 +62,12 @@ DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 BATCH_DIM = 'b'
 OUTPUT_STRIDE = 4  # RefineNet's; see output_stride.
 SIDECAR_SUFFIX = '.json'
+# How a Cityscapes DeepLab's inputs are made from the raw files (docs/method.md section 13).
+CITYSCAPES_INPUTS = {
+    'rgb': 'uint8 RGB x -> x / 127.5 - 1',
+    'depth': ('uint16 disparity d -> clip(max(d - 1, 0) / 256 / 128, 0, 1) * 2 - 1, repeated '
+              'to 3 channels (d = 0, invalid, reads as -1)'),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,8 +225,13 @@ def _task_sidecar(config) -> dict:
                     'resized to the input size; output in [-1, 1], as uint8 '
                     'round((output + 1) * 127.5)'),
     }
+  if config.data.get('name') == 'cityscapes':
+    inputs = {'modalities': list(config.modalities),
+              'formula': {name: CITYSCAPES_INPUTS[name] for name in config.modalities}}
+  else:
+    inputs = modalities.to_json(config.modalities)
   return {
-      **modalities.to_json(config.modalities),
+      **inputs,
       'num_classes': int(config.model.num_classes),
       'ignore_label': int(config.data.ignore_label),
       'output_stride': output_stride(config),

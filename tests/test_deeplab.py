@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from asymfusion_jax import convert, export, variables_io
+from asymfusion_jax.data import cityscapes
 from asymfusion_jax.models import DeepLab, build_model, random_variables
 from configs import cityscapes_deeplab_xception65, cityscapes_deeplab_xception65_rgb
 
@@ -397,7 +398,12 @@ def test_convert_and_export_cli(reference, tmp_path):
   scale = np.abs(expected[16]).max()
   np.testing.assert_allclose(logits[0] / scale, expected[16] / scale, atol=1e-4)
   with open(artifact + '.json') as f:
-    assert json.load(f)['output_stride'] == 1
+    meta = json.load(f)
+  assert meta['output_stride'] == 1
+  # The sidecar tells the Cityscapes input encoding, not NYUDv2's normalisation.
+  assert meta['formula'] == {'rgb': export.CITYSCAPES_INPUTS['rgb']} and 'normalisation' not in meta
+  np.testing.assert_allclose(cityscapes.rgb_input(np.asarray([[[0, 255, 51]]], np.uint8)),
+                             [[[-1.0, 1.0, 51 / 127.5 - 1]]], rtol=1e-6)
 
 
 def test_torch_export_is_refused(tmp_path):
