@@ -14,6 +14,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,3 +128,45 @@ def test_max_pool_gradient_is_bitwise_that_of_select_and_scatter(window, stride,
   g = rng.normal(size=want.shape).astype(np.float32)
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(jax.jit(our_vjp)(g)[0], jax.jit(xla_vjp)(g)[0])
+
+
+@pytest.mark.parametrize('stride,shape,dtype', [(1, (2, 3, 7, 9, 5), np.float32),
+                                                (2, (2, 1, 9, 8, 6), np.float32),
+                                                (2, (1, 2, 7, 7, 4), jnp.bfloat16)])
+def test_1x1_convolution_is_a_matrix_product_with_conv_results(stride, shape, dtype):
+  """shared_conv's 1x1 kernels run as dot_general (no convolution left in the program) and give
+  lax.conv's outputs and gradients to float32 rounding, at odd sizes and stride 2."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), dtype)
+  conv = layers.shared_conv(7, 1, stride=stride, use_bias=True, dtype=dtype, name='c')
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  kernel = variables['params']['kernel']
+  assert kernel.shape == (1, 1, shape[-1], 7)  # nn.Conv's parameters, unchanged.
+
+  def ours(params, x):
+    return jnp.sum(conv.apply({'params': params}, x).astype(jnp.float32) ** 2)
+
+  def reference(params, x):
+    flat = x.reshape((-1,) + x.shape[2:])
+    y = jax.lax.conv_general_dilated(flat, params['kernel'].astype(dtype), (stride, stride),
+                                     ((0, 0), (0, 0)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + params['bias'].astype(dtype)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+
+  text = jax.jit(jax.grad(ours, argnums=(0, 1))).lower(variables['params'], x).as_text()
+  assert 'stablehlo.convolution' not in text and 'stablehlo.dot_general' in text
+  got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(variables['params'], x)
+  want = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(variables['params'], x)
+  tol = 1e-5 if dtype == np.float32 else 2e-2
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b)), (a, b)
+
+
+def test_other_convolutions_stay_convolutions():
+  """3x3 kernels (and padded or dilated ones) keep lax.conv_general_dilated."""
+  x = jnp.ones((1, 2, 8, 8, 3))
+  conv = layers.shared_conv(4, 3, name='c')
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  assert 'stablehlo.convolution' in jax.jit(conv.apply).lower(variables, x).as_text()

@@ -17,17 +17,54 @@ resnet_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs) -> jax.Array:
+  """lax.conv_general_dilated, with unpadded 1x1 NHWC convolutions run as one matrix product.
+
+  A 1x1 convolution is x (N*H*W, C) @ w (C, O) after the stride's subsampling. Written as a
+  dot_general, its two gradients are matrix products too (g @ w^T, x^T @ g), which XLA:CPU runs
+  on the operands as they lie; as a convolution, XLA:CPU computes the kernel gradient as a
+  convolution with the channels as batch, so it first transposes the activations and the
+  gradient batch-last, and it swaps the kernel's axes for the input gradient. That made a 1x1
+  convolution's forward + backward 1.6 to 3.2 times slower than the matrix products
+  (experiments/PERF_LOG.md, section 8); ResNet-101 has 70 of them. Every other convolution, and
+  any call with dilation, groups or padding, goes to lax.conv_general_dilated unchanged.
+  """
+  trivial = (lambda d: d is None or all(v == 1 for v in d))
+  nhwc = (dimension_numbers is not None and lhs.ndim == 4
+          and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+          and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+          and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+  unpadded = (padding == 'VALID' or (not isinstance(padding, str)
+                                     and all(tuple(p) == (0, 0) for p in padding)))
+  if (nhwc and rhs.shape[:2] == (1, 1) and unpadded and trivial(lhs_dilation)
+      and trivial(rhs_dilation) and feature_group_count == 1 and not kwargs):
+    sh, sw = window_strides
+    if (sh, sw) != (1, 1):
+      lhs = lhs[:, ::sh, ::sw, :]
+    y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs[0, 0],
+                            (((1,), (0,)), ((), ())), precision=precision)
+    return y.reshape(lhs.shape[:-1] + (rhs.shape[-1],))
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, **kwargs)
+
+
 def shared_conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = False,
                 dtype: Dtype = jnp.float32, kernel_init=resnet_kernel_init, name: str) -> nn.Conv:
   """A convolution whose one kernel is applied to all M * B images of an (M, B, H, W, C) input.
 
   Flax flattens the leading (M, B) axes, so all modalities run as one batched convolution.
-  Padding is explicit and symmetric, as in PyTorch (kernel // 2 on every side).
+  Padding is explicit and symmetric, as in PyTorch (kernel // 2 on every side). 1x1 kernels run
+  as matrix products (conv_general_dilated above); the parameters are nn.Conv's either way.
   """
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
+                 param_dtype=jnp.float32, kernel_init=kernel_init, name=name,
+                 conv_general_dilated=conv_general_dilated)
 
 
 # pix2pix's init of every (transposed) convolution kernel: N(0, 0.02).
