@@ -107,13 +107,24 @@ def _timed(step, n: int) -> list[tuple[float, float]]:
   return times
 
 
-def _serve(conn, step, info: dict) -> None:
+def _serve(conn, step, info: dict, profile=None) -> None:
   conn.send(info)
   while True:
     message = conn.recv()
     if message[0] == 'stop':
       return
+    if message[0] == 'profile':
+      conn.send(profile(step) if profile else None)
+      continue
     conn.send(_timed(step, message[1]))
+
+
+def _torch_profile(step) -> str:
+  """torch.profiler's table of one step's ops, by self CPU time (the torch side's profile)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    step()
+  return prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=20)
 
 
 def _pin(cores: int | None) -> None:
@@ -258,7 +269,7 @@ def torch_worker(conn, config_dict: dict, mode: str, seed: int, threads: int,
     step = _torch_segmentation_step(torch, config, mode, segmentation_batch(config, mode, seed))
   _serve(conn, step, {'version': torch.__version__, 'setup_s': time.perf_counter() - start,
                       'threads': torch.get_num_threads(),
-                      'mkldnn': bool(torch.backends.mkldnn.is_available())})
+                      'mkldnn': bool(torch.backends.mkldnn.is_available())}, _torch_profile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +283,8 @@ def _summary(times: list[tuple[float, float]]) -> dict:
 
 
 def compare(config, mode: str = 'train', rounds: int = 3, steps: int = 2, warmup: int = 1,
-            seed: int = 0, threads: int | None = None, cores: int | None = None) -> dict:
+            seed: int = 0, threads: int | None = None, cores: int | None = None,
+            torch_profile: bool = False) -> dict:
   """Runs both workers alternately; returns the per-framework summaries and the ratios.
 
   cores pins both workers to the first `cores` cores of this process (and PyTorch, unless
@@ -302,6 +314,9 @@ def compare(config, mode: str = 'train', rounds: int = 3, steps: int = 2, warmup
         conn.send(('run', steps))
         times[name] += conn.recv()
     load_after = load_average()
+    if torch_profile:
+      conns['torch'].send(('profile',))
+      profile_table = conns['torch'].recv()
   finally:
     for name, conn in conns.items():
       try:
@@ -319,6 +334,8 @@ def compare(config, mode: str = 'train', rounds: int = 3, steps: int = 2, warmup
              'rounds': rounds, 'steps_per_round': steps, 'torch_threads': threads,
              'load_before': load_before, 'load_after': load_after,
              'xla_flags': os.environ.get('XLA_FLAGS', ''), 'python': platform.python_version()}
+  if torch_profile:
+    result['torch_profile'] = profile_table
   return result | cpu_info() | {'cores': cores or available}
 
 
@@ -356,6 +373,8 @@ def define_flags() -> None:
                        'Pin both workers to this many cores (default: all of them). One core '
                        'is the comparison a shared machine disturbs least: no thread of either '
                        'framework waits at a barrier for a thread the other jobs preempted.')
+  flags.DEFINE_bool('torch_profile', False,
+                    "After the timed rounds, print torch.profiler's table of one PyTorch step.")
   flags.mark_flags_as_required(['config'])
 
 
@@ -363,8 +382,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   result = compare(FLAGS.config, FLAGS.mode, FLAGS.rounds, FLAGS.steps, FLAGS.warmup,
-                   FLAGS.seed, FLAGS.threads, FLAGS.cores)
+                   FLAGS.seed, FLAGS.threads, FLAGS.cores, FLAGS.torch_profile)
   print(format_report(result), flush=True)
+  if FLAGS.torch_profile:
+    print(result['torch_profile'], flush=True)
   print(json.dumps(result), flush=True)
 
 

@@ -170,3 +170,53 @@ def test_other_convolutions_stay_convolutions():
   conv = layers.shared_conv(4, 3, name='c')
   variables = conv.init(jax.random.PRNGKey(0), x)
   assert 'stablehlo.convolution' in jax.jit(conv.apply).lower(variables, x).as_text()
+
+
+def test_side_by_side_with_pytorch_times_both_and_gives_their_ratio():
+  """experiments/benchmark_torch.py on the tiny model: both frameworks' step, the ratio of the
+  two, and the machine it ran on. No timing is asserted."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  from experiments import benchmark_torch  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  config.model.width, config.model.decoder_width = 8, 16
+  config.crop_size, config.batch_size, config.frozen_bn = 32, 2, True
+  result = benchmark_torch.compare(config, 'train', rounds=1, steps=1, warmup=1, cores=1)
+  for name in ('jax', 'torch'):
+    assert result[name]['steps'] == 1 and result[name]['step_ms_best'] > 0, result
+    assert result[name]['cpu_s_per_step_best'] > 0, result
+  assert result['ratio_step_ms_best'] == pytest.approx(
+      result['jax']['step_ms_best'] / result['torch']['step_ms_best'])
+  assert result['torch_threads'] == 1 and result['cores'] == 1
+  assert result['cpu_model'] and result['torch']['version'].startswith('2.')
+  report = benchmark_torch.format_report(result)
+  assert 'JAX / PyTorch' in report and result['cpu_model'] in report
+
+
+def test_transposed_convolution_matches_flax_and_has_one_dilated_input():
+  """layers.ConvTranspose4x4 = nn.ConvTranspose(k=4, s=2, p=2, transpose_kernel=True): same
+  parameters, outputs and gradients, but its kernel gradient is a convolution with a dilated
+  window, not one over a stride-dilated input (which XLA:CPU ran 33x slower): only the forward
+  keeps lhs_dilate = [2, 2]."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 1, 5, 7, 6)), jnp.float32)
+  flax_conv = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                               transpose_kernel=True)
+  ours = layers.ConvTranspose4x4(5)
+  variables = flax_conv.init(jax.random.PRNGKey(0), x)
+  variables = jax.tree.map(lambda v: v + 0.1 * jnp.asarray(rng.normal(size=v.shape), v.dtype),
+                           variables)  # A non-zero bias.
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+      jnp.shape, variables)
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  got = jax.jit(jax.value_and_grad(loss(ours), argnums=(0, 1)))(variables, x)
+  want = jax.jit(jax.value_and_grad(loss(flax_conv), argnums=(0, 1)))(variables, x)
+  assert ours.apply(variables, x).shape == (2, 1, 10, 14, 5)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b))
+  text = jax.jit(jax.grad(loss(ours), argnums=(0, 1))).lower(variables, x).as_text()
+  convs = [line for line in text.splitlines() if 'stablehlo.convolution' in line]
+  assert len(convs) == 3 and sum('lhs_dilate = [2, 2]' in line for line in convs) == 1

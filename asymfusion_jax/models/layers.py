@@ -94,6 +94,65 @@ def conv4x4(features: int, *, stride: int, in_features: int, dtype: Dtype = jnp.
                  bias_init=torch_default_bias_init(in_features * 16), name=name)
 
 
+def _conv4x4_stride2(u: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The 4x4, stride-2, padding-1 NHWC convolution whose gradient a transposed conv is."""
+  return jax.lax.conv_general_dilated(u, kernel, (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def conv_transpose4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """PyTorch's ConvTranspose2d(k=4, s=2, p=1) of (N, H, W, C) x: (N, 2H, 2W, O).
+
+  `kernel` is (4, 4, O, C), the kernel of the convolution _conv4x4_stride2 (O -> C channels)
+  whose input gradient this is, as nn.ConvTranspose(transpose_kernel=True) stores it. The
+  forward is that input gradient (what nn.ConvTranspose computes). The backward is written out
+  because JAX differentiates the input gradient into a kernel gradient of a convolution over
+  the stride-dilated input, which XLA:CPU runs through its generic convolution loop, not
+  YNNPACK: 20 to 30 s for one decoder block of the paper's U-Net, 33 times the same gradients
+  written as below (experiments/PERF_LOG.md, section 9). With L = <y, g>, y = conv^T(x):
+  L = <x, conv(g)>, so dL/dx = conv(g, kernel), a plain strided convolution, and dL/dkernel is
+  the kernel gradient of conv(g, .) at cotangent x, the one every strided convolution has.
+  """
+  u = jax.ShapeDtypeStruct(
+      (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], kernel.shape[2]), x.dtype)
+  return jax.linear_transpose(lambda u: _conv4x4_stride2(u, kernel), u)(x)[0]
+
+
+def _conv_transpose4x4_fwd(x, kernel):
+  return conv_transpose4x4(x, kernel), (x, kernel)
+
+
+def _conv_transpose4x4_bwd(residuals, g):
+  x, kernel = residuals
+  dx = _conv4x4_stride2(g, kernel)
+  (dkernel,) = jax.vjp(lambda k: _conv4x4_stride2(g, k), kernel)[1](x)
+  return dx, dkernel
+
+
+conv_transpose4x4.defvjp(_conv_transpose4x4_fwd, _conv_transpose4x4_bwd)
+
+
+class ConvTranspose4x4(nn.Module):
+  """nn.ConvTranspose((4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True)
+  with the same parameters ('kernel' (4, 4, features, in), 'bias' (features,)) and outputs,
+  over any leading axes, computed by conv_transpose4x4 (whose gradients XLA:CPU runs fast)."""
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = pix2pix_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (4, 4, self.features, x.shape[-1]),
+                        jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    lead = x.shape[:-3]
+    flat = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
+    y = conv_transpose4x4(flat, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    return y.reshape(lead + y.shape[1:])
+
+
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
   """Max-pooling with PyTorch's -inf padding of window // 2 on every side, any leading axes."""
   lead = x.shape[:-3]
