@@ -14,6 +14,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,3 +128,95 @@ def test_max_pool_gradient_is_bitwise_that_of_select_and_scatter(window, stride,
   g = rng.normal(size=want.shape).astype(np.float32)
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(jax.jit(our_vjp)(g)[0], jax.jit(xla_vjp)(g)[0])
+
+
+@pytest.mark.parametrize('stride,shape,dtype', [(1, (2, 3, 7, 9, 5), np.float32),
+                                                (2, (2, 1, 9, 8, 6), np.float32),
+                                                (2, (1, 2, 7, 7, 4), jnp.bfloat16)])
+def test_1x1_convolution_is_a_matrix_product_with_conv_results(stride, shape, dtype):
+  """shared_conv's 1x1 kernels run as dot_general (no convolution left in the program) and give
+  lax.conv's outputs and gradients to float32 rounding, at odd sizes and stride 2."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=shape), dtype)
+  conv = layers.shared_conv(7, 1, stride=stride, use_bias=True, dtype=dtype, name='c')
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  kernel = variables['params']['kernel']
+  assert kernel.shape == (1, 1, shape[-1], 7)  # nn.Conv's parameters, unchanged.
+
+  def ours(params, x):
+    return jnp.sum(conv.apply({'params': params}, x).astype(jnp.float32) ** 2)
+
+  def reference(params, x):
+    flat = x.reshape((-1,) + x.shape[2:])
+    y = jax.lax.conv_general_dilated(flat, params['kernel'].astype(dtype), (stride, stride),
+                                     ((0, 0), (0, 0)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = y + params['bias'].astype(dtype)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+
+  text = jax.jit(jax.grad(ours, argnums=(0, 1))).lower(variables['params'], x).as_text()
+  assert 'stablehlo.convolution' not in text and 'stablehlo.dot_general' in text
+  got = jax.jit(jax.value_and_grad(ours, argnums=(0, 1)))(variables['params'], x)
+  want = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(variables['params'], x)
+  tol = 1e-5 if dtype == np.float32 else 2e-2
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b)), (a, b)
+
+
+def test_other_convolutions_stay_convolutions():
+  """3x3 kernels (and padded or dilated ones) keep lax.conv_general_dilated."""
+  x = jnp.ones((1, 2, 8, 8, 3))
+  conv = layers.shared_conv(4, 3, name='c')
+  variables = conv.init(jax.random.PRNGKey(0), x)
+  assert 'stablehlo.convolution' in jax.jit(conv.apply).lower(variables, x).as_text()
+
+
+def test_side_by_side_with_pytorch_times_both_and_gives_their_ratio():
+  """experiments/benchmark_torch.py on the tiny model: both frameworks' step, the ratio of the
+  two, and the machine it ran on. No timing is asserted."""
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  from experiments import benchmark_torch  # pylint: disable=import-outside-toplevel
+  config = demo.get_config()
+  config.model.width, config.model.decoder_width = 8, 16
+  config.crop_size, config.batch_size, config.frozen_bn = 32, 2, True
+  result = benchmark_torch.compare(config, 'train', rounds=1, steps=1, warmup=1, cores=1)
+  for name in ('jax', 'torch'):
+    assert result[name]['steps'] == 1 and result[name]['step_ms_best'] > 0, result
+    assert result[name]['cpu_s_per_step_best'] > 0, result
+  assert result['ratio_step_ms_best'] == pytest.approx(
+      result['jax']['step_ms_best'] / result['torch']['step_ms_best'])
+  assert result['torch_threads'] == 1 and result['cores'] == 1
+  assert result['cpu_model'] and result['torch']['version'].startswith('2.')
+  report = benchmark_torch.format_report(result)
+  assert 'JAX / PyTorch' in report and result['cpu_model'] in report
+
+
+def test_transposed_convolution_matches_flax_and_has_one_dilated_input():
+  """layers.ConvTranspose4x4 = nn.ConvTranspose(k=4, s=2, p=2, transpose_kernel=True): same
+  parameters, outputs and gradients, but its kernel gradient is a convolution with a dilated
+  window, not one over a stride-dilated input (which XLA:CPU ran 33x slower): only the forward
+  keeps lhs_dilate = [2, 2]."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(2, 1, 5, 7, 6)), jnp.float32)
+  flax_conv = nn.ConvTranspose(5, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)),
+                               transpose_kernel=True)
+  ours = layers.ConvTranspose4x4(5)
+  variables = flax_conv.init(jax.random.PRNGKey(0), x)
+  variables = jax.tree.map(lambda v: v + 0.1 * jnp.asarray(rng.normal(size=v.shape), v.dtype),
+                           variables)  # A non-zero bias.
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.PRNGKey(0), x)) == jax.tree.map(
+      jnp.shape, variables)
+
+  def loss(module):
+    return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
+
+  got = jax.jit(jax.value_and_grad(loss(ours), argnums=(0, 1)))(variables, x)
+  want = jax.jit(jax.value_and_grad(loss(flax_conv), argnums=(0, 1)))(variables, x)
+  assert ours.apply(variables, x).shape == (2, 1, 10, 14, 5)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert np.max(np.abs(a - b)) <= 1e-5 * np.max(np.abs(b))
+  text = jax.jit(jax.grad(loss(ours), argnums=(0, 1))).lower(variables, x).as_text()
+  convs = [line for line in text.splitlines() if 'stablehlo.convolution' in line]
+  assert len(convs) == 3 and sum('lhs_dilate = [2, 2]' in line for line in convs) == 1

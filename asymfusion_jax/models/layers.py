@@ -17,17 +17,54 @@ resnet_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs) -> jax.Array:
+  """lax.conv_general_dilated, with unpadded 1x1 NHWC convolutions run as one matrix product.
+
+  A 1x1 convolution is x (N*H*W, C) @ w (C, O) after the stride's subsampling. Written as a
+  dot_general, its two gradients are matrix products too (g @ w^T, x^T @ g), which XLA:CPU runs
+  on the operands as they lie; as a convolution, XLA:CPU computes the kernel gradient as a
+  convolution with the channels as batch, so it first transposes the activations and the
+  gradient batch-last, and it swaps the kernel's axes for the input gradient. That made a 1x1
+  convolution's forward + backward 1.6 to 3.2 times slower than the matrix products
+  (experiments/PERF_LOG.md, section 8); ResNet-101 has 70 of them. Every other convolution, and
+  any call with dilation, groups or padding, goes to lax.conv_general_dilated unchanged.
+  """
+  trivial = (lambda d: d is None or all(v == 1 for v in d))
+  nhwc = (dimension_numbers is not None and lhs.ndim == 4
+          and tuple(dimension_numbers.lhs_spec) == (0, 3, 1, 2)
+          and tuple(dimension_numbers.rhs_spec) == (3, 2, 0, 1)
+          and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
+  unpadded = (padding == 'VALID' or (not isinstance(padding, str)
+                                     and all(tuple(p) == (0, 0) for p in padding)))
+  if (nhwc and rhs.shape[:2] == (1, 1) and unpadded and trivial(lhs_dilation)
+      and trivial(rhs_dilation) and feature_group_count == 1 and not kwargs):
+    sh, sw = window_strides
+    if (sh, sw) != (1, 1):
+      lhs = lhs[:, ::sh, ::sw, :]
+    y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs[0, 0],
+                            (((1,), (0,)), ((), ())), precision=precision)
+    return y.reshape(lhs.shape[:-1] + (rhs.shape[-1],))
+  return jax.lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+      precision=precision, **kwargs)
+
+
 def shared_conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = False,
                 dtype: Dtype = jnp.float32, kernel_init=resnet_kernel_init, name: str) -> nn.Conv:
   """A convolution whose one kernel is applied to all M * B images of an (M, B, H, W, C) input.
 
   Flax flattens the leading (M, B) axes, so all modalities run as one batched convolution.
-  Padding is explicit and symmetric, as in PyTorch (kernel // 2 on every side).
+  Padding is explicit and symmetric, as in PyTorch (kernel // 2 on every side). 1x1 kernels run
+  as matrix products (conv_general_dilated above); the parameters are nn.Conv's either way.
   """
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=kernel_init, name=name)
+                 param_dtype=jnp.float32, kernel_init=kernel_init, name=name,
+                 conv_general_dilated=conv_general_dilated)
 
 
 # pix2pix's init of every (transposed) convolution kernel: N(0, 0.02).
@@ -55,6 +92,65 @@ def conv4x4(features: int, *, stride: int, in_features: int, dtype: Dtype = jnp.
   return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=pix2pix_kernel_init,
                  bias_init=torch_default_bias_init(in_features * 16), name=name)
+
+
+def _conv4x4_stride2(u: jax.Array, kernel: jax.Array) -> jax.Array:
+  """The 4x4, stride-2, padding-1 NHWC convolution whose gradient a transposed conv is."""
+  return jax.lax.conv_general_dilated(u, kernel, (2, 2), ((1, 1), (1, 1)),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+@jax.custom_vjp
+def conv_transpose4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """PyTorch's ConvTranspose2d(k=4, s=2, p=1) of (N, H, W, C) x: (N, 2H, 2W, O).
+
+  `kernel` is (4, 4, O, C), the kernel of the convolution _conv4x4_stride2 (O -> C channels)
+  whose input gradient this is, as nn.ConvTranspose(transpose_kernel=True) stores it. The
+  forward is that input gradient (what nn.ConvTranspose computes). The backward is written out
+  because JAX differentiates the input gradient into a kernel gradient of a convolution over
+  the stride-dilated input, which XLA:CPU runs through its generic convolution loop, not
+  YNNPACK: 20 to 30 s for one decoder block of the paper's U-Net, 33 times the same gradients
+  written as below (experiments/PERF_LOG.md, section 9). With L = <y, g>, y = conv^T(x):
+  L = <x, conv(g)>, so dL/dx = conv(g, kernel), a plain strided convolution, and dL/dkernel is
+  the kernel gradient of conv(g, .) at cotangent x, the one every strided convolution has.
+  """
+  u = jax.ShapeDtypeStruct(
+      (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], kernel.shape[2]), x.dtype)
+  return jax.linear_transpose(lambda u: _conv4x4_stride2(u, kernel), u)(x)[0]
+
+
+def _conv_transpose4x4_fwd(x, kernel):
+  return conv_transpose4x4(x, kernel), (x, kernel)
+
+
+def _conv_transpose4x4_bwd(residuals, g):
+  x, kernel = residuals
+  dx = _conv4x4_stride2(g, kernel)
+  (dkernel,) = jax.vjp(lambda k: _conv4x4_stride2(g, k), kernel)[1](x)
+  return dx, dkernel
+
+
+conv_transpose4x4.defvjp(_conv_transpose4x4_fwd, _conv_transpose4x4_bwd)
+
+
+class ConvTranspose4x4(nn.Module):
+  """nn.ConvTranspose((4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True)
+  with the same parameters ('kernel' (4, 4, features, in), 'bias' (features,)) and outputs,
+  over any leading axes, computed by conv_transpose4x4 (whose gradients XLA:CPU runs fast)."""
+  features: int
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = pix2pix_kernel_init
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param('kernel', self.kernel_init, (4, 4, self.features, x.shape[-1]),
+                        jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    lead = x.shape[:-3]
+    flat = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
+    y = conv_transpose4x4(flat, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    return y.reshape(lead + y.shape[1:])
 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
