@@ -14,7 +14,6 @@ shared machine both get the same share of it. Best of --repeats per figure.
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
 
 from absl import app, flags
