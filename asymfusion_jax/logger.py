@@ -24,15 +24,25 @@ _TF_IMPORT_NOTICES = ('oneDNN custom operations are on',
                       'All log messages before absl::InitializeLog() is called')
 
 
+# orbax's ERROR lines on a checkpoint's unreadable metadata file, which it then does without.
+# The checkpoint's checksums (checksums.py) catch the damage, and checkpointing says so in one
+# warning line, so these (with the whole garbled file content in them) go to debug level.
+_ORBAX_METADATA_ERRORS = ('Failed to json parse Metadata file', 'Failed to read Metadata file')
+
+
 class _LibraryInfoFilter(logging_std.Filter):
-  """Drops INFO records of orbax, TFDS and JAX.
+  """Drops INFO records of orbax, TFDS and JAX, and demotes orbax's metadata-file errors.
 
   orbax logs dozens of lines per checkpoint read or write, TFDS several per dataset read, JAX
-  that it found no TPU. Their warnings and errors still show.
+  that it found no TPU. Their other warnings and errors still show.
   """
 
   def filter(self, record):
-    noisy = ('/orbax/' in record.pathname or '/tensorflow_datasets/' in record.pathname
+    orbax = '/orbax/' in record.pathname
+    if orbax and str(record.msg).startswith(_ORBAX_METADATA_ERRORS):
+      record.levelno, record.levelname = logging_std.DEBUG, 'DEBUG'
+      return logging.get_absl_logger().isEnabledFor(logging_std.DEBUG)
+    noisy = (orbax or '/tensorflow_datasets/' in record.pathname
              or record.name == 'jax' or record.name.startswith('jax.'))
     return record.levelno >= logging_std.WARNING or not noisy
 

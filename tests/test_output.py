@@ -2,6 +2,7 @@
 and readable prediction panels."""
 
 import json
+import logging as logging_std
 import os
 import subprocess
 import sys
@@ -224,3 +225,19 @@ def test_class_names_of_configs(tiny_data):
   from configs import nyudv2_refinenet101  # pylint: disable=g-import-not-at-top
   names = visualize.class_names(nyudv2_refinenet101.get_config())
   assert len(names) == 40 and names[0] == 'wall' and names[39] == 'other prop'
+
+
+def test_orbax_metadata_errors_go_to_debug_level():
+  """A garbled metadata file: checksums report it in one warning line; orbax's own ERROR line
+  (with the garbled content) is demoted to debug level and dropped at the default verbosity."""
+  def record(path, level, msg):
+    return logging_std.LogRecord('absl', level, path, 1, msg, ('file', 'garbage'), None)
+
+  library_filter = logger._LibraryInfoFilter()
+  metadata = record('/venv/orbax/checkpoint/_src/metadata/checkpoint.py', logging_std.ERROR,
+                    'Failed to json parse Metadata file: %s, file content: %s')
+  assert not library_filter.filter(metadata) and metadata.levelno == logging_std.DEBUG
+  other = record('/venv/orbax/checkpoint/checkpoint_manager.py', logging_std.ERROR, 'Disk full')
+  assert library_filter.filter(other)
+  chatter = record('/venv/orbax/checkpoint/checkpoint_manager.py', logging_std.INFO, 'Saved')
+  assert not library_filter.filter(chatter)
