@@ -37,6 +37,12 @@ def run(data_dir, tmp_path_factory):
   return workdir, train.train_and_evaluate(tiny.translation_config(data_dir), workdir)
 
 
+def generate(config, params, inputs):
+  """The generator's eval forward, jitted (eager, every op of the U-Net would compile alone)."""
+  generator = build_generator(config)
+  return jax.jit(lambda p, x: generator.apply({'params': p}, x, train=False))(params, inputs)
+
+
 def read_metrics(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
@@ -145,10 +151,9 @@ def test_evaluation_counts_every_image_once(run, data_dir):
   """6 val images in batches of 4: the masked padding adds nothing."""
   config = tiny.translation_config(data_dir)
   params = restore(run[0], 12)['params']['generator']
-  generator = build_generator(config)
   outputs, targets = [], []
   for batch in translation_pipeline.eval_batches(config, batch_size=6):
-    outputs.append(np.asarray(generator.apply({'params': params}, batch['inputs'], train=False)))
+    outputs.append(np.asarray(generate(config, params, batch['inputs'])))
     targets.append(batch['target'][batch['mask']])
   out, target = np.concatenate(outputs, axis=1), np.concatenate(targets)
   assert out.shape[1] == 6
@@ -179,12 +184,11 @@ def test_fid_kid_per_branch_and_best_by_fid(run, data_dir, tmp_path, monkeypatch
   config = tiny.translation_config(data_dir, eval__inception_weights='weights.pth')
   results = train.evaluate_checkpoint(config, workdir, step=12)
   params = restore(workdir, 12)['params']['generator']
-  generator = build_generator(config)
   generated = [[] for _ in BRANCHES]
   real = []
   for batch in translation_pipeline.eval_batches(config, batch_size=6):
     out = np.asarray(translation_eval.to_uint8(
-        generator.apply({'params': params}, batch['inputs'], train=False)))
+        generate(config, params, batch['inputs'])))
     for i in range(len(BRANCHES)):
       generated[i].append(_PixelFeatures(None, None)(out[i]))
     real.append(_PixelFeatures(None, None)(np.asarray(translation_eval.to_uint8(batch['target']))))
@@ -208,8 +212,7 @@ def test_export_runs_the_generator(run, data_dir, tmp_path):
   with open(out, 'rb') as f:
     exported = jax.export.deserialize(f.read())
   x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 64, 64, 3)).astype(np.float32)
-  generator = build_generator(source.config)
-  expected = generator.apply({'params': source.variables['params']['generator']}, x, train=False)
+  expected = generate(source.config, source.variables['params']['generator'], x)
   np.testing.assert_allclose(exported.call(x), expected, rtol=1e-5, atol=1e-5)
   # A converted checkpoint (convert's variables format) exports the same generator.
   converted = str(tmp_path / 'converted')
