@@ -6,6 +6,7 @@ own. A task is a class with the methods of `Task` below; `asymfusion_jax.tasks.g
 picks it from config.task.
 """
 
+import abc
 from typing import Any, Iterator
 
 import flax
@@ -29,58 +30,60 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-class Task:
+class Task(abc.ABC):
   """The interface train.py runs. Every method gets the run's (resolved) config."""
 
   # Values of the training metrics (train step outputs) that the progress line shows.
   progress_metric = 'loss'
 
+  @abc.abstractmethod
   def check_config(self, config) -> None:
     """Raises validation.ConfigError naming the first invalid key; needs no data or devices."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def check_training(self, config) -> None:
     """check_config, plus what training needs of the devices and the planned dataset."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def prepare_data(self, config) -> None:
     """Builds the dataset if needed (process 0 only; the others wait)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def steps_per_epoch(self, config) -> int:
-    raise NotImplementedError
+    """Train steps in one epoch of the prepared dataset (needs prepare_data first)."""
 
+  @abc.abstractmethod
   def total_steps(self, config, steps_per_epoch: int) -> int:
-    raise NotImplementedError
+    """Train steps of the whole run (config.max_steps > 0 cuts it short)."""
 
+  @abc.abstractmethod
   def create_train_state(self, config, mesh, steps_per_epoch: int) -> TrainState:
     """The initial state, replicated over the mesh."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def from_pretrained(self, state: TrainState, config) -> TrainState:
     """`state` with the config's pretrained weights (config.init), for a run without a
     checkpoint."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def train_batches(self, config, start_step: int) -> Iterator[dict]:
     """This process's batches of steps start_step, start_step + 1, ..., as the mesh runs them."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def jit_train_step(self, config, mesh, steps_per_epoch: int, state: TrainState, batch: dict):
     """(state, global batch) -> (state, {name: scalar}), jitted with the mesh's shardings."""
-    raise NotImplementedError
 
   def extra_scalars(self, config, steps_per_epoch: int, step: int) -> dict[str, float]:
     """Scalars logged beside the train metrics at 0-based `step` (learning rates, say)."""
     del config, steps_per_epoch, step
     return {}
 
+  @abc.abstractmethod
   def evaluator(self, config, mesh):
     """An object whose run(variables, out_dir, step) evaluates the whole validation set and
     returns {branch: {metric: value}}."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def best_metric(self, config) -> tuple[str, bool]:
     """('<branch>/<metric>' of the evaluation results, higher is better): what picks the best
     checkpoint."""
-    raise NotImplementedError
