@@ -22,7 +22,7 @@ an interrupted one from its last checkpoint. WORKDIR/results.json holds every fi
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -90,13 +90,9 @@ def main(argv):
     seeds = runs.parse_seeds(FLAGS.seeds)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  results = {variant: {} for variant in FLAGS.variants}
-  # Seed-major order: an interrupted experiment has every variant at the same number of seeds.
-  for seed in seeds:
-    for variant in FLAGS.variants:
-      logging.info('Training variant %s, seed %d', variant, seed)
-      results[variant][seed] = run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps)
-      runs.write_results(results, FLAGS.workdir)
+  results = runs.run_grid(
+      FLAGS.variants, seeds, FLAGS.workdir,
+      lambda variant, seed: run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps))
   # For one modality the ensemble is that branch itself (softmax of a single alpha is 1).
   print('\nmIoU (%) over seeds ' + ','.join(map(str, seeds))
         + ': mean ± sample std [min, max]')

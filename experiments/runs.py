@@ -71,6 +71,22 @@ def write_results(runs: dict, workdir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
+def run_grid(variants: list[str], seeds: list[int], workdir: str, run_variant) -> dict:
+  """Runs run_variant(variant, seed) for every pair, seed-major (an interrupted experiment has
+  every variant at the same number of seeds), and rewrites WORKDIR/results.json after each.
+
+  Returns:
+    {variant: {seed: {branch: scores}}}.
+  """
+  results = {variant: {} for variant in variants}
+  for seed in seeds:
+    for variant in variants:
+      logging.info('Training variant %s, seed %d', variant, seed)
+      results[variant][seed] = run_variant(variant, seed)
+      write_results(results, workdir)
+  return results
+
+
 def parse_seeds(values: list[str]) -> list[int]:
   try:
     return [int(s) for s in values]

@@ -19,7 +19,7 @@ printed and written to WORKDIR/results.md; WORKDIR/results.json holds every run'
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +28,19 @@ from asymfusion_jax import config_lib, logger  # pylint: disable=g-import-not-at
 import runs  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for the shared dataset and one run per variant.')
-flags.DEFINE_list('variants', ['fused', 'nofusion', 'reshading', 'depth_euclidean'],
-                  'Variants of configs/demo_translation.py to train.')
-flags.DEFINE_list('seeds', ['0'], 'Values of config.seed; every variant is trained once per seed.')
-flags.DEFINE_integer('max_steps', -1, 'Cut every run short (smoke runs); -1 trains fully.')
-flags.DEFINE_string('inception_weights', '', 'FID Inception weights: adds FID and KID.')
-flags.mark_flag_as_required('workdir')
+
+
+def define_flags() -> None:
+  """Defined when run as a script, so that tests can import this beside demo_fusion."""
+  flags.DEFINE_string('workdir', None, 'Directory for the shared dataset and one run per '
+                      'variant.')
+  flags.DEFINE_list('variants', ['fused', 'nofusion', 'reshading', 'depth_euclidean'],
+                    'Variants of configs/demo_translation.py to train.')
+  flags.DEFINE_list('seeds', ['0'], 'Values of config.seed; every variant is trained once per '
+                    'seed.')
+  flags.DEFINE_integer('max_steps', -1, 'Cut every run short (smoke runs); -1 trains fully.')
+  flags.DEFINE_string('inception_weights', '', 'FID Inception weights: adds FID and KID.')
+  flags.mark_flag_as_required('workdir')
 
 METRICS = ('l1', 'l2', 'fid', 'kid')
 
@@ -74,14 +80,10 @@ def main(argv):
     seeds = runs.parse_seeds(FLAGS.seeds)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  results = {variant: {} for variant in FLAGS.variants}
-  # Seed-major order: an interrupted experiment has every variant at the same number of seeds.
-  for seed in seeds:
-    for variant in FLAGS.variants:
-      logging.info('Training variant %s, seed %d', variant, seed)
-      results[variant][seed] = run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps,
-                                           FLAGS.inception_weights)
-      runs.write_results(results, FLAGS.workdir)
+  results = runs.run_grid(
+      FLAGS.variants, seeds, FLAGS.workdir,
+      lambda variant, seed: run_variant(variant, seed, FLAGS.workdir, FLAGS.max_steps,
+                                        FLAGS.inception_weights))
   table = markdown_table(results)
   with open(os.path.join(FLAGS.workdir, 'results.md'), 'w') as f:
     f.write(table + '\n')
@@ -91,4 +93,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -59,3 +59,18 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
                      (('rgb',), 2, -1, str(tmp_path / 'rgb' / 'seed_2'))]
   record = json.loads((tmp_path / 'rgb' / 'seed_2' / demo_fusion.FINAL_SCORES).read_text())
   assert (record['seed'], record['max_steps'], record['scores']['ensemble']['miou']) == (2, -1, 10.0)
+
+
+def test_translation_table_has_a_row_per_variant_with_mean_and_std():
+  import translation_fusion  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  def scores(l1, **branches):
+    return {**{b: {'l1': v, 'l2': 2 * v} for b, v in branches.items()},
+            'ensemble': {'l1': l1, 'l2': 2 * l1}}
+  results = {'fused': {0: scores(0.16, reshading=0.17, depth_euclidean=0.18),
+                       1: scores(0.18, reshading=0.19, depth_euclidean=0.2)},
+             'reshading': {0: scores(0.165, reshading=0.165)}}
+  lines = translation_fusion.markdown_table(results).splitlines()
+  assert lines[0] == '| variant | inputs | seeds | ensemble L1 | ensemble L2 |'
+  assert lines[2] == ('| fused | reshading, depth_euclidean | 2 | 0.1700 ± 0.0141 | '
+                      '0.3400 ± 0.0283 |')
+  assert lines[3] == '| reshading | reshading | 1 | 0.1650 | 0.3300 |'
