@@ -38,19 +38,30 @@ class Entry:
     return f'{self.list_file} line {self.line_number} ({self.line!r})'
 
 
-def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
-  """Parses the list file of `split` ('train' or 'val'); blank lines are skipped."""
+def list_lines(manual_dir: os.PathLike | str, split: str,
+               beside: str) -> tuple[epath.Path, list[tuple[int, str]]]:
+  """The list file of `split` ('train' or 'val') and its non-blank lines, stripped, with their
+  1-based numbers. A missing file is a LayoutError saying the manual folder must hold the list
+  files next to `beside`; a file without a line is one too. Shared by the datasets whose
+  manual folder has list files (NYUDv2, Taskonomy)."""
   if split not in LIST_FILES:
     raise ValueError(f'Unknown split {split!r}; expected one of {sorted(LIST_FILES)}.')
   path = epath.Path(manual_dir) / LIST_FILES[split]
   if not path.exists():
     raise LayoutError(f'Missing list file {path}: the manual folder must hold '
-                      f'{" and ".join(LIST_FILES.values())} next to {"/, ".join(FOLDERS)}/.')
+                      f'{" and ".join(LIST_FILES.values())} next to {beside}')
+  lines = [(number, raw.strip())
+           for number, raw in enumerate(path.read_text().splitlines(), start=1) if raw.strip()]
+  if not lines:
+    raise LayoutError(f'List file {path} is empty.')
+  return path, lines
+
+
+def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
+  """Parses the list file of `split` ('train' or 'val'); blank lines are skipped."""
+  path, lines = list_lines(manual_dir, split, f'{"/, ".join(FOLDERS)}/.')
   entries = []
-  for number, raw in enumerate(path.read_text().splitlines(), start=1):
-    line = raw.strip()
-    if not line:
-      continue
+  for number, line in lines:
     fields = line.split('\t')
     if len(fields) != 3:
       fields = line.split()
@@ -58,8 +69,6 @@ def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
       raise LayoutError(f'{path.name} line {number} ({line!r}): expected three tab-separated paths '
                         'rgb/NNNNNN.png<TAB>masks/NNNNNN.png<TAB>depth/NNNNNN.png.')
     entries.append(Entry(path.name, number, line, *fields))
-  if not entries:
-    raise LayoutError(f'List file {path} is empty.')
   return entries
 
 

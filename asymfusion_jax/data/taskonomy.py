@@ -71,26 +71,16 @@ class Entry:
 
 def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
   """Parses the list file of `split` ('train' or 'val'); blank lines are skipped."""
-  if split not in LIST_FILES:
-    raise ValueError(f'Unknown split {split!r}; expected one of {sorted(LIST_FILES)}.')
-  path = epath.Path(manual_dir) / LIST_FILES[split]
-  if not path.exists():
-    raise layout.LayoutError(
-        f'Missing list file {path}: the manual folder must hold {" and ".join(LIST_FILES.values())}'
-        f' next to one folder per domain, with lines like '
-        f'{file_name(PLACEHOLDER, 407, 2)!r}.')
+  path, lines = layout.list_lines(
+      manual_dir, split,
+      f'one folder per domain, with lines like {file_name(PLACEHOLDER, 407, 2)!r}.')
   entries = []
-  for number, raw in enumerate(path.read_text().splitlines(), start=1):
-    line = raw.strip()
-    if not line:
-      continue
+  for number, line in lines:
     if PLACEHOLDER not in line or len(line.split()) != 1:
       raise layout.LayoutError(
           f'{path.name} line {number} ({line!r}): expected one path with the {PLACEHOLDER} '
           f'placeholder, e.g. {file_name(PLACEHOLDER, 407, 2)!r}.')
     entries.append(Entry(path.name, number, line))
-  if not entries:
-    raise layout.LayoutError(f'List file {path} is empty.')
   return entries
 
 
