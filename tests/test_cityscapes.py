@@ -246,12 +246,47 @@ def test_training_writes_evaluation_and_palette_predictions(cs_run):
   assert {tuple(c) for c in colours.reshape(-1, 3)} <= table
 
 
+# Runs the training CLI in a process that hangs once its step-2 checkpoint is written, so that the
+# test's SIGKILL lands mid-run at a known point (data workers reading ahead, steps 3 and 4 to go).
+HANG_AFTER_STEP_2 = textwrap.dedent("""
+    import sys, time
+    from absl import app
+    from asymfusion_jax import checkpointing, main
+    save = checkpointing.Checkpoints.save
+    def save_then_hang(self, state, record, best=False):
+      save(self, state, record, best)
+      if int(record['step']) == 2 and not best:
+        print('checkpoint 2 written', flush=True)
+        time.sleep(600)
+    checkpointing.Checkpoints.save = save_then_hang
+    app.run(main.main, flags_parser=main.parse_flags)
+""")
+
+
 def test_resume_after_a_kill_is_exact(cs_run, cs_data, tmp_path):
-  """A run that died after its step-2 checkpoint ends, resumed, with the uninterrupted params."""
-  workdir = str(tmp_path / 'copy')
-  shutil.copytree(cs_run[0], workdir)
-  shutil.rmtree(os.path.join(workdir, 'checkpoints', '4'))
-  shutil.rmtree(os.path.join(workdir, 'best'))
+  """A training process killed (SIGKILL) after its step-2 checkpoint, resumed, ends with the
+  parameters of the uninterrupted run."""
+  workdir = str(tmp_path / 'killed')
+  overrides = {**OVERRIDES, 'data.manual_dir': str(cs_data / 'synthetic'),
+               'data.tfds_data_dir': str(cs_data / 'tfds')}
+  flags = [f'--config.{k}=' + ('(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple)
+                               else str(v)) for k, v in overrides.items()]
+  proc = subprocess.Popen(
+      [sys.executable, '-c', HANG_AFTER_STEP_2, '--config=configs/demo_cityscapes.py',
+       f'--workdir={workdir}', *flags],
+      cwd=tiny.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    output = []
+    for line in proc.stdout:  # Ends early only if the process dies first.
+      output.append(line)
+      if line.startswith('checkpoint 2 written'):
+        break
+    assert proc.poll() is None, ''.join(output)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.returncode == -9
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   train.train_and_evaluate(tiny_config(cs_data), workdir)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                read_params(workdir, 4), read_params(cs_run[0], 4))

@@ -10,6 +10,7 @@ independently of the implementation.
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ import pytest
 
 from asymfusion_jax import config_lib
 from asymfusion_jax.data import augment
+from asymfusion_jax.data import batching
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities
 from asymfusion_jax.data import pipeline
@@ -138,16 +140,20 @@ def test_import_does_not_load_tensorflow():
 def test_builder_reads_back_every_file_exactly(marker):
   config, raw = marker
   for split in ('train', 'val'):
-    data = pipeline.load_split(config, split)
-    assert pipeline.num_examples(config, split) == len(data) == len(raw[split])
+    assert pipeline.num_examples(config, split) == len(raw[split])
     for i, (rgb, depth, label) in enumerate(raw[split]):
-      assert data.images['rgb'][i].dtype == np.uint8
-      assert data.images['depth'][i].dtype == np.uint16
-      np.testing.assert_array_equal(data.images['rgb'][i], rgb)
-      np.testing.assert_array_equal(data.images['depth'][i], depth)  # 8- and 16-bit lossless.
-      np.testing.assert_array_equal(data.labels[i], label)
-  assert pipeline.load_split(config, 'val').images['depth'][0].max() == 65535
+      example = pipeline.read(config, split, i)  # By index, from disk, in list order.
+      assert example['rgb'].dtype == np.uint8 and example['depth'].dtype == np.uint16
+      np.testing.assert_array_equal(example['rgb'], rgb)
+      np.testing.assert_array_equal(example['depth'], depth)  # 8- and 16-bit lossless.
+      np.testing.assert_array_equal(example['label'], label)
+      number = i + 1 + (len(raw['train']) if split == 'val' else 0)  # As _write_layout numbers.
+      assert example['name'] == f'rgb/{number:06d}.png' and example['index'] == i
+  assert pipeline.read(config, 'val', 0)['depth'].max() == 65535
   assert pipeline.steps_per_epoch(config) == len(TRAIN_SIZES) // config.batch_size
+  info = next(pathlib.Path(config.data.tfds_data_dir).rglob('dataset_info.json'))
+  metadata = json.loads(info.read_text())
+  assert metadata['fileFormat'] == 'array_record'  # What reading by index needs.
 
 
 def _broken_layout(root, kind):
@@ -198,7 +204,7 @@ def test_prepare_is_idempotent_and_rebuilds_changed_data(tmp_path):
   assert info.stat().st_mtime_ns == built
   synthetic.write_dataset(manual, num_train=2, num_val=1, height=24, width=40, seed=1)
   pipeline.prepare(config)
-  assert pipeline.load_split(config, 'train').labels[0].shape == (24, 40)
+  assert pipeline.read(config, 'train', 0)['label'].shape == (24, 40)
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -286,7 +292,7 @@ def test_train_geometry_is_exact_and_modalities_stay_aligned(marker):
   for step, batch in enumerate(batches):
     assert batch['image'].shape == (2, 2, CROP, CROP, 3) and batch['image'].dtype == np.float32
     assert batch['label'].shape == (2, CROP, CROP) and batch['label'].dtype == np.int32
-    for row, (index, key) in enumerate(pipeline.train_schedule(config.seed, step, 2, n)):
+    for row, (index, key) in enumerate(batching.train_schedule(config.seed, step, 2, n)):
       rgb, ids, label = raw['train'][index]
       h, w = label.shape
       s, flip, scaled, src_r, src_c, cy, cx = _expected_transform(key, h, w, config)
@@ -352,7 +358,7 @@ def test_train_epochs_visit_every_example(marker):
   n = len(TRAIN_SIZES)
   for epoch in range(3):
     indices = [i for step in range(2 * epoch, 2 * epoch + 2)
-               for i, _ in pipeline.train_schedule(config.seed, step, 2, n)]
+               for i, _ in batching.train_schedule(config.seed, step, 2, n)]
     assert sorted(indices) == list(range(n))
 
 

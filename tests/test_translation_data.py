@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from asymfusion_jax.data import batching
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import pil_resize
-from asymfusion_jax.data import pipeline
 from asymfusion_jax.data import synthetic
 from asymfusion_jax.data import synthetic_taskonomy
 from asymfusion_jax.data import taskonomy
@@ -186,7 +186,7 @@ def test_resize_equals_pil_bilinear(shape, size):
 
 def _expected_train_row(config, step, row):
   n = len(TRAIN_SIZES)
-  index, key = pipeline.train_schedule(config.seed, step, config.batch_size, n)[row]
+  index, key = batching.train_schedule(config.seed, step, config.batch_size, n)[row]
   x, y, flip = tp.draw_augmentation(np.random.default_rng(key), LOAD, CROP)
   image = pil_resize.resize_bilinear(_image('train', index, *TRAIN_SIZES[index]), (LOAD, LOAD))
   image = image[y:y + CROP, x:x + CROP]
@@ -204,7 +204,7 @@ def test_train_batches_are_exact_and_domains_share_crop_and_flip(hand):
       np.testing.assert_array_equal(batch['target'][row], expected)
       for m, domain in enumerate(hand.modalities):
         np.testing.assert_array_equal(batch['inputs'][m, row], expected[..., PERMUTATIONS[domain]])
-      key = pipeline.train_schedule(hand.seed, step, 2, len(TRAIN_SIZES))[row][1]
+      key = batching.train_schedule(hand.seed, step, 2, len(TRAIN_SIZES))[row][1]
       flips.add(tp.draw_augmentation(np.random.default_rng(key), LOAD, CROP)[2])
   assert flips == {True, False}  # Both branches of the flip were exercised.
 

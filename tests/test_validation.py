@@ -175,18 +175,8 @@ def test_labels_outside_the_configs_classes_stop_before_training(tiny_data, tmp_
   assert not (tmp_path / 'new').exists()
 
 
-def test_labels_of_a_build_without_the_record_are_scanned(tiny_data, monkeypatch):
-  monkeypatch.setattr(pipeline, '_label_files', lambda builder: None)
-  config = tiny.config(tiny_data)
-  pipeline.check_labels(config)
-  config.model.num_classes = 4
-  with pytest.raises(layout.LayoutError,
-                     match=r'The mask of rgb/\d+\.png in the train split has label 4; this '
-                           r'config allows 0\.\.3'):
-    pipeline.check_labels(config)
-
-
-def test_a_build_without_the_label_record_is_rebuilt(tmp_path, caplog):
+@pytest.mark.parametrize('key', ['label_files', 'max_image_size'])
+def test_a_build_without_a_metadata_record_is_rebuilt(tmp_path, caplog, key):
   config = tiny.config({'data.manual_dir': str(tmp_path / 'manual'),
                         'data.tfds_data_dir': str(tmp_path / 'tfds')})
   synthetic.write_dataset(tmp_path / 'manual', num_train=2, num_val=1, height=24, width=32)
@@ -195,11 +185,12 @@ def test_a_build_without_the_label_record_is_rebuilt(tmp_path, caplog):
   metadata = json.loads(path.read_text())
   assert set(metadata['label_files']) == {'train', 'val'}
   assert set(metadata['label_files']['train']) <= {str(v) for v in range(5)} | {'255'}
-  del metadata['label_files']
+  assert metadata['max_image_size'] == {'train': [24, 32], 'val': [24, 32]}
+  del metadata[key]
   path.write_text(json.dumps(metadata))
   pipeline.prepare(config)
-  assert 'does not record its label values' in caplog.text
-  assert 'label_files' in json.loads(path.read_text())
+  assert 'does not record what this version reads' in caplog.text
+  assert key in json.loads(path.read_text())
 
 
 # ------------------------------------------------------------------------ config of a resume

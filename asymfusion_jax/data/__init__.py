@@ -12,8 +12,9 @@ def segmentation_pipeline(config):
   """The pipeline module of a segmentation config's dataset (config.data.name).
 
   Both modules have the same functions: prepare, planned_num_examples, num_examples,
-  steps_per_epoch, train_batches and eval_batches. NYUDv2 (`pipeline`) holds a split in memory;
-  Cityscapes (`cityscapes_pipeline`) reads examples by index from disk.
+  steps_per_epoch, read, train_batches and eval_batches. Both read examples by index from an
+  ArrayRecord build (`common.Reader`) and batch them through `batching`; they differ in the
+  files they build from, the augmentation and the input encoding.
   """
   # pylint: disable=g-import-not-at-top
   name = config.data.name

@@ -20,7 +20,7 @@ from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import manual_builder
 
 
-class CityscapesRgbd(manual_builder.ManualBuilder):
+class CityscapesRgbd(manual_builder.IndexedBuilder):
   """Cityscapes RGB-D semantic segmentation: 2975 train / 500 val images, 19 classes."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -30,9 +30,6 @@ class CityscapesRgbd(manual_builder.ManualBuilder):
   leftImg8bit_trainvaltest.zip, disparity_trainvaltest.zip and gtFine_trainvaltest.zip) in
   `manual_dir`.
   """
-  def __init__(self, **kwargs):
-    kwargs.setdefault('file_format', 'array_record')
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -1,18 +1,14 @@
 """Train and evaluation batches for Cityscapes RGB-D, read by index from the TFDS build.
 
 Cityscapes decodes to about 35 GB, so no split is held in memory: the build is ArrayRecord in
-list order (`cityscapes_builder`) and `as_data_source` reads example i from disk. Each process
-reads only its own rows of each batch; worker threads (`workers.run_ahead`) read, decode and
-augment them while the caller trains, with `pipeline.PREFETCH` batches ahead, so memory is a
-few batches whatever the dataset size. The dataset's random access is TFDS's own (ArrayRecord,
-which TFDS installs on Linux): no loader library is needed beyond it.
+list order (`cityscapes_builder`) and `common.Reader` reads example i from disk, as NYUDv2's
+pipeline does. Each process reads only its own rows of each batch; worker threads (`batching`)
+read, decode and augment them while the caller trains, with `batching.PREFETCH` batches ahead,
+so memory is a few batches whatever the dataset size. The dataset's random access is TFDS's own
+(ArrayRecord, which TFDS installs on Linux): no loader library is needed beyond it.
 
-The schedule is the NYUDv2 pipeline's (`pipeline.train_schedule`): the batch of step t is a
-pure function of (config.seed, t), so a resumed run reads the same batches:
-- Epoch e visits the examples in the order np.random.default_rng([seed, 0, e]).permutation(N),
-  N // batch_size steps of batch_size (global) examples each.
-- The example at position p of epoch e is augmented with np.random.default_rng([seed, 1, e, p]).
-- Process i of n takes rows [i * B / n, (i + 1) * B / n) of each global batch.
+The schedule is `batching`'s: the batch of step t is a pure function of (config.seed, t), so a
+resumed run reads the same batches.
 
 Train augmentation (TF-DeepLab's, docs/method.md section 13), one draw for every modality and
 the label: a scale s uniform among low, low + step, ..., high (config.data.scale_range,
@@ -30,9 +26,6 @@ Batches (modalities ordered as config.modalities, 'rgb' and 'depth'):
   eval:  {'image': float32 (M, B, H, W, 3), 'label': int32 (B, H, W), 'mask': bool (B,)}
 """
 
-import functools
-import itertools
-import math
 
 from absl import logging
 import cv2
@@ -40,28 +33,26 @@ from etils import epath
 import ml_collections
 import numpy as np
 
+from asymfusion_jax.data import batching
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import common
-from asymfusion_jax.data import pipeline
 from asymfusion_jax.data import synthetic_cityscapes
-from asymfusion_jax.data import workers
 
 DATASET_NAME = 'cityscapes'
-SPLITS = cityscapes.SPLITS
 
 
-def _builder(tfds_data_dir: str):
-  pipeline.configure_tensorflow(1)
+def _builder_class():
   from asymfusion_jax.data import cityscapes_builder  # pylint: disable=g-import-not-at-top
-  return cityscapes_builder.CityscapesRgbd(data_dir=tfds_data_dir or None)
+  return cityscapes_builder.CityscapesRgbd
 
 
-def _prepared_builder(tfds_data_dir: str):
-  builder = _builder(tfds_data_dir)
-  if not pipeline.is_prepared(builder):
-    raise FileNotFoundError(f'No prepared {DATASET_NAME} dataset in {builder.data_dir_root}; run '
-                            'asymfusion_jax.data.cityscapes_pipeline.prepare(config) first.')
-  return builder
+DATASET = common.IndexedDataset(DATASET_NAME, _builder_class, __name__)
+# The build's example counts, and example `index` of a split read and decoded from disk:
+# {'rgb': uint8 (H, W, 3), 'disparity': uint16 (H, W), 'label': uint8 (H, W), 'name': str,
+# 'index': index}.
+num_examples = DATASET.num_examples
+steps_per_epoch = DATASET.steps_per_epoch
+read = DATASET.read
 
 
 def _has_images(manual_dir: str) -> bool:
@@ -77,37 +68,18 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   from the same files (paths and sizes) and rebuilt otherwise; with an empty manual_dir an
   existing build is used as it is. Run it on one process per file system before the others read.
   """
-  manual_dir = config.data.manual_dir
-  if config.data.synthetic:
-    if not manual_dir:
-      raise ValueError('config.data.synthetic needs config.data.manual_dir: the folder to write '
-                       'the synthetic dataset to.')
-    if not _has_images(manual_dir):
-      height, width = config.data.synthetic_image_size
-      logging.info('Writing a synthetic Cityscapes set of %d + %d scenes of %dx%d to %s.',
-                   config.data.num_train, config.data.num_val, height, width, manual_dir)
-      synthetic_cityscapes.write_cityscapes(manual_dir, int(config.data.num_train),
-                                            int(config.data.num_val), int(height), int(width))
+  def write(manual_dir):
+    height, width = config.data.synthetic_image_size
+    logging.info('Writing a synthetic Cityscapes set of %d + %d scenes of %dx%d to %s.',
+                 config.data.num_train, config.data.num_val, height, width, manual_dir)
+    synthetic_cityscapes.write_cityscapes(manual_dir, int(config.data.num_train),
+                                          int(config.data.num_val), int(height), int(width))
 
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _builder(config.data.tfds_data_dir)
-  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  if pipeline.is_prepared(builder):
-    if not manual_dir:
-      return
-    if builder.info.metadata.get('fingerprint') == cityscapes.fingerprint(manual_dir):
-      return
-    logging.warning('The dataset in %s was built from other files than those now in %s; '
-                    'rebuilding it.', builder.data_dir, manual_dir)
-    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # Overwrites the prepared dataset.
-  elif not manual_dir:
-    raise ValueError(f'No prepared {DATASET_NAME} dataset in {builder.data_dir_root}; set '
-                     'config.data.manual_dir to the Cityscapes folder (leftImg8bit/, '
-                     'disparity/, gtFine/ or their *_trainvaltest.zip archives).')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, download_mode=mode))
-  _source.cache_clear()
-  common.warn_about_split_sizes(config, builder)
+  common.write_synthetic(config, _has_images, write)
+  if common.build(config, DATASET.builder(config.data.tfds_data_dir), cityscapes.fingerprint,
+                  f'{DATASET_NAME} dataset', 'the Cityscapes folder (leftImg8bit/, disparity/, '
+                  'gtFine/ or their *_trainvaltest.zip archives)'):
+    DATASET.forget_readers()
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int | None:
@@ -117,36 +89,6 @@ def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int |
   def count_source(manual_dir):
     return len(cityscapes.Files(manual_dir).list(split)) if _has_images(manual_dir) else None
   return common.planned_num_examples(config, split, count_source, num_examples)
-
-
-def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
-  if split not in SPLITS:
-    raise ValueError(f'Unknown split {split!r}; expected one of {SPLITS}.')
-  return _prepared_builder(config.data.tfds_data_dir).info.splits[split].num_examples
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  """Train steps per epoch: N // global batch size (the remainder is dropped each epoch)."""
-  return num_examples(config, 'train') // config.batch_size
-
-
-@functools.lru_cache(maxsize=4)
-def _source(tfds_data_dir: str, split: str):
-  """The random-access data source of `split`; reads nothing until indexed."""
-  return _prepared_builder(tfds_data_dir).as_data_source(split)
-
-
-def read(config: ml_collections.ConfigDict, split: str, index: int) -> dict[str, np.ndarray]:
-  """Example `index` of `split`: {'rgb': uint8 (H, W, 3), 'disparity': uint16 (H, W),
-  'label': uint8 (H, W), 'name': str}, read and decoded from disk."""
-  example = _source(config.data.tfds_data_dir, split)[index]
-  if int(example['index']) != index:
-    raise ValueError(f'Record {index} of the {split} split holds example {example["index"]}; '
-                     'the build is not in list order: delete it and prepare again.')
-  name = example['name']
-  return {'rgb': example['rgb'], 'disparity': example['disparity'][..., 0],
-          'label': example['label'][..., 0],
-          'name': name.decode() if isinstance(name, bytes) else str(name)}
 
 
 def scales(scale_range, scale_step: float) -> np.ndarray:
@@ -196,33 +138,24 @@ def apply_augmentation(draw, example: dict, names, crop_size: int, ignore_label:
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1):
   """This process's train batches for steps start_step, start_step + 1, ... forever."""
-  local = pipeline.local_batch_size(config.batch_size, process_index, process_count,
-                                    'batch_size')
-  if start_step < 0:
-    raise ValueError(f'start_step must be >= 0, got {start_step}.')
   names = tuple(config.modalities)
   crop, ignore_label = int(config.crop_size), int(config.data.ignore_label)
   choices = scales(config.data.scale_range, float(config.data.scale_step))
-  seed, global_batch = int(config.seed), int(config.batch_size)
-  n = num_examples(config, 'train')
-  pipeline.train_schedule(seed, 0, global_batch, n)  # Fails now, not in the first next().
 
-  def fill(batch, row, index, key):
+  def empty(local):
+    return {'image': np.empty((len(names), local, crop, crop, 3), np.float32),
+            'label': np.empty((local, crop, crop), np.int32)}
+
+  def fill(batch, row, index, rng):
     example = read(config, 'train', index)
-    draw = draw_augmentation(np.random.default_rng(key), *example['label'].shape, crop, choices)
+    draw = draw_augmentation(rng, *example['label'].shape, crop, choices)
     images, label = apply_augmentation(draw, example, names, crop, ignore_label)
     batch['label'][row] = label
     for m, name in enumerate(names):
       batch['image'][m, row] = images[name]
 
-  def plan(step):
-    rows = pipeline.train_schedule(seed, step, global_batch, n)[process_index * local:][:local]
-    batch = {'image': np.empty((len(names), local, crop, crop, 3), np.float32),
-             'label': np.empty((local, crop, crop), np.int32)}
-    return batch, [functools.partial(fill, batch, j, *row) for j, row in enumerate(rows)]
-
-  return workers.run_ahead(map(plan, itertools.count(start_step)), int(config.data.num_workers),
-                           pipeline.PREFETCH)
+  return batching.train_batches(config, num_examples(config, 'train'), empty, fill, start_step,
+                                process_index, process_count)
 
 
 def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
@@ -230,17 +163,21 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
   """This process's share of one pass over the val split, every image once at full resolution.
 
   Global batch k holds val examples [k * B, (k + 1) * B) (B = batch_size, default
-  config.eval_batch_size); the last one is filled up with padding rows (mask False, labels 255).
-  Every val image must have the size of the first (1024x2048 in Cityscapes): one shape, one
-  compilation. Batches carry the images' names ('name', a list of str, '' for padding rows).
+  config.eval_batch_size); the last one is filled up with padding rows (mask False, labels 255,
+  images the pad value). Every val image must have the size of the first (1024x2048 in
+  Cityscapes): one shape, one compilation. Batches carry the images' names ('name', a list of
+  str, '' for padding rows).
   """
-  global_batch = int(config.eval_batch_size if batch_size is None else batch_size)
-  local = pipeline.local_batch_size(global_batch, process_index, process_count,
-                                    'eval batch size')
   names = tuple(config.modalities)
   ignore_label = int(config.data.ignore_label)
-  n = num_examples(config, 'val')
   height, width = read(config, 'val', 0)['label'].shape
+
+  def empty(local):
+    image = np.empty((len(names), local, height, width, 3), np.float32)
+    for m, name in enumerate(names):
+      image[m] = cityscapes.pad_value(name)
+    return {'image': image, 'label': np.full((local, height, width), ignore_label, np.int32),
+            'name': [''] * local}
 
   def fill(batch, row, index):
     example = read(config, 'val', index)
@@ -253,17 +190,5 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
     for m, name in enumerate(names):
       batch['image'][m, row] = cityscapes.network_input(name, example[cityscapes.raw_key(name)])
 
-  def plan(k):
-    batch = {'image': np.zeros((len(names), local, height, width, 3), np.float32),
-             'label': np.full((local, height, width), ignore_label, np.int32),
-             'mask': np.zeros((local,), bool), 'name': [''] * local}
-    tasks = []
-    for row in range(local):
-      index = k * global_batch + process_index * local + row
-      if index < n:
-        batch['mask'][row] = True
-        tasks.append(functools.partial(fill, batch, row, index))
-    return batch, tasks
-
-  return workers.run_ahead(map(plan, range(math.ceil(n / global_batch))),
-                           int(config.data.num_workers), pipeline.PREFETCH)
+  return batching.eval_batches(config, num_examples(config, 'val'), empty, fill, process_index,
+                               process_count, batch_size)

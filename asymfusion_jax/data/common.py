@@ -1,16 +1,96 @@
-"""What the three datasets' pipelines share (NYUDv2, Taskonomy, Cityscapes).
+"""What the three datasets' pipelines share (NYUDv2, Taskonomy, Cityscapes), batch loops aside
+(`batching`).
 
 (Their TFDS builders share manual_builder.ManualBuilder, kept apart so that importing a
 pipeline does not import TFDS; their readers share layout.decode_image and LayoutError.)
 
+- `configure_tensorflow`, `is_prepared`: TensorFlow's settings, and whether a build is complete.
+- `write_synthetic`, `build`: the synthetic stand-in when asked for, then the TFDS build from
+  config.data.manual_dir, reused while the source files are unchanged.
 - `planned_num_examples`: a split's size before anything is written.
 - `warn_about_split_sizes`: after a build, the splits whose size is not the config's.
+- `Reader`: example i of a split of an ArrayRecord build, read from disk; `IndexedDataset`: the
+  builder, split sizes and readers of such a build (NYUDv2, Cityscapes).
 """
 
+import functools
 from typing import Callable
 
 from absl import logging
 import ml_collections
+import numpy as np
+
+
+@functools.cache
+def configure_tensorflow(num_threads: int) -> None:
+  """Keeps TensorFlow off the accelerators (JAX owns them) and to a few CPU threads.
+
+  Both settings only take effect before TensorFlow's runtime starts; if another library started
+  it already, TensorFlow keeps its own settings, which is harmless.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except (RuntimeError, ValueError):
+    pass
+  try:
+    tf.config.threading.set_inter_op_parallelism_threads(num_threads)
+    tf.config.threading.set_intra_op_parallelism_threads(num_threads)
+  except RuntimeError:
+    pass
+
+
+def is_prepared(builder) -> bool:
+  """Whether a TFDS builder's dataset is fully written."""
+  # Checking the folder first spares TFDS's warning about a variant folder that does not exist.
+  return builder.data_path.exists() and builder.is_prepared()
+
+
+def write_synthetic(config: ml_collections.ConfigDict, has_source: Callable[[str], bool],
+                    write: Callable[[str], None]) -> None:
+  """With config.data.synthetic, write(manual_dir) unless has_source(manual_dir) already."""
+  if not config.data.synthetic:
+    return
+  manual_dir = config.data.manual_dir
+  if not manual_dir:
+    raise ValueError('config.data.synthetic needs config.data.manual_dir: the folder to write '
+                     'the synthetic dataset to.')
+  if not has_source(manual_dir):
+    write(manual_dir)
+
+
+def build(config: ml_collections.ConfigDict, builder, fingerprint: Callable[[str], str],
+          what: str, source: str,
+          up_to_date: Callable[[object], bool] = lambda builder: True) -> bool:
+  """Builds `builder`'s dataset from config.data.manual_dir; returns whether it built.
+
+  An existing build is kept when it was made from the same files (its metadata 'fingerprint'
+  equals fingerprint(manual_dir)) and up_to_date(builder) holds, and rebuilt otherwise; with an
+  empty manual_dir an existing build is used as it is. `what` names the dataset and `source`
+  the folder manual_dir must name, for the error when there is neither.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  manual_dir = config.data.manual_dir
+  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  if is_prepared(builder):
+    if not manual_dir:
+      return False
+    if builder.info.metadata.get('fingerprint') != fingerprint(manual_dir):
+      logging.warning('The dataset in %s was built from other files than those now in %s; '
+                      'rebuilding it.', builder.data_dir, manual_dir)
+    elif not up_to_date(builder):
+      logging.warning('The dataset in %s does not record what this version reads from its '
+                      'metadata; rebuilding it from %s.', builder.data_dir, manual_dir)
+    else:
+      return False
+    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # Overwrites the prepared dataset.
+  elif not manual_dir:
+    raise ValueError(f'No prepared {what} (version {builder.version}) in '
+                     f'{builder.data_dir_root}; set config.data.manual_dir to {source}.')
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, download_mode=mode))
+  warn_about_split_sizes(config, builder)
+  return True
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str,
@@ -47,3 +127,89 @@ def warn_about_split_sizes(config: ml_collections.ConfigDict, builder) -> None:
     if found != expected:
       logging.warning('The %s split has %d examples; config.data.num_%s says %d.', split, found,
                       split, expected)
+
+
+class Reader:
+  """Example i of one split of a prepared build, read and decoded from disk on each access.
+
+  The build must be ArrayRecord in list order (disable_shuffling), as NYUDv2's and Cityscapes'
+  are: record i holds the example whose 'index' feature is i, which every read checks. Images of
+  one channel come as (H, W), names as str. Worker threads may read concurrently.
+  """
+
+  def __init__(self, builder, split: str):
+    self._source = builder.as_data_source(split)
+    self._split = split
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict:
+    example = self._source[index]
+    if int(example['index']) != index:
+      raise ValueError(f'Record {index} of the {self._split} split holds example '
+                       f'{example["index"]}; the build is not in list order: delete it and '
+                       'prepare again.')
+    out = {}
+    for key, value in example.items():
+      if isinstance(value, bytes):
+        value = value.decode()
+      elif isinstance(value, np.ndarray) and value.ndim == 3 and value.shape[-1] == 1:
+        value = value[..., 0]
+      out[key] = value
+    return out
+
+
+class IndexedDataset:
+  """A dataset whose build is read by index (`Reader`): what its pipeline module exposes.
+
+  Its methods are the pipeline's num_examples, steps_per_epoch and read; the build lives in
+  config.data.tfds_data_dir ('' = TFDS's default folder).
+  """
+
+  def __init__(self, name: str, builder_class: Callable[[], type], module: str):
+    """builder_class() returns the TFDS builder class (imported late: TFDS is heavy); `module`
+    is the pipeline's, whose prepare(config) the not-prepared error tells the user to run."""
+    self.name = name
+    self.splits = ('train', 'val')
+    self._builder_class = builder_class
+    self._module = module
+    self._reader = functools.lru_cache(maxsize=4)(self._open)
+
+  def builder(self, tfds_data_dir: str):
+    """The TFDS builder reading and writing `tfds_data_dir`."""
+    configure_tensorflow(1)
+    return self._builder_class()(data_dir=tfds_data_dir or None)
+
+  def prepared_builder(self, tfds_data_dir: str):
+    builder = self.builder(tfds_data_dir)
+    if not is_prepared(builder):
+      raise FileNotFoundError(f'No prepared {self.name} dataset (version {builder.version}) in '
+                              f'{builder.data_dir_root}; run {self._module}.prepare(config) '
+                              'first.')
+    return builder
+
+  def _check_split(self, split: str) -> None:
+    if split not in self.splits:
+      raise ValueError(f'Unknown split {split!r}; expected one of {self.splits}.')
+
+  def num_examples(self, config: ml_collections.ConfigDict, split: str) -> int:
+    """The number of examples of `split` ('train' or 'val') in the prepared dataset."""
+    self._check_split(split)
+    return self.prepared_builder(config.data.tfds_data_dir).info.splits[split].num_examples
+
+  def steps_per_epoch(self, config: ml_collections.ConfigDict) -> int:
+    """Train steps per epoch: N // global batch size (the remainder is dropped each epoch)."""
+    return self.num_examples(config, 'train') // config.batch_size
+
+  def _open(self, tfds_data_dir: str, split: str) -> Reader:
+    return Reader(self.prepared_builder(tfds_data_dir), split)
+
+  def read(self, config: ml_collections.ConfigDict, split: str, index: int) -> dict:
+    """Example `index` of `split`, read and decoded from disk (`Reader`)."""
+    self._check_split(split)
+    return self._reader(config.data.tfds_data_dir, split)[index]
+
+  def forget_readers(self) -> None:
+    """Drops the open readers, after a (re)build replaced the files they read."""
+    self._reader.cache_clear()

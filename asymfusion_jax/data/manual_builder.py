@@ -1,4 +1,4 @@
-"""The base of the project's TFDS builders (NYUDv2, Taskonomy, Cityscapes)."""
+"""The bases of the project's TFDS builders (NYUDv2, Taskonomy, Cityscapes)."""
 
 import inspect
 
@@ -26,3 +26,16 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _log_download_done(self) -> None:
     logging.info('Built the TFDS dataset %s in %s.', self.name, self.data_dir)
+
+
+class IndexedBuilder(ManualBuilder, skip_registration=True):
+  """Base of the builders whose splits are read by index (NYUDv2, Cityscapes).
+
+  They write ArrayRecord files, which `as_data_source` reads record by record, and their
+  `_info` sets disable_shuffling so that record i of a split is example i, in list order; each
+  example keeps its position in an 'index' feature, which `common.Reader` checks.
+  """
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault('file_format', 'array_record')
+    super().__init__(**kwargs)

@@ -6,9 +6,12 @@ in the layout of `taskonomy`. Every image is resized once when its split is load
 with PIL's antialiased bilinear filter (`pil_resize`): train images to
 load_size x load_size, val images to crop_size x crop_size. The resize does not depend on the
 step, so doing it once gives the same batches as doing it per step, at a fraction of the cost.
+This is why Taskonomy, unlike NYUDv2 and Cityscapes, holds its splits in memory rather than
+reading by index: what it keeps is the resized images (286x286 by default, not the 512x512
+files), and reading by index would redo the antialiased resize of every domain at every step.
 
 Train batches are a pure function of (config.seed, global step), with the schedule of the
-segmentation pipeline (`pipeline.train_schedule`): epoch e visits the examples in the order
+input pipelines (`batching.train_schedule`): epoch e visits the examples in the order
 np.random.default_rng([seed, 0, e]).permutation(N), N // batch_size steps per epoch; the example
 at position p of epoch e is augmented with np.random.default_rng([seed, 1, e, p]), which draws
 (`draw_augmentation`) the crop's left offset x, then its top offset y, each uniform in
@@ -27,20 +30,18 @@ import concurrent.futures
 import dataclasses
 import functools
 import itertools
-import math
 
 from absl import logging
 from etils import epath
 import ml_collections
 import numpy as np
 
+from asymfusion_jax.data import batching
 from asymfusion_jax.data import common
 from asymfusion_jax.data import pil_resize
-from asymfusion_jax.data import pipeline
 from asymfusion_jax.data import synthetic
 from asymfusion_jax.data import synthetic_taskonomy
 from asymfusion_jax.data import taskonomy
-from asymfusion_jax.data import workers
 
 SPLITS = ('train', 'val')
 DATASET_NAME = 'taskonomy'
@@ -62,7 +63,7 @@ def domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _builder(tfds_data_dir: str, names: tuple[str, ...], num_threads: int):
-  pipeline.configure_tensorflow(max(num_threads, 1))
+  common.configure_tensorflow(max(num_threads, 1))
   from asymfusion_jax.data import taskonomy_builder  # pylint: disable=g-import-not-at-top
   return taskonomy_builder.builder_class(names)(data_dir=tfds_data_dir or None,
                                               config=taskonomy_builder.config_name(names))
@@ -77,9 +78,10 @@ def _builder_args(config: ml_collections.ConfigDict) -> tuple[str, tuple[str, ..
 
 def _prepared_builder(tfds_data_dir: str, names: tuple[str, ...], num_threads: int):
   builder = _builder(tfds_data_dir, names, num_threads)
-  if not pipeline.is_prepared(builder):
+  if not common.is_prepared(builder):
     raise FileNotFoundError(
-        f'No prepared {DATASET_NAME} dataset of the domains {", ".join(names)} in '
+        f'No prepared {DATASET_NAME} dataset of the domains {", ".join(names)} (version '
+        f'{builder.version}) in '
         f'{builder.data_dir_root}; run asymfusion_jax.data.translation_pipeline.prepare(config) '
         'first.')
   return builder
@@ -106,41 +108,27 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   used as it is. Run it on one process per file system before the others read.
   """
   names = domains(config)
-  manual_dir = config.data.manual_dir
   if config.data.synthetic:
-    if not manual_dir:
-      raise ValueError('config.data.synthetic needs config.data.manual_dir: the folder to write '
-                       'the synthetic dataset to.')
     missing = sorted(set(names) - set(synthetic_taskonomy.DOMAINS))
     if missing:
       raise ValueError(f'The synthetic Taskonomy set has no domain {", ".join(missing)}; it '
                        f'renders {", ".join(synthetic_taskonomy.DOMAINS)}.')
-    if not (epath.Path(manual_dir) / taskonomy.LIST_FILES['train']).exists():
-      size = synthetic_size(config)
-      logging.info('Writing a synthetic Taskonomy set of %d + %d scenes of %dx%d to %s.',
-                   config.data.num_train, config.data.num_val, size, size, manual_dir)
-      synthetic.write_taskonomy(manual_dir, int(config.data.num_train), int(config.data.num_val),
-                                size)
 
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = _builder(*_builder_args(config))
-  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  if pipeline.is_prepared(builder):
-    if not manual_dir:
-      return
-    if builder.info.metadata.get('fingerprint') == taskonomy.fingerprint(manual_dir, names):
-      return
-    logging.warning('The dataset in %s was built from other files than those now in %s; '
-                    'rebuilding it.', builder.data_dir, manual_dir)
-    mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # Overwrites the prepared dataset.
-  elif not manual_dir:
-    raise ValueError(f'No prepared {DATASET_NAME} dataset of the domains {", ".join(names)} in '
-                     f'{builder.data_dir_root}; set config.data.manual_dir to the Taskonomy '
-                     'folder (one folder per domain, train.txt and val.txt).')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, download_mode=mode))
-  _load_split.cache_clear()
-  common.warn_about_split_sizes(config, builder)
+  def write(manual_dir):
+    size = synthetic_size(config)
+    logging.info('Writing a synthetic Taskonomy set of %d + %d scenes of %dx%d to %s.',
+                 config.data.num_train, config.data.num_val, size, size, manual_dir)
+    synthetic.write_taskonomy(manual_dir, int(config.data.num_train), int(config.data.num_val),
+                              size)
+
+  common.write_synthetic(
+      config, lambda manual_dir: (epath.Path(manual_dir) / taskonomy.LIST_FILES['train']).exists(),
+      write)
+  if common.build(config, _builder(*_builder_args(config)),
+                  lambda manual_dir: taskonomy.fingerprint(manual_dir, names),
+                  f'{DATASET_NAME} dataset of the domains {", ".join(names)}',
+                  'the Taskonomy folder (one folder per domain, train.txt and val.txt)'):
+    _load_split.cache_clear()
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int | None:
@@ -234,35 +222,29 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
 def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1):
   """This process's train batches for steps start_step, start_step + 1, ... forever."""
-  local = pipeline.local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
-  if start_step < 0:
-    raise ValueError(f'start_step must be >= 0, got {start_step}.')
   crop, load = int(config.crop_size), int(config.data.load_size)
   if not 0 < crop <= load:
     raise ValueError(f'crop_size {crop} must be in [1, config.data.load_size={load}].')
+  batching.local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
   split = load_split(config, 'train')
   inputs, target = tuple(config.modalities), config.target
-  seed, global_batch, n = int(config.seed), int(config.batch_size), len(split)
-  pipeline.train_schedule(seed, 0, global_batch, n)  # Fails now if N < batch.
+
+  def empty(local):
+    return {'inputs': np.empty((len(inputs), local, crop, crop, 3), np.float32),
+            'target': np.empty((local, crop, crop, 3), np.float32)}
 
   def augment(name, index, x, y, flip):
     image = split.images[name][index, y:y + crop, x:x + crop]
     return to_unit_range(image[:, ::-1] if flip else image)
 
-  def fill(batch, row, index, key):
-    x, y, flip = draw_augmentation(np.random.default_rng(key), load, crop)
+  def fill(batch, row, index, rng):
+    x, y, flip = draw_augmentation(rng, load, crop)
     for m, name in enumerate(inputs):
       batch['inputs'][m, row] = augment(name, index, x, y, flip)
     batch['target'][row] = augment(target, index, x, y, flip)
 
-  def plan(step):
-    rows = pipeline.train_schedule(seed, step, global_batch, n)[process_index * local:][:local]
-    batch = {'inputs': np.empty((len(inputs), local, crop, crop, 3), np.float32),
-             'target': np.empty((local, crop, crop, 3), np.float32)}
-    return batch, [functools.partial(fill, batch, j, *row) for j, row in enumerate(rows)]
-
-  return workers.run_ahead(map(plan, itertools.count(start_step)), int(config.data.num_workers),
-                           pipeline.PREFETCH)
+  return batching.train_batches(config, len(split), empty, fill, start_step, process_index,
+                                process_count)
 
 
 def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
@@ -273,29 +255,18 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
   config.eval_batch_size); the last one is filled up with padding rows (mask False, all pixels
   0.0, i.e. mid-grey), so every batch has one shape and jit compiles once.
   """
-  global_batch = int(config.eval_batch_size if batch_size is None else batch_size)
-  local = pipeline.local_batch_size(global_batch, process_index, process_count, 'eval batch size')
   split = load_split(config, 'val')
   inputs, target = tuple(config.modalities), config.target
   size = int(config.crop_size)
+
+  def empty(local):
+    return {'inputs': np.zeros((len(inputs), local, size, size, 3), np.float32),
+            'target': np.zeros((local, size, size, 3), np.float32)}
 
   def fill(batch, row, index):
     for m, name in enumerate(inputs):
       batch['inputs'][m, row] = to_unit_range(split.images[name][index])
     batch['target'][row] = to_unit_range(split.images[target][index])
 
-  def plan(k):
-    batch = {'inputs': np.zeros((len(inputs), local, size, size, 3), np.float32),
-             'target': np.zeros((local, size, size, 3), np.float32),
-             'mask': np.zeros((local,), bool)}
-    tasks = []
-    for row in range(local):
-      index = k * global_batch + process_index * local + row
-      if index < len(split):
-        batch['mask'][row] = True
-        tasks.append(functools.partial(fill, batch, row, index))
-    return batch, tasks
-
-  num_batches = math.ceil(len(split) / global_batch)
-  return workers.run_ahead(map(plan, range(num_batches)), int(config.data.num_workers),
-                           pipeline.PREFETCH)
+  return batching.eval_batches(config, len(split), empty, fill, process_index, process_count,
+                               batch_size)
