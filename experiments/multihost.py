@@ -1,10 +1,11 @@
 """Launches a multi-process (multi-host style) training run on this machine's CPUs.
 
-Each process is one JAX "host" with its own CPU device; they meet through jax.distributed on
-localhost and exchange collectives through gloo, exactly as hosts of a GPU cluster or TPU pod do
-over the network. Process 0 writes metrics.jsonl and config.json; all write checkpoints.
+Each process is one JAX "host" with its own CPU devices (one, or --devices_per_process, like
+the GPUs of a host); they meet through jax.distributed on localhost and exchange collectives
+through gloo, exactly as hosts of a GPU cluster or TPU pod do over the network. Process 0 writes
+metrics.jsonl and config.json; all write checkpoints.
 
-  python experiments/multihost.py --num_processes=2 -- \
+  python experiments/multihost.py --num_processes=2 --devices_per_process=2 -- \
       --config=configs/demo.py --workdir=/tmp/demo_2proc --config.max_steps=20
 
 Everything after `--` goes to `python -m asymfusion_jax.main` of every process.
@@ -12,6 +13,7 @@ Everything after `--` goes to `python -m asymfusion_jax.main` of every process.
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,12 +25,20 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def start(num_processes: int, main_args: list[str],
-          outputs: list | None = None) -> list[subprocess.Popen]:
+def xla_flags(devices_per_process: int) -> str:
+  """This environment's XLA_FLAGS with the CPU device count set to devices_per_process."""
+  flags = re.sub(r'--xla_force_host_platform_device_count=\S*', '',
+                 os.environ.get('XLA_FLAGS', ''))
+  if devices_per_process > 1:
+    flags += f' --xla_force_host_platform_device_count={devices_per_process}'
+  return ' '.join(flags.split())
+
+
+def start(num_processes: int, main_args: list[str], outputs: list | None = None,
+          devices_per_process: int = 1) -> list[subprocess.Popen]:
   """Starts the processes; process i writes stdout and stderr to outputs[i] (default: a pipe)."""
   address = f'localhost:{free_port()}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)  # One CPU device per process.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(devices_per_process))
   outputs = outputs or [subprocess.PIPE] * num_processes
   return [subprocess.Popen(
       [sys.executable, '-m', 'asymfusion_jax.main', '--distributed',
@@ -37,9 +47,10 @@ def start(num_processes: int, main_args: list[str],
       stdout=outputs[i], stderr=subprocess.STDOUT, env=env) for i in range(num_processes)]
 
 
-def launch(num_processes: int, main_args: list[str], timeout: float | None = None) -> list[str]:
+def launch(num_processes: int, main_args: list[str], timeout: float | None = None,
+           devices_per_process: int = 1) -> list[str]:
   """Runs the processes to completion; returns their outputs, raising if any failed."""
-  procs = start(num_processes, main_args)
+  procs = start(num_processes, main_args, devices_per_process=devices_per_process)
   outputs = []
   try:
     for p in procs:
@@ -58,10 +69,12 @@ def launch(num_processes: int, main_args: list[str], timeout: float | None = Non
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--num_processes', type=int, default=2)
+  parser.add_argument('--devices_per_process', type=int, default=1)
   parser.add_argument('main_args', nargs=argparse.REMAINDER)
   args = parser.parse_args()
   main_args = args.main_args[1:] if args.main_args[:1] == ['--'] else args.main_args
-  for i, out in enumerate(launch(args.num_processes, main_args)):
+  for i, out in enumerate(launch(args.num_processes, main_args,
+                                 devices_per_process=args.devices_per_process)):
     print(f'--- process {i} ---\n{out[-2000:]}')
 
 
