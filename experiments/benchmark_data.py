@@ -30,7 +30,8 @@ DATASETS = {'cityscapes': ('cityscapes_deeplab_xception65', (1024, 2048)),
             'nyudv2': ('nyudv2_refinenet101', (480, 640))}
 
 flags.DEFINE_enum('dataset', 'cityscapes', list(DATASETS), 'The dataset whose pipeline to time.')
-flags.DEFINE_string('data_dir', '/tmp/data_bench', 'Working folder (data and TFDS build).')
+flags.DEFINE_string('data_dir', '', 'Working folder (data and TFDS build); default '
+                    '/tmp/DATASET_bench. Synthetic data already there is reused as it is.')
 flags.DEFINE_string('manual_dir', '', "A root of the dataset's files to read instead of "
                     'synthetic ones.')
 flags.DEFINE_integer('num_train', 24, 'Synthetic train examples.')
@@ -49,8 +50,9 @@ def _config():
   name, (height, width) = DATASETS[FLAGS.dataset]
   c = config_lib.load(f'configs/{name}.py')
   c.data.synthetic = not FLAGS.manual_dir
-  c.data.manual_dir = FLAGS.manual_dir or os.path.join(FLAGS.data_dir, 'synthetic')
-  c.data.tfds_data_dir = os.path.join(FLAGS.data_dir, 'tfds')
+  data_dir = FLAGS.data_dir or f'/tmp/{FLAGS.dataset}_bench'
+  c.data.manual_dir = FLAGS.manual_dir or os.path.join(data_dir, 'synthetic')
+  c.data.tfds_data_dir = os.path.join(data_dir, 'tfds')
   c.data.synthetic_image_size = (FLAGS.height or height, FLAGS.width or width)
   c.data.num_train, c.data.num_val = FLAGS.num_train, 1
   c.batch_size = FLAGS.batch_size or c.batch_size
@@ -77,7 +79,7 @@ def _time_here(workers: int) -> dict:
   config.data.num_workers = workers
   start = time.perf_counter()
   batches = data.segmentation_pipeline(config).train_batches(config)
-  next(batches)  # Also the warm-up: opens the files (or loads the split), starts the threads.
+  next(batches)  # Also the warm-up: opens the files, starts the threads.
   first_batch_s = time.perf_counter() - start
   start = time.perf_counter()
   peak = _memory_mib()

@@ -54,11 +54,14 @@ def _fast_compiles() -> None:
   if '--xla_backend_optimization_level' in flags:
     return
   flags = f'{flags} --xla_backend_optimization_level=0'.strip()
-  probe = subprocess.run(
-      [sys.executable, '-c', 'import jax; jax.jit(lambda x: x + 1)(1.0).block_until_ready()'],
-      env=dict(os.environ, XLA_FLAGS=f'{flags} {_OPTIONAL_FLAG}', JAX_PLATFORMS='cpu'),
-      capture_output=True, check=False)
-  os.environ['XLA_FLAGS'] = f'{flags} {_OPTIONAL_FLAG}' if probe.returncode == 0 else flags
+  try:
+    known = subprocess.run(
+        [sys.executable, '-c', 'import jax; jax.jit(lambda x: x + 1)(1.0).block_until_ready()'],
+        env=dict(os.environ, XLA_FLAGS=f'{flags} {_OPTIONAL_FLAG}', JAX_PLATFORMS='cpu'),
+        capture_output=True, check=False, timeout=120).returncode == 0
+  except subprocess.TimeoutExpired:
+    known = False
+  os.environ['XLA_FLAGS'] = f'{flags} {_OPTIONAL_FLAG}' if known else flags
 
 
 _fast_compiles()

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 
 import cv2
@@ -248,15 +249,16 @@ def test_training_writes_evaluation_and_palette_predictions(cs_run):
 
 # Runs the training CLI in a process that hangs once its step-2 checkpoint is written, so that the
 # test's SIGKILL lands mid-run at a known point (data workers reading ahead, steps 3 and 4 to go).
+# The marker file (environment variable HANG_MARKER) says when.
 HANG_AFTER_STEP_2 = textwrap.dedent("""
-    import sys, time
+    import os, time
     from absl import app
     from asymfusion_jax import checkpointing, main
     save = checkpointing.Checkpoints.save
     def save_then_hang(self, state, record, best=False):
       save(self, state, record, best)
       if int(record['step']) == 2 and not best:
-        print('checkpoint 2 written', flush=True)
+        open(os.environ['HANG_MARKER'], 'w').close()
         time.sleep(600)
     checkpointing.Checkpoints.save = save_then_hang
     app.run(main.main, flags_parser=main.parse_flags)
@@ -271,17 +273,19 @@ def test_resume_after_a_kill_is_exact(cs_run, cs_data, tmp_path):
                'data.tfds_data_dir': str(cs_data / 'tfds')}
   flags = [f'--config.{k}=' + ('(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple)
                                else str(v)) for k, v in overrides.items()]
-  proc = subprocess.Popen(
-      [sys.executable, '-c', HANG_AFTER_STEP_2, '--config=configs/demo_cityscapes.py',
-       f'--workdir={workdir}', *flags],
-      cwd=tiny.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  marker, log = tmp_path / 'checkpoint_2_written', tmp_path / 'killed.log'
+  with open(log, 'w') as out:
+    proc = subprocess.Popen(
+        [sys.executable, '-c', HANG_AFTER_STEP_2, '--config=configs/demo_cityscapes.py',
+         f'--workdir={workdir}', *flags],
+        cwd=tiny.REPO, stdout=out, stderr=subprocess.STDOUT,
+        env={**os.environ, 'HANG_MARKER': str(marker)})
   try:
-    output = []
-    for line in proc.stdout:  # Ends early only if the process dies first.
-      output.append(line)
-      if line.startswith('checkpoint 2 written'):
-        break
-    assert proc.poll() is None, ''.join(output)
+    deadline = time.time() + 300
+    while not marker.exists():
+      assert proc.poll() is None, log.read_text()[-3000:]
+      assert time.time() < deadline, log.read_text()[-3000:]
+      time.sleep(0.2)
   finally:
     proc.kill()
     proc.wait()

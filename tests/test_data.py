@@ -156,6 +156,29 @@ def test_builder_reads_back_every_file_exactly(marker):
   assert metadata['fileFormat'] == 'array_record'  # What reading by index needs.
 
 
+def test_a_config_of_another_dataset_is_refused(marker):
+  config, _ = marker
+  other = config.copy_and_resolve_references()
+  other.data.name = 'cityscapes'
+  with pytest.raises(ValueError, match=r"config\.data\.name='cityscapes', but "
+                                       r"asymfusion_jax\.data\.pipeline reads 'nyudv2'"):
+    pipeline.train_batches(other)
+
+
+def test_an_indexed_builder_must_keep_the_list_order(tmp_path):
+  from asymfusion_jax.data import builder, manual_builder  # pylint: disable=g-import-not-at-top
+
+  class Shuffled(builder.Nyudv2, skip_registration=True):
+    def _info(self):
+      info = super()._info()
+      info.as_proto.disable_shuffling = False
+      return info
+
+  assert issubclass(Shuffled, manual_builder.IndexedBuilder)
+  with pytest.raises(TypeError, match=r'Shuffled\._info must set disable_shuffling=True'):
+    Shuffled(data_dir=str(tmp_path))
+
+
 def _broken_layout(root, kind):
   examples = [_marker_example(0, 20, 24), _marker_example(1, 20, 24)]
   _write_layout(root, {'train': examples, 'val': examples[:1]})

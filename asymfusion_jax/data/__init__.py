@@ -1,4 +1,5 @@
-"""Input data: the NYUDv2 and Cityscapes TFDS builders, synthetic stand-ins and the pipelines.
+"""Input data: the NYUDv2, Cityscapes and Taskonomy TFDS builders, synthetic stand-ins and the
+pipelines.
 
 Importing this package imports nothing heavy; TensorFlow is only loaded by the functions that
 build or read a TFDS dataset.
@@ -14,7 +15,9 @@ def segmentation_pipeline(config):
   Both modules have the same functions: prepare, planned_num_examples, num_examples,
   steps_per_epoch, read, train_batches and eval_batches. Both read examples by index from an
   ArrayRecord build (`common.Reader`) and batch them through `batching`; they differ in the
-  files they build from, the augmentation and the input encoding.
+  files they build from, the augmentation, the input encoding and the evaluation shape (NYUDv2
+  pads val images to the largest, which its build records; Cityscapes requires one size, that
+  of its first val image).
   """
   # pylint: disable=g-import-not-at-top
   name = config.data.name

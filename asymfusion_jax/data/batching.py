@@ -58,6 +58,19 @@ def train_schedule(seed: int, step: int, batch_size: int,
   return [(int(order[p]), (seed, 1, epoch, p)) for p in positions]
 
 
+def check_train_request(config: ml_collections.ConfigDict, start_step: int, process_index: int,
+                        process_count: int) -> int:
+  """This process's share of config.batch_size; raises if it has none or start_step < 0.
+
+  train_batches checks this itself; a pipeline with work to do first (loading a split) calls it
+  before, so that a bad request fails at once.
+  """
+  local = local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}.')
+  return local
+
+
 def train_batches(config: ml_collections.ConfigDict, num_examples: int, empty: EmptyBatch,
                   fill: Callable[[dict, int, int, np.random.Generator], None],
                   start_step: int = 0, process_index: int = 0, process_count: int = 1):
@@ -66,9 +79,7 @@ def train_batches(config: ml_collections.ConfigDict, num_examples: int, empty: E
   Each batch is empty(local batch size), whose row j fill(batch, j, example index, rng) fills
   from the example the schedule puts there, drawing its augmentation from rng.
   """
-  local = local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
-  if start_step < 0:
-    raise ValueError(f'start_step must be >= 0, got {start_step}.')
+  local = check_train_request(config, start_step, process_index, process_count)
   seed, global_batch = int(config.seed), int(config.batch_size)
   train_schedule(seed, 0, global_batch, num_examples)  # Fails now, not in the first next().
 

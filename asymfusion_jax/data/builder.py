@@ -24,10 +24,6 @@ from asymfusion_jax.data import layout
 from asymfusion_jax.data import manual_builder
 
 IGNORE_LABEL = 255
-# The metadata key of {split: {label value (str): 'Mask masks/... listed in <list> line N'}}.
-LABEL_FILES = 'label_files'
-# The metadata key of {split: [height, width]}, the largest of each split's images.
-MAX_IMAGE_SIZE = 'max_image_size'
 
 
 class Nyudv2(manual_builder.IndexedBuilder):
@@ -70,8 +66,8 @@ class Nyudv2(manual_builder.IndexedBuilder):
     # Filled while the examples are generated; TFDS writes the metadata after the last one.
     label_files = {split: {} for split in entries}
     max_size = {split: [0, 0] for split in entries}
-    self.info.metadata[LABEL_FILES] = label_files
-    self.info.metadata[MAX_IMAGE_SIZE] = max_size
+    self.info.metadata[layout.LABEL_FILES] = label_files
+    self.info.metadata[layout.MAX_IMAGE_SIZE] = max_size
     return {split: self._generate_examples(manual_dir, split_entries, label_files[split],
                                            max_size[split])
             for split, split_entries in entries.items()}

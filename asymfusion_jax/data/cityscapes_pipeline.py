@@ -23,7 +23,8 @@ image's int(H s) x int(W s) extent are then set to the padding.
 
 Batches (modalities ordered as config.modalities, 'rgb' and 'depth'):
   train: {'image': float32 (M, B, crop, crop, 3), 'label': int32 (B, crop, crop)}
-  eval:  {'image': float32 (M, B, H, W, 3), 'label': int32 (B, H, W), 'mask': bool (B,)}
+  eval:  {'image': float32 (M, B, H, W, 3), 'label': int32 (B, H, W), 'mask': bool (B,),
+          'name': list of B str ('' for padding rows)}
 """
 
 
@@ -141,20 +142,21 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
   names = tuple(config.modalities)
   crop, ignore_label = int(config.crop_size), int(config.data.ignore_label)
   choices = scales(config.data.scale_range, float(config.data.scale_step))
+  reader = DATASET.reader(config, 'train')
 
   def empty(local):
     return {'image': np.empty((len(names), local, crop, crop, 3), np.float32),
             'label': np.empty((local, crop, crop), np.int32)}
 
   def fill(batch, row, index, rng):
-    example = read(config, 'train', index)
+    example = reader[index]
     draw = draw_augmentation(rng, *example['label'].shape, crop, choices)
     images, label = apply_augmentation(draw, example, names, crop, ignore_label)
     batch['label'][row] = label
     for m, name in enumerate(names):
       batch['image'][m, row] = images[name]
 
-  return batching.train_batches(config, num_examples(config, 'train'), empty, fill, start_step,
+  return batching.train_batches(config, len(reader), empty, fill, start_step,
                                 process_index, process_count)
 
 
@@ -170,7 +172,8 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
   """
   names = tuple(config.modalities)
   ignore_label = int(config.data.ignore_label)
-  height, width = read(config, 'val', 0)['label'].shape
+  reader = DATASET.reader(config, 'val')
+  height, width = reader[0]['label'].shape
 
   def empty(local):
     image = np.empty((len(names), local, height, width, 3), np.float32)
@@ -180,7 +183,7 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
             'name': [''] * local}
 
   def fill(batch, row, index):
-    example = read(config, 'val', index)
+    example = reader[index]
     if example['label'].shape != (height, width):
       raise ValueError(f'Val image {example["name"]} is {example["label"].shape[0]}x'
                        f'{example["label"].shape[1]}; evaluation needs every val image at the '
@@ -190,5 +193,5 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
     for m, name in enumerate(names):
       batch['image'][m, row] = cityscapes.network_input(name, example[cityscapes.raw_key(name)])
 
-  return batching.eval_batches(config, num_examples(config, 'val'), empty, fill, process_index,
+  return batching.eval_batches(config, len(reader), empty, fill, process_index,
                                process_count, batch_size)

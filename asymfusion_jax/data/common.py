@@ -1,8 +1,9 @@
 """What the three datasets' pipelines share (NYUDv2, Taskonomy, Cityscapes), batch loops aside
 (`batching`).
 
-(Their TFDS builders share manual_builder.ManualBuilder, kept apart so that importing a
-pipeline does not import TFDS; their readers share layout.decode_image and LayoutError.)
+(Their TFDS builders share manual_builder.ManualBuilder, and those read by index its
+IndexedBuilder, kept apart so that importing a pipeline does not import TFDS; their file readers
+share layout.decode_image and LayoutError.)
 
 - `configure_tensorflow`, `is_prepared`: TensorFlow's settings, and whether a build is complete.
 - `write_synthetic`, `build`: the synthetic stand-in when asked for, then the TFDS build from
@@ -60,13 +61,12 @@ def write_synthetic(config: ml_collections.ConfigDict, has_source: Callable[[str
 
 
 def build(config: ml_collections.ConfigDict, builder, fingerprint: Callable[[str], str],
-          what: str, source: str,
-          up_to_date: Callable[[object], bool] = lambda builder: True) -> bool:
+          what: str, source: str) -> bool:
   """Builds `builder`'s dataset from config.data.manual_dir; returns whether it built.
 
   An existing build is kept when it was made from the same files (its metadata 'fingerprint'
-  equals fingerprint(manual_dir)) and up_to_date(builder) holds, and rebuilt otherwise; with an
-  empty manual_dir an existing build is used as it is. `what` names the dataset and `source`
+  equals fingerprint(manual_dir)), and rebuilt otherwise; with an empty manual_dir an existing
+  build is used as it is. `what` names the dataset and `source`
   the folder manual_dir must name, for the error when there is neither.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -75,14 +75,10 @@ def build(config: ml_collections.ConfigDict, builder, fingerprint: Callable[[str
   if is_prepared(builder):
     if not manual_dir:
       return False
-    if builder.info.metadata.get('fingerprint') != fingerprint(manual_dir):
-      logging.warning('The dataset in %s was built from other files than those now in %s; '
-                      'rebuilding it.', builder.data_dir, manual_dir)
-    elif not up_to_date(builder):
-      logging.warning('The dataset in %s does not record what this version reads from its '
-                      'metadata; rebuilding it from %s.', builder.data_dir, manual_dir)
-    else:
+    if builder.info.metadata.get('fingerprint') == fingerprint(manual_dir):
       return False
+    logging.warning('The dataset in %s was built from other files than those now in %s; '
+                    'rebuilding it.', builder.data_dir, manual_dir)
     mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # Overwrites the prepared dataset.
   elif not manual_dir:
     raise ValueError(f'No prepared {what} (version {builder.version}) in '
@@ -164,7 +160,8 @@ class IndexedDataset:
   """A dataset whose build is read by index (`Reader`): what its pipeline module exposes.
 
   Its methods are the pipeline's num_examples, steps_per_epoch and read; the build lives in
-  config.data.tfds_data_dir ('' = TFDS's default folder).
+  config.data.tfds_data_dir ('' = TFDS's default folder). Every method that takes a config
+  checks that config.data.name names this dataset.
   """
 
   def __init__(self, name: str, builder_class: Callable[[], type], module: str):
@@ -174,7 +171,7 @@ class IndexedDataset:
     self.splits = ('train', 'val')
     self._builder_class = builder_class
     self._module = module
-    self._reader = functools.lru_cache(maxsize=4)(self._open)
+    self._open = functools.lru_cache(maxsize=4)(self._open_uncached)
 
   def builder(self, tfds_data_dir: str):
     """The TFDS builder reading and writing `tfds_data_dir`."""
@@ -189,27 +186,41 @@ class IndexedDataset:
                               'first.')
     return builder
 
-  def _check_split(self, split: str) -> None:
+  def _check(self, config: ml_collections.ConfigDict, split: str) -> None:
+    if config.data.name != self.name:
+      raise ValueError(f'config.data.name={config.data.name!r}, but {self._module} reads '
+                       f'{self.name!r}; asymfusion_jax.data.segmentation_pipeline(config) gives '
+                       "the config's pipeline.")
     if split not in self.splits:
       raise ValueError(f'Unknown split {split!r}; expected one of {self.splits}.')
 
   def num_examples(self, config: ml_collections.ConfigDict, split: str) -> int:
     """The number of examples of `split` ('train' or 'val') in the prepared dataset."""
-    self._check_split(split)
+    self._check(config, split)
     return self.prepared_builder(config.data.tfds_data_dir).info.splits[split].num_examples
 
   def steps_per_epoch(self, config: ml_collections.ConfigDict) -> int:
     """Train steps per epoch: N // global batch size (the remainder is dropped each epoch)."""
     return self.num_examples(config, 'train') // config.batch_size
 
-  def _open(self, tfds_data_dir: str, split: str) -> Reader:
+  def metadata(self, config: ml_collections.ConfigDict) -> dict:
+    """The prepared build's metadata (what its builder recorded beside the examples)."""
+    self._check(config, 'train')
+    return self.prepared_builder(config.data.tfds_data_dir).info.metadata
+
+  def _open_uncached(self, tfds_data_dir: str, split: str) -> Reader:
     return Reader(self.prepared_builder(tfds_data_dir), split)
+
+  def reader(self, config: ml_collections.ConfigDict, split: str) -> Reader:
+    """The reader of `split` (one per build and split, shared by every caller). Batch loops
+    open it on the calling thread, so that their worker threads only read."""
+    self._check(config, split)
+    return self._open(config.data.tfds_data_dir, split)
 
   def read(self, config: ml_collections.ConfigDict, split: str, index: int) -> dict:
     """Example `index` of `split`, read and decoded from disk (`Reader`)."""
-    self._check_split(split)
-    return self._reader(config.data.tfds_data_dir, split)[index]
+    return self.reader(config, split)[index]
 
   def forget_readers(self) -> None:
     """Drops the open readers, after a (re)build replaced the files they read."""
-    self._reader.cache_clear()
+    self._open.cache_clear()

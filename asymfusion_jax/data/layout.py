@@ -17,6 +17,13 @@ import numpy as np
 from etils import epath
 
 LIST_FILES = {'train': 'train.txt', 'val': 'val.txt'}
+# What the TFDS build records in its metadata besides the examples (`builder`), read by the
+# pipeline without decoding an image:
+# {split: {label value (str): 'Mask masks/... listed in <list> line N'}}, the first mask
+# holding each label value;
+LABEL_FILES = 'label_files'
+# {split: [height, width]}, the largest of each split's images.
+MAX_IMAGE_SIZE = 'max_image_size'
 FOLDERS = ('rgb', 'masks', 'depth')  # In the column order of the list files.
 
 

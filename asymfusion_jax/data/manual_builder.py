@@ -32,10 +32,14 @@ class IndexedBuilder(ManualBuilder, skip_registration=True):
   """Base of the builders whose splits are read by index (NYUDv2, Cityscapes).
 
   They write ArrayRecord files, which `as_data_source` reads record by record, and their
-  `_info` sets disable_shuffling so that record i of a split is example i, in list order; each
-  example keeps its position in an 'index' feature, which `common.Reader` checks.
+  `_info` must set disable_shuffling so that record i of a split is example i, in list order
+  (checked here); each example keeps its position in an 'index' feature, which `common.Reader`
+  checks on every read.
   """
 
   def __init__(self, **kwargs):
     kwargs.setdefault('file_format', 'array_record')
     super().__init__(**kwargs)
+    if not self.info.disable_shuffling:
+      raise TypeError(f'{type(self).__name__}._info must set disable_shuffling=True: its '
+                      'splits are read by index, in list order.')

@@ -67,12 +67,9 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   common.write_synthetic(
       config, lambda manual_dir: (epath.Path(manual_dir) / layout.LIST_FILES['train']).exists(),
       write)
-  from asymfusion_jax.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
-  recorded = (builder_lib.LABEL_FILES, builder_lib.MAX_IMAGE_SIZE)
   if common.build(config, DATASET.builder(config.data.tfds_data_dir), layout.fingerprint,
                   f'{DATASET_NAME} dataset',
-                  'the folder with rgb/, depth/, masks/, train.txt and val.txt',
-                  lambda b: all(key in b.info.metadata for key in recorded)):
+                  'the folder with rgb/, depth/, masks/, train.txt and val.txt'):
     DATASET.forget_readers()
   check_labels(config)
 
@@ -86,10 +83,8 @@ def check_labels(config: ml_collections.ConfigDict) -> None:
   the build, because one build serves configs of different class counts. The build records the
   label values of each split and the first mask holding each, so this decodes no image.
   """
-  from asymfusion_jax.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
   k, ignore = int(config.model.num_classes), int(config.data.ignore_label)
-  metadata = DATASET.prepared_builder(config.data.tfds_data_dir).info.metadata
-  recorded = metadata[builder_lib.LABEL_FILES]
+  recorded = DATASET.metadata(config)[layout.LABEL_FILES]
   for split in DATASET.splits:
     found = {int(value): where for value, where in recorded[split].items()}
     bad = sorted(v for v in found if not (0 <= v < k or v == ignore))
@@ -125,13 +120,14 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
   scale_range = tuple(float(s) for s in config.data.scale_range)
   min_short_side = int(config.data.min_short_side)
   ignore_label = int(config.data.ignore_label)
+  reader = DATASET.reader(config, 'train')
 
   def empty(local):
     return {'image': np.empty((len(names), local, crop, crop, 3), np.float32),
             'label': np.empty((local, crop, crop), np.int32)}
 
   def fill(batch, row, index, rng):
-    example = read(config, 'train', index)
+    example = reader[index]
     aug = augment.draw_augmentation(rng, *example['label'].shape, crop, scale_range,
                                     min_short_side)
     images, label = augment.apply_augmentation(aug, {m: example[m] for m in names},
@@ -140,7 +136,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
     for m, name in enumerate(names):
       batch['image'][m, row] = modalities.normalise(name, images[name])
 
-  return batching.train_batches(config, num_examples(config, 'train'), empty, fill, start_step,
+  return batching.train_batches(config, len(reader), empty, fill, start_step,
                                 process_index, process_count)
 
 
@@ -154,11 +150,10 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
   the build records), so every batch has one shape and jit compiles once; padded pixels get the
   ignore label and the normalised pad value.
   """
-  from asymfusion_jax.data import builder as builder_lib  # pylint: disable=g-import-not-at-top
   names = _modality_names(config)
   ignore_label = int(config.data.ignore_label)
-  metadata = DATASET.prepared_builder(config.data.tfds_data_dir).info.metadata
-  height, width = (int(x) for x in metadata[builder_lib.MAX_IMAGE_SIZE]['val'])
+  height, width = (int(x) for x in DATASET.metadata(config)[layout.MAX_IMAGE_SIZE]['val'])
+  reader = DATASET.reader(config, 'val')
   pads = [modalities.normalised_pad_value(name) for name in names]
 
   def empty(local):
@@ -169,12 +164,12 @@ def eval_batches(config: ml_collections.ConfigDict, process_index: int = 0,
             'name': [''] * local}
 
   def fill(batch, row, index):
-    example = read(config, 'val', index)
+    example = reader[index]
     h, w = example['label'].shape
     batch['label'][row, :h, :w] = example['label']
     batch['name'][row] = example['name']
     for m, name in enumerate(names):
       batch['image'][m, row, :h, :w] = modalities.normalise(name, example[name])
 
-  return batching.eval_batches(config, num_examples(config, 'val'), empty, fill, process_index,
+  return batching.eval_batches(config, len(reader), empty, fill, process_index,
                                process_count, batch_size)

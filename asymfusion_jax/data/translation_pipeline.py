@@ -225,7 +225,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
   crop, load = int(config.crop_size), int(config.data.load_size)
   if not 0 < crop <= load:
     raise ValueError(f'crop_size {crop} must be in [1, config.data.load_size={load}].')
-  batching.local_batch_size(config.batch_size, process_index, process_count, 'batch_size')
+  batching.check_train_request(config, start_step, process_index, process_count)
   split = load_split(config, 'train')
   inputs, target = tuple(config.modalities), config.target
 

@@ -1,7 +1,8 @@
 """Runs the per-example work of upcoming batches on a thread pool while the caller trains.
 
-Threads rather than processes: the heavy work (OpenCV resizing, NumPy copies) releases the GIL,
-the in-memory dataset is shared without copying, and there is no worker start-up cost. Each batch
+Threads rather than processes: the heavy work (PNG decoding, OpenCV resizing, NumPy copies)
+releases the GIL, a dataset's readers (or Taskonomy's in-memory split) are shared without
+copying, and there is no worker start-up cost. Each batch
 is a set of buffers plus tasks that fill disjoint parts of them, so results need no gathering and
 their order, hence the batch, does not depend on thread scheduling.
 """
