@@ -42,12 +42,8 @@ from asymfusion_jax.data import synthetic_cityscapes
 DATASET_NAME = 'cityscapes'
 
 
-def _builder_class():
-  from asymfusion_jax.data import cityscapes_builder  # pylint: disable=g-import-not-at-top
-  return cityscapes_builder.CityscapesRgbd
-
-
-DATASET = common.IndexedDataset(DATASET_NAME, _builder_class, __name__)
+DATASET = common.IndexedDataset(DATASET_NAME,
+                                'asymfusion_jax.data.cityscapes_builder.CityscapesRgbd', __name__)
 # The build's example counts, and example `index` of a split read and decoded from disk:
 # {'rgb': uint8 (H, W, 3), 'disparity': uint16 (H, W), 'label': uint8 (H, W), 'name': str,
 # 'index': index}.

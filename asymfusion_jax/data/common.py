@@ -15,6 +15,7 @@ share layout.decode_image and LayoutError.)
 """
 
 import functools
+import importlib
 from typing import Callable
 
 from absl import logging
@@ -164,9 +165,10 @@ class IndexedDataset:
   checks that config.data.name names this dataset.
   """
 
-  def __init__(self, name: str, builder_class: Callable[[], type], module: str):
-    """builder_class() returns the TFDS builder class (imported late: TFDS is heavy); `module`
-    is the pipeline's, whose prepare(config) the not-prepared error tells the user to run."""
+  def __init__(self, name: str, builder_class: str, module: str):
+    """builder_class names the TFDS builder class, 'package.module.Class' (imported on first
+    use: TFDS is heavy); `module` is the pipeline's, whose prepare(config) the not-prepared
+    error tells the user to run."""
     self.name = name
     self.splits = ('train', 'val')
     self._builder_class = builder_class
@@ -176,7 +178,8 @@ class IndexedDataset:
   def builder(self, tfds_data_dir: str):
     """The TFDS builder reading and writing `tfds_data_dir`."""
     configure_tensorflow(1)
-    return self._builder_class()(data_dir=tfds_data_dir or None)
+    module, _, name = self._builder_class.rpartition('.')
+    return getattr(importlib.import_module(module), name)(data_dir=tfds_data_dir or None)
 
   def prepared_builder(self, tfds_data_dir: str):
     builder = self.builder(tfds_data_dir)

@@ -34,12 +34,7 @@ from asymfusion_jax.data import synthetic
 DATASET_NAME = 'nyudv2'
 
 
-def _builder_class():
-  from asymfusion_jax.data import builder  # pylint: disable=g-import-not-at-top
-  return builder.Nyudv2
-
-
-DATASET = common.IndexedDataset(DATASET_NAME, _builder_class, __name__)
+DATASET = common.IndexedDataset(DATASET_NAME, 'asymfusion_jax.data.builder.Nyudv2', __name__)
 # The build's example counts, and example `index` of a split read and decoded from disk:
 # {'rgb': uint8 (H, W, 3), 'depth': uint16 (H, W), 'label': uint8 (H, W), 'name': the rgb file
 # of the list line, 'index': index}.
