@@ -7,8 +7,8 @@ without loading one, and each process reads only the rows of its own batches. Wo
 trains. TensorFlow is only used to build and read the dataset and is imported lazily, so
 importing this module stays cheap.
 
-Train batches are a pure function of (config.seed, global step), with the schedule of
-`batching`: so a run resumes by asking for the batches from its saved step on. Each row is the
+Train batches are a pure function of (config.seed, global step), following the schedule of
+`batching`, so a run resumes by asking for the batches from its saved step on. Each row is the
 authors' augmentation (`augment`) of its example.
 
 Batches are dicts of NumPy arrays, modalities ordered as in `config.modalities`:
@@ -17,7 +17,6 @@ Batches are dicts of NumPy arrays, modalities ordered as in `config.modalities`:
           'name': list of B str (the rgb file of the list, '' for padding rows)}
 where B is the per-process share of the global batch size.
 """
-
 
 from absl import logging
 from etils import epath
