@@ -35,6 +35,14 @@ PREFETCH = 2
 EmptyBatch = Callable[[int], dict]
 
 
+def empty_segmentation_batch(num_modalities: int, crop_size: int) -> EmptyBatch:
+  """The empty train batch of the segmentation pipelines: {'image': float32 (M, B, crop, crop,
+  3), 'label': int32 (B, crop, crop)}."""
+  return lambda local: {
+      'image': np.empty((num_modalities, local, crop_size, crop_size, 3), np.float32),
+      'label': np.empty((local, crop_size, crop_size), np.int32)}
+
+
 def local_batch_size(global_batch: int, process_index: int, process_count: int,
                      what: str) -> int:
   """This process's share of a global batch."""

@@ -140,9 +140,7 @@ def train_batches(config: ml_collections.ConfigDict, start_step: int = 0, proces
   choices = scales(config.data.scale_range, float(config.data.scale_step))
   reader = DATASET.reader(config, 'train')
 
-  def empty(local):
-    return {'image': np.empty((len(names), local, crop, crop, 3), np.float32),
-            'label': np.empty((local, crop, crop), np.int32)}
+  empty = batching.empty_segmentation_batch(len(names), crop)
 
   def fill(batch, row, index, rng):
     example = reader[index]
