@@ -45,13 +45,13 @@ from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
 from asymfusion_jax import config_lib
 from asymfusion_jax import convert
+from asymfusion_jax import data
 from asymfusion_jax import logger
 from asymfusion_jax import sharding
 from asymfusion_jax import tasks
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
 from asymfusion_jax import variables_io
-from asymfusion_jax.data import modalities
 from asymfusion_jax.models import build_generator, build_model, resolve_compute_dtype
 from asymfusion_jax.tasks import segmentation, translation
 
@@ -62,12 +62,6 @@ DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 BATCH_DIM = 'b'
 OUTPUT_STRIDE = 4  # RefineNet's; see output_stride.
 SIDECAR_SUFFIX = '.json'
-# How a Cityscapes DeepLab's inputs are made from the raw files (docs/method.md section 13).
-CITYSCAPES_INPUTS = {
-    'rgb': 'uint8 RGB x -> x / 127.5 - 1',
-    'depth': ('uint16 disparity d -> clip(max(d - 1, 0) / 256 / 128, 0, 1) * 2 - 1, repeated '
-              'to 3 channels (d = 0, invalid, reads as -1)'),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,13 +127,14 @@ def from_checkpoint(checkpoint: str, config) -> Source:
 def default_image_size(config) -> tuple[int, int]:
   """(H, W) of the artifact's input when --height/--width are not given.
 
-  The size of the dataset's images where the config knows it (synthetic data), else the
-  training crop. For NYUDv2 evaluation at full resolution pass --height=480 --width=640.
-  Translation models take config.crop_size squares (256 in the paper).
+  The size of the images the dataset evaluates on where the config knows it (its
+  eval_image_size: synthetic data; translation's config.crop_size squares, 256 in the paper),
+  else the training crop. For NYUDv2 evaluation at full resolution pass --height=480
+  --width=640.
   """
-  if config.data.get('synthetic', False) and tasks.name(config) == 'segmentation':
-    height, width = config.data.synthetic_image_size
-    return int(height), int(width)
+  size = data.get(config).eval_image_size(config)
+  if size is not None:
+    return size
   return int(config.crop_size), int(config.crop_size)
 
 
@@ -189,9 +184,9 @@ def _shape(aval) -> list:
 def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dict:
   """The JSON description that deployment needs besides the artifact.
 
-  modalities (input order along axis 0), raw_pad_value, normalisation and formula come from
-  data.modalities.to_json: how raw pixels become the input. outputs names the M + 1 output
-  rows. Shapes list symbolic dimensions by name ('b': any batch size >= 1).
+  modalities (input order along axis 0) and how raw pixels become the input (e.g.
+  raw_pad_value, normalisation, formula) come from the dataset's input_encoding. outputs names
+  the M + 1 output rows. Shapes list symbolic dimensions by name ('b': any batch size >= 1).
   """
   config = source.config
   (inp,), (out,) = exported.in_avals, exported.out_avals
@@ -217,19 +212,9 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
 
 def _task_sidecar(config) -> dict:
   """What the inputs are and what the outputs mean, per task."""
+  inputs = data.get(config).input_encoding(config)
   if tasks.name(config) == 'translation':
-    return {
-        'modalities': list(config.modalities),
-        'target': config.target,
-        'formula': ('input = decoded 8-bit domain image (docs/method.md section 11) / 127.5 - 1, '
-                    'resized to the input size; output in [-1, 1], as uint8 '
-                    'round((output + 1) * 127.5)'),
-    }
-  if config.data.get('name') == 'cityscapes':
-    inputs = {'modalities': list(config.modalities),
-              'formula': {name: CITYSCAPES_INPUTS[name] for name in config.modalities}}
-  else:
-    inputs = modalities.to_json(config.modalities)
+    return inputs
   return {
       **inputs,
       'num_classes': int(config.model.num_classes),

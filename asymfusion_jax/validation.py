@@ -3,9 +3,10 @@
 Errors found later cost more: a negative learning rate trains by gradient ascent until the loss
 is NaN, a batch larger than the dataset fails once the workdir and its data exist. So training
 and --mode=eval check every key first, and each error names the key, its value and what would be
-valid. Checks that need the dataset's size (`check_train_data`) read it without writing anything
-(planned_num_examples of the dataset's pipeline); the NYUDv2 label range is checked once the
-dataset is prepared (pipeline.check_labels).
+valid. The dataset of config.data.name (`data.get`) checks the keys only it reads
+(check_config). Checks that need the dataset's size (`check_train_data`) read it without writing
+anything (the dataset's planned_num_examples); the NYUDv2 label range is checked once the dataset
+is prepared (its prepare).
 """
 
 import math
@@ -13,11 +14,8 @@ import numbers
 
 import jax
 
-from asymfusion_jax import fusion, optim, sharding
-from asymfusion_jax.data import cityscapes
+from asymfusion_jax import data, fusion, optim, sharding
 from asymfusion_jax.data import modalities as modality_lib
-from asymfusion_jax.data import segmentation_pipeline
-from asymfusion_jax.data import taskonomy
 from asymfusion_jax.models import deeplab, refinenet, resnet
 
 
@@ -96,6 +94,15 @@ def _fusion(config) -> None:
                                  "'none')")
 
 
+def _check_dataset(config, model_name: str) -> None:
+  """config.data.name is a dataset that serves the model, and the dataset's own keys are valid."""
+  dataset = data.get(config)
+  if model_name not in dataset.MODELS:
+    _fail('data.name', config.data.name, f'a dataset for config.model.name={model_name!r}, one '
+                                         f'of {data.for_model(model_name)}')
+  dataset.check_config(config)
+
+
 def check_config(config) -> None:
   """Raises ValueError naming the first invalid key of a training config.
 
@@ -117,6 +124,7 @@ def check_config(config) -> None:
     num_classes = _check_deeplab(config)
   else:
     num_classes = _check_refinenet(config)
+  _check_dataset(config, model_name)
   _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
   _bool(config, 'frozen_bn')
 
@@ -166,8 +174,7 @@ def check_config(config) -> None:
 
 
 def _check_refinenet(config) -> int:
-  """The RefineNet keys and the NYUDv2 data keys; returns num_classes."""
-  _choice(config, 'data.name', ('nyudv2',))
+  """The RefineNet keys; returns num_classes."""
   _choice(config, 'model.depth', resnet.STAGE_SIZES)
   num_classes = _int(config, 'model.num_classes', 1)
   _fusion(config)
@@ -175,20 +182,12 @@ def _check_refinenet(config) -> int:
   _int(config, 'model.decoder_width', 1)
   _number(config, 'model.dropout_rate', 0, 1)
   _choice(config, 'model.remat', refinenet.REMAT)
-  _int(config, 'data.min_short_side', 0)
   return num_classes
 
 
 def _check_deeplab(config) -> int:
-  """The DeepLab keys and the Cityscapes data and evaluation keys; returns num_classes."""
-  _choice(config, 'data.name', ('cityscapes',))
-  names = tuple(config.modalities)
-  if not set(names) <= {'rgb', 'depth'}:
-    _fail('modalities', names, "a sequence of the Cityscapes modalities 'rgb' and 'depth'")
-  num_classes = _value(config, 'model.num_classes')
-  if num_classes != cityscapes.NUM_CLASSES:
-    _fail('model.num_classes', num_classes, f'{cityscapes.NUM_CLASSES}: the Cityscapes train '
-                                            'ids the data pipeline produces')
+  """The DeepLab keys; returns num_classes."""
+  num_classes = _int(config, 'model.num_classes', 1)
   _bool(config, 'model.fusion')
   _choice(config, 'model.output_stride', deeplab.ASPP_RATES)
   _choice(config, 'eval.output_stride', deeplab.ASPP_RATES)
@@ -205,27 +204,12 @@ def _check_deeplab(config) -> int:
   if not config.model.upsample_logits:
     _fail('model.upsample_logits', False, 'True for training and evaluation (the loss and the '
                                           'metrics take logits at the label size)')
-  _number(config, 'data.scale_step', 0)
-  eval_scales = _sequence(config, 'eval.scales')
-  if not all(_is_number(x) and x > 0 for x in eval_scales):
-    _fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
-  _bool(config, 'eval.flip')
   return num_classes
 
 
 def check_translation_config(config) -> None:
   """check_config for a translation config (config.task == 'translation')."""
   _int(config, 'seed', 0)
-  names = _sequence(config, 'modalities')
-  known = sorted(taskonomy.DOMAINS)
-  if not all(name in taskonomy.DOMAINS for name in names):
-    _fail('modalities', names, f'a sequence of known Taskonomy domains, among {known}')
-  if len(set(names)) != len(names):
-    _fail('modalities', names, 'a sequence without repeats')
-  target = _value(config, 'target')
-  if target not in taskonomy.DOMAINS or target in names:
-    _fail('target', target, f'a known domain that is not an input, among {known}')
-
   _choice(config, 'model.name', ('unet',))
   num_downs = _int(config, 'model.num_downs', 1)
   _int(config, 'model.ngf', 1)
@@ -240,13 +224,13 @@ def check_translation_config(config) -> None:
   _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
 
   _bool(config, 'data.synthetic')
-  for key in ('data.num_train', 'data.num_val', 'data.synthetic_image_size'):
+  for key in ('data.num_train', 'data.num_val'):
     _int(config, key, 1)
   _int(config, 'data.num_workers', 0)
   crop = _int(config, 'crop_size', 1)
   if crop % 2 ** num_downs:
     _fail('crop_size', crop, f'a multiple of 2**model.num_downs = {2 ** num_downs}')
-  _int(config, 'data.load_size', crop)
+  _check_dataset(config, config.model.name)
   for key in ('batch_size', 'eval_batch_size'):
     _int(config, key, 1)
 
@@ -291,7 +275,7 @@ def train_batch_rows(config, devices: int | None = None, processes: int | None =
 
 def check_train_data(config) -> None:
   """The train split holds at least one batch; reads its size without writing anything."""
-  available = segmentation_pipeline(config).planned_num_examples(config, 'train')
+  available = data.get(config).planned_num_examples(config, 'train')
   if available is not None and config.batch_size > available:
     raise ConfigError(f'config.batch_size={config.batch_size} is larger than the {available} '
                      'training examples, so an epoch would have no step')

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 
 from asymfusion_jax import models, optim, train, validation
-from asymfusion_jax.data import cityscapes, cityscapes_pipeline, layout, synthetic_cityscapes
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.cityscapes import layout as cityscapes
+from asymfusion_jax.data.cityscapes import pipeline as cityscapes_pipeline
+from asymfusion_jax.data.cityscapes import synthetic as synthetic_cityscapes
 from tests import tiny
 
 # configs/demo_cityscapes.py made tinier: 8 train scenes of 32x64, 2 steps per epoch, 4 steps.

@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
-from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax.data.taskonomy import pipeline as translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks import translation, translation_eval
 from tests import tiny

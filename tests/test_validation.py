@@ -12,7 +12,8 @@ import pytest
 
 from asymfusion_jax import (checkpointing, config_io, evaluation, sharding, tasks, train,
                             validation)
-from asymfusion_jax.data import layout, pipeline, synthetic
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.nyudv2 import pipeline, synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks import segmentation
 from tests import tiny

@@ -192,8 +192,8 @@ class IndexedDataset:
   def _check(self, config: ml_collections.ConfigDict, split: str) -> None:
     if config.data.name != self.name:
       raise ValueError(f'config.data.name={config.data.name!r}, but {self._module} reads '
-                       f'{self.name!r}; asymfusion_jax.data.segmentation_pipeline(config) gives '
-                       "the config's pipeline.")
+                       f'{self.name!r}; asymfusion_jax.data.get(config) gives the config\'s '
+                       'dataset.')
     if split not in self.splits:
       raise ValueError(f'Unknown split {split!r}; expected one of {self.splits}.')
 

@@ -2,7 +2,7 @@
 
 Two setups share it: NYUDv2 with RefineNet and the paper's staged SGD, and Cityscapes with
 DeepLabv3+ and TF-DeepLab's poly SGD. The model is config.model.name's (models.build_model), the
-data config.data.name's pipeline (data.segmentation_pipeline), the optimiser
+data config.data.name's dataset (data.get), the optimiser
 config.optim.schedule's (optim.py); the loss is the sum of the M + 1 outputs' cross-entropies
 (losses.py). Evaluation computes pixel accuracy, mean accuracy and mIoU per branch
 (evaluation.py), and the best checkpoint is the one with the highest ensemble mIoU.
@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asymfusion_jax import evaluation, initialization, losses, optim, sharding, validation
-from asymfusion_jax.data import segmentation_pipeline
+from asymfusion_jax import data, evaluation, initialization, losses, optim, sharding, validation
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks import base
 
@@ -87,14 +86,14 @@ class Segmentation(base.Task):
     validation.check_training(config)
 
   def prepare_data(self, config) -> None:
-    segmentation_pipeline(config).prepare(config)
+    data.get(config).prepare(config)
 
   def steps_per_epoch(self, config) -> int:
-    data = segmentation_pipeline(config)
-    steps = data.steps_per_epoch(config)
+    dataset = data.get(config)
+    steps = dataset.steps_per_epoch(config)
     if steps < 1:
       raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                       f'{data.num_examples(config, "train")} training examples')
+                       f'{dataset.num_examples(config, "train")} training examples')
     return steps
 
   def total_steps(self, config, steps_per_epoch: int) -> int:
@@ -116,7 +115,7 @@ class Segmentation(base.Task):
                    'of the %d devices with unlabelled rows (with frozen BatchNorm they change '
                    'nothing but the dropout masks drawn).', rows * jax.process_count(),
                    config.batch_size, jax.device_count())
-    batches = segmentation_pipeline(config).train_batches(
+    batches = data.get(config).train_batches(
         config, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count())
     return (sharding.pad_rows(b, rows, config.data.ignore_label) for b in batches)

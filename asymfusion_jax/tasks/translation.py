@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asymfusion_jax import initialization, sharding, validation, variables_io
-from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax import data, initialization, sharding, validation, variables_io
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks import base, translation_eval
 
@@ -169,17 +168,17 @@ class Translation(base.Task):
       raise validation.ConfigError(
           f'{e} (InstanceNorm needs no batch statistics, but every device needs whole rows)'
       ) from None
-    available = translation_pipeline.planned_num_examples(config, 'train')
+    available = data.get(config).planned_num_examples(config, 'train')
     if available is not None and config.batch_size > available:
       raise validation.ConfigError(
           f'config.batch_size={config.batch_size} is larger than the {available} training '
           'examples, so an epoch would have no step')
 
   def prepare_data(self, config) -> None:
-    translation_pipeline.prepare(config)
+    data.get(config).prepare(config)
 
   def steps_per_epoch(self, config) -> int:
-    return translation_pipeline.steps_per_epoch(config)
+    return data.get(config).steps_per_epoch(config)
 
   def total_steps(self, config, steps_per_epoch: int) -> int:
     full = int(config.num_epochs) * steps_per_epoch
@@ -193,9 +192,9 @@ class Translation(base.Task):
     return from_pretrained(state, config)
 
   def train_batches(self, config, start_step: int):
-    return translation_pipeline.train_batches(config, start_step=start_step,
-                                              process_index=jax.process_index(),
-                                              process_count=jax.process_count())
+    return data.get(config).train_batches(config, start_step=start_step,
+                                          process_index=jax.process_index(),
+                                          process_count=jax.process_count())
 
   def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
     return jit_train_step(config, mesh, state, batch)

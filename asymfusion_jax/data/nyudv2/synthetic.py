@@ -1,4 +1,4 @@
-"""Small synthetic datasets: RGB-D segmentation (NYUDv2 or Cityscapes layout), Taskonomy scenes.
+"""A small synthetic RGB-D segmentation dataset in the NYUDv2 layout.
 
 It exists so that tests and the demo exercise the real builder and pipeline in minutes on a CPU,
 and so that fusion has something to win: object classes are the product of a colour group
@@ -14,17 +14,6 @@ Depth is written as 16-bit PNG in millimetres (about 1000..5000), so the pipelin
 values of order one, as it does for NYUDv2.
 
   python -m asymfusion_jax.data.synthetic --out /tmp/synthetic_rgbd --num_train 200 --num_val 50
-
-With --kind=taskonomy it writes instead a synthetic Taskonomy set for image translation, every
-domain rendered from one 3D scene (see `synthetic_taskonomy` for what each domain encodes):
-
-  python -m asymfusion_jax.data.synthetic --kind=taskonomy --out /tmp/synthetic_taskonomy \
-      --num_train 200 --num_val 50 --size 96
-
-With --kind=cityscapes it writes street scenes in the Cityscapes layout (leftImg8bit/,
-disparity/, gtFine/; see `synthetic_cityscapes`), 64x128 by default:
-
-  python -m asymfusion_jax.data.synthetic --kind=cityscapes --out /tmp/synthetic_cityscapes
 """
 
 import argparse
@@ -34,9 +23,7 @@ import cv2
 import numpy as np
 
 from asymfusion_jax.data import layout
-from asymfusion_jax.data import synthetic_cityscapes
-from asymfusion_jax.data import synthetic_taskonomy
-from asymfusion_jax.data import taskonomy
+from asymfusion_jax.data.nyudv2 import layout as nyudv2_layout
 
 CLASS_NAMES = ('background', 'warm_near', 'warm_far', 'cool_near', 'cool_far')
 NUM_CLASSES = len(CLASS_NAMES)
@@ -142,75 +129,19 @@ def write_dataset(out_dir: os.PathLike | str, num_train: int = 200, num_val: int
   for i in range(num_train + num_val):
     rgb, depth, label = render_example(np.random.default_rng([seed, i]), height, width)
     split = 'train' if i < num_train else 'val'
-    lines[split].append(layout.write_example(out_dir, f'{i + 1:06d}', rgb, depth, label))
+    lines[split].append(nyudv2_layout.write_example(out_dir, f'{i + 1:06d}', rgb, depth, label))
   for split, split_lines in lines.items():
     layout.write_list(out_dir, split, split_lines)
 
 
-def write_taskonomy(out_dir: os.PathLike | str, num_train: int = 200, num_val: int = 50,
-                    size: int = 96, seed: int = 0) -> None:
-  """Writes a synthetic Taskonomy set of size x size scenes to `out_dir`.
-
-  One folder per domain of `synthetic_taskonomy.DOMAINS` with
-  `{domain}/point_{i}_view_0_domain_{domain}.png`, and train.txt / val.txt whose lines carry the
-  `{domain}` placeholder. Scene i (train first, then val) is drawn from
-  np.random.default_rng([seed, i]), so a scene does not depend on how many others are written.
-  """
-  if num_train < 1 or num_val < 1:
-    raise ValueError(f'Need at least one train and one val image, got {num_train}, {num_val}.')
-  if size < 8:
-    raise ValueError(f'Synthetic Taskonomy images need a side of at least 8 pixels, got {size}.')
-  os.makedirs(out_dir, exist_ok=True)
-  for domain in synthetic_taskonomy.DOMAINS:
-    os.makedirs(os.path.join(out_dir, domain), exist_ok=True)
-  lines = {'train': [], 'val': []}
-  for i in range(num_train + num_val):
-    images = synthetic_taskonomy.render_taskonomy(np.random.default_rng([seed, i]), size)
-    for domain, image in images.items():
-      layout.write_png(os.path.join(out_dir, taskonomy.file_name(domain, i, 0)), image)
-    lines['train' if i < num_train else 'val'].append(
-        taskonomy.file_name(taskonomy.PLACEHOLDER, i, 0))
-  for split, split_lines in lines.items():  # Last, so a list file means a complete set.
-    layout.write_list(out_dir, split, split_lines)
+# The synthetic CLI's --kind=nyudv2 (asymfusion_jax.data.synthetic).
+DESCRIPTION = 'RGB-D segmentation in the NYUDv2 layout'
+DEFAULT_HEIGHT = 96
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--kind', choices=('nyudv2', 'taskonomy', 'cityscapes'), default='nyudv2',
-                      help='nyudv2 (default): RGB-D segmentation in the NYUDv2 layout; taskonomy: '
-                      'rendered scenes in the Taskonomy layout, for image translation; '
-                      'cityscapes: street scenes in the Cityscapes layout.')
-  parser.add_argument('--out', required=True, help='Folder to write the dataset to.')
-  # Underscores, as every other CLI here spells its flags; the dashed spellings still work.
-  parser.add_argument('--num_train', '--num-train', type=int, default=200,
-                      help='Training images (default 200).')
-  parser.add_argument('--num_val', '--num-val', type=int, default=50,
-                      help='Validation images (default 50).')
-  parser.add_argument('--height', type=int, default=None,
-                      help='Image height (default 96, or 64 for --kind=cityscapes).')
-  parser.add_argument('--width', type=int, default=128,
-                      help='Image width (default 128).')
-  parser.add_argument('--size', type=int, default=96,
-                      help='Side of the square Taskonomy images (default 96; --kind=taskonomy).')
-  parser.add_argument('--seed', type=int, default=0, help='Random seed (default 0).')
-  args = parser.parse_args(argv)
-  if args.kind == 'taskonomy':
-    write_taskonomy(args.out, args.num_train, args.num_val, args.size, args.seed)
-    print(f'Wrote {args.num_train} train and {args.num_val} val Taskonomy scenes of '
-          f'{args.size}x{args.size} ({", ".join(synthetic_taskonomy.DOMAINS)}) to {args.out}')
-    return
-  if args.kind == 'cityscapes':
-    height = 64 if args.height is None else args.height
-    synthetic_cityscapes.write_cityscapes(args.out, args.num_train, args.num_val, height,
-                                          args.width, args.seed)
-    print(f'Wrote {args.num_train} train and {args.num_val} val Cityscapes-layout scenes of '
-          f'{height}x{args.width} to {args.out}')
-    return
-  args.height = 96 if args.height is None else args.height
-  write_dataset(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
-  print(f'Wrote {args.num_train} train and {args.num_val} val images of {args.height}x{args.width} '
-        f'({NUM_CLASSES} classes) to {args.out}')
-
-
-if __name__ == '__main__':
-  main()
+def write_from_flags(args: argparse.Namespace) -> str:
+  """Writes the set that the CLI's flags describe; returns the line it prints."""
+  height = DEFAULT_HEIGHT if args.height is None else args.height
+  write_dataset(args.out, args.num_train, args.num_val, height, args.width, args.seed)
+  return (f'Wrote {args.num_train} train and {args.num_val} val images of {height}x{args.width} '
+          f'({NUM_CLASSES} classes) to {args.out}')
