@@ -165,8 +165,9 @@ def test_tensorflow_import_keeps_other_stderr_lines(tmp_path):
 def test_synthetic_cli_flags_with_underscores(tmp_path):
   for spelling in ('num_train', 'num-train'):  # The dashed one is kept as an alias.
     out = tmp_path / spelling
-    synthetic_cli.main(['--out', str(out), f'--{spelling}', '2', f'--{spelling.replace("train", "val")}',
-                    '1', '--height', '8', '--width', '10'])
+    synthetic_cli.main(['--out', str(out), f'--{spelling}', '2',
+                        f'--{spelling.replace("train", "val")}', '1', '--height', '8', '--width',
+                        '10'])
     assert len((out / 'train.txt').read_text().splitlines()) == 2
     assert len((out / 'val.txt').read_text().splitlines()) == 1
 

@@ -28,9 +28,10 @@ CALLS = []  # ('prepare',), ('train', start_step), ('eval', batch_size), in call
 
 def check_config(config) -> None:
   """The toy has CLASS_NAMES' classes; another config.model.num_classes is refused."""
-  from asymfusion_jax import validation  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top,protected-access
+  from asymfusion_jax import validation
   if config.model.num_classes != len(CLASS_NAMES):
-    validation._fail('model.num_classes', config.model.num_classes,  # pylint: disable=protected-access
+    validation._fail('model.num_classes', config.model.num_classes,
                      f'{len(CLASS_NAMES)}, the toy dataset\'s classes')
 
 

@@ -20,8 +20,8 @@ disparity/, gtFine/; `cityscapes.synthetic`), 64x128 by default:
 A kind is one line of KINDS: the module of its generator, which provides
   DESCRIPTION: what it writes, for --help;
   write_from_flags(args) -> str: writes the set the parsed flags describe (args.out,
-    args.num_train, args.num_val, args.height (None: its DEFAULT_HEIGHT), args.width, args.seed
-    and its own flags) and returns the line to print;
+    args.num_train, args.num_val, args.height (its DEFAULT_HEIGHT unless given), args.width,
+    args.seed and its own flags) and returns the line to print;
 and optionally DEFAULT_HEIGHT, and add_flags(parser), which adds the flags only it reads.
 """
 
@@ -66,7 +66,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
   args = parser().parse_args(argv)
-  print(importlib.import_module(KINDS[args.kind]).write_from_flags(args))
+  generator = importlib.import_module(KINDS[args.kind])
+  if args.height is None:
+    args.height = getattr(generator, 'DEFAULT_HEIGHT', None)
+  print(generator.write_from_flags(args))
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from asymfusion_jax.data import common
 from asymfusion_jax.data.cityscapes import layout
 from asymfusion_jax.data.cityscapes.pipeline import eval_batches
 from asymfusion_jax.data.cityscapes.pipeline import num_examples
@@ -25,6 +26,8 @@ from asymfusion_jax.data.cityscapes.pipeline import train_batches
 
 MODELS = ('deeplab',)
 EVALUATION = 'tf_deeplab'
+# The synthetic scenes' size; None for Cityscapes itself (1024x2048, read from the build).
+eval_image_size = common.synthetic_image_size
 
 
 def check_config(config) -> None:
@@ -44,14 +47,6 @@ def check_config(config) -> None:
   if not all(validation._is_number(x) and x > 0 for x in eval_scales):
     validation._fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
   validation._bool(config, 'eval.flip')
-
-
-def eval_image_size(config) -> tuple[int, int] | None:
-  """The synthetic scenes' size; None for Cityscapes itself (1024x2048, read from the build)."""
-  if config.data.synthetic:
-    height, width = config.data.synthetic_image_size
-    return int(height), int(width)
-  return None
 
 
 def input_encoding(config) -> dict:

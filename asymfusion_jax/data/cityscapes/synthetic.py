@@ -33,6 +33,10 @@ OBJECTS = {26: ((205.0, 80.0, 55.0), True),    # car
            24: ((55.0, 95.0, 205.0), True),    # person
            25: ((55.0, 95.0, 205.0), False)}   # rider
 CITIES = ('synthville', 'fakeburg')
+# What the synthetic CLI (asymfusion_jax.data.synthetic) says of --kind=cityscapes, its default
+# height.
+DESCRIPTION = 'street scenes in the Cityscapes layout'
+DEFAULT_HEIGHT = 64
 
 
 def render_scene(rng: np.random.Generator, height: int,
@@ -113,14 +117,8 @@ def write_cityscapes(out_dir: os.PathLike | str, num_train: int = 40, num_val: i
       layout.write_png(path, image)
 
 
-# The synthetic CLI's --kind=cityscapes (asymfusion_jax.data.synthetic).
-DESCRIPTION = 'street scenes in the Cityscapes layout'
-DEFAULT_HEIGHT = 64
-
-
 def write_from_flags(args: argparse.Namespace) -> str:
   """Writes the set that the CLI's flags describe; returns the line it prints."""
-  height = DEFAULT_HEIGHT if args.height is None else args.height
-  write_cityscapes(args.out, args.num_train, args.num_val, height, args.width, args.seed)
+  write_cityscapes(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
   return (f'Wrote {args.num_train} train and {args.num_val} val Cityscapes-layout scenes of '
-          f'{height}x{args.width} to {args.out}')
+          f'{args.height}x{args.width} to {args.out}')

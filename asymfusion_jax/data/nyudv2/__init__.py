@@ -12,6 +12,7 @@ resolution, val images padded to the largest.
 
 import os
 
+from asymfusion_jax.data import common
 from asymfusion_jax.data import modalities
 from asymfusion_jax.data.nyudv2 import layout
 from asymfusion_jax.data.nyudv2 import synthetic
@@ -26,20 +27,14 @@ from asymfusion_jax.data.nyudv2.pipeline import train_batches
 
 MODELS = ('refinenet',)
 EVALUATION = 'single_scale'
+# The synthetic images' size; None for NYUDv2 itself (its build records the largest).
+eval_image_size = common.synthetic_image_size
 
 
 def check_config(config) -> None:
   """The keys only NYUDv2's pipeline reads: data.min_short_side."""
   from asymfusion_jax import validation  # pylint: disable=g-import-not-at-top
   validation._int(config, 'data.min_short_side', 0)  # pylint: disable=protected-access
-
-
-def eval_image_size(config) -> tuple[int, int] | None:
-  """The synthetic images' size; None for NYUDv2 itself (its build records the largest)."""
-  if config.data.synthetic:
-    height, width = config.data.synthetic_image_size
-    return int(height), int(width)
-  return None
 
 
 def input_encoding(config) -> dict:

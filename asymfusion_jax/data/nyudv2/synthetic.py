@@ -28,6 +28,9 @@ from asymfusion_jax.data.nyudv2 import layout as nyudv2_layout
 CLASS_NAMES = ('background', 'warm_near', 'warm_far', 'cool_near', 'cool_far')
 NUM_CLASSES = len(CLASS_NAMES)
 IGNORE_LABEL = 255
+# What the synthetic CLI (asymfusion_jax.data.synthetic) says of --kind=nyudv2, its default height.
+DESCRIPTION = 'RGB-D segmentation in the NYUDv2 layout'
+DEFAULT_HEIGHT = 96
 
 # Object class -> (RGB colour of its group, sign of its depth offset from the background plane).
 _WARM = (205.0, 80.0, 55.0)
@@ -134,14 +137,8 @@ def write_dataset(out_dir: os.PathLike | str, num_train: int = 200, num_val: int
     layout.write_list(out_dir, split, split_lines)
 
 
-# The synthetic CLI's --kind=nyudv2 (asymfusion_jax.data.synthetic).
-DESCRIPTION = 'RGB-D segmentation in the NYUDv2 layout'
-DEFAULT_HEIGHT = 96
-
-
 def write_from_flags(args: argparse.Namespace) -> str:
   """Writes the set that the CLI's flags describe; returns the line it prints."""
-  height = DEFAULT_HEIGHT if args.height is None else args.height
-  write_dataset(args.out, args.num_train, args.num_val, height, args.width, args.seed)
-  return (f'Wrote {args.num_train} train and {args.num_val} val images of {height}x{args.width} '
-          f'({NUM_CLASSES} classes) to {args.out}')
+  write_dataset(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
+  return (f'Wrote {args.num_train} train and {args.num_val} val images of '
+          f'{args.height}x{args.width} ({NUM_CLASSES} classes) to {args.out}')

@@ -41,6 +41,8 @@ NEAR_COLOUR = np.array((220.0, 95.0, 60.0))  # Albedo of objects 3 m away...
 FAR_COLOUR = np.array((60.0, 115.0, 215.0))  # ... and 10 m away, linear in between.
 EDGE_TEXTURE_SCALE = 11355.0
 EDGE_OCCLUSION_SCALE = 11584.0
+# What the synthetic CLI (asymfusion_jax.data.synthetic) says of --kind=taskonomy.
+DESCRIPTION = 'rendered scenes in the Taskonomy layout, for image translation'
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -198,10 +200,6 @@ def write_taskonomy(out_dir: os.PathLike | str, num_train: int = 200, num_val: i
         taskonomy.file_name(taskonomy.PLACEHOLDER, i, 0))
   for split, split_lines in lines.items():  # Last, so a list file means a complete set.
     layout.write_list(out_dir, split, split_lines)
-
-
-# The synthetic CLI's --kind=taskonomy (asymfusion_jax.data.synthetic).
-DESCRIPTION = 'rendered scenes in the Taskonomy layout, for image translation'
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
