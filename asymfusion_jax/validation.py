@@ -13,12 +13,13 @@ import numbers
 
 import jax
 
-from asymfusion_jax import fusion, optim, sharding
+from asymfusion_jax import fusion, sharding
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.data import taskonomy
 from asymfusion_jax.models import deeplab, refinenet, resnet
+from asymfusion_jax.tasks.segmentation import optim
 
 
 class ConfigError(ValueError):

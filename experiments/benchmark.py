@@ -61,10 +61,11 @@ import numpy as np
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import config_lib, evaluation, logger, optim, sharding  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import config_lib, logger, sharding  # pylint: disable=g-import-not-at-top
 from asymfusion_jax import models, tasks  # pylint: disable=g-import-not-at-top
-from asymfusion_jax.tasks import (  # pylint: disable=g-import-not-at-top
-    segmentation, translation, translation_eval)
+from asymfusion_jax.tasks import translation, translation_eval  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.tasks.segmentation import evaluation, optim  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.tasks.segmentation import task as segmentation  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asymfusion_jax import losses
 from asymfusion_jax.models import build_model, resolve_compute_dtype
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import losses
+from asymfusion_jax.tasks.segmentation import task as segmentation
 from experiments import benchmark
 
 

@@ -15,8 +15,9 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import models, optim, train, validation
+from asymfusion_jax import models, train, validation
 from asymfusion_jax.data import cityscapes, cityscapes_pipeline, layout, synthetic_cityscapes
+from asymfusion_jax.tasks.segmentation import optim
 from tests import tiny
 
 # configs/demo_cityscapes.py made tinier: 8 train scenes of 32x64, 2 steps per epoch, 4 steps.

@@ -20,7 +20,7 @@ from asymfusion_jax.models import RefineNet, UNetGenerator
 from asymfusion_jax.models import build_deeplab, build_discriminator, build_generator
 from asymfusion_jax.models.unet import EncoderBlock
 from asymfusion_jax.tasks import base, translation
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import task as segmentation
 from tests import test_config_lib
 
 BASELINES = ('concat', 'average', 'attention', 'late')

@@ -10,11 +10,11 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import (checkpointing, config_io, evaluation, sharding, tasks, train,
-                            validation)
+from asymfusion_jax import checkpointing, config_io, sharding, tasks, train, validation
 from asymfusion_jax.data import layout, pipeline, synthetic
 from asymfusion_jax.models import build_model
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import evaluation
+from asymfusion_jax.tasks.segmentation import task as segmentation
 from tests import tiny
 
 BAD_VALUES = [
@@ -101,7 +101,7 @@ def test_padded_train_rows_change_nothing():
   other (equally distributed) masks for the real rows too.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from asymfusion_jax import optim  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.tasks.segmentation import optim  # pylint: disable=g-import-not-at-top
   from experiments import benchmark  # pylint: disable=g-import-not-at-top
   config = tiny.config({})
   config.frozen_bn, config.batch_size, config.model.dropout_rate = True, 3, 0.0

@@ -10,7 +10,8 @@ checkpoints, sharding, logging) lives outside this package.
 """
 
 from asymfusion_jax import validation
-from asymfusion_jax.tasks import segmentation, translation
+from asymfusion_jax.tasks import translation
+from asymfusion_jax.tasks.segmentation.task import Segmentation
 from asymfusion_jax.tasks.base import Task, TrainState
 
 TASKS = ('segmentation', 'translation')
@@ -25,7 +26,7 @@ def get(config) -> Task:
   """The Task of config.task; a ConfigError naming the key for an unknown one."""
   task = name(config)
   if task == 'segmentation':
-    return segmentation.Segmentation()
+    return Segmentation()
   if task == 'translation':
     return translation.Translation()
   raise validation.ConfigError(f'config.task={task!r} is not valid: it must be one of {TASKS}')

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import fid, sharding, visualize
+from asymfusion_jax import fid, sharding
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_generator
+from asymfusion_jax.tasks.segmentation import visualize
 
 # Images per call of the Inception network (rounded up to the local devices).
 FID_BATCH = 50

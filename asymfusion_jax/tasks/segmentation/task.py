@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asymfusion_jax import evaluation, initialization, losses, optim, sharding, validation
+from asymfusion_jax import initialization, sharding, validation
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks import base
+from asymfusion_jax.tasks.segmentation import evaluation, losses, optim
 
 
 def init_variables(model, config, rng) -> dict:
