@@ -53,8 +53,8 @@ from asymfusion_jax import train
 from asymfusion_jax import variables_io
 from asymfusion_jax.data import modalities
 from asymfusion_jax.models import build_generator, build_model, resolve_compute_dtype
-from asymfusion_jax.tasks import translation
 from asymfusion_jax.tasks.segmentation import task as segmentation
+from asymfusion_jax.tasks.translation import task as translation
 
 FORMATS = ('jax', 'torch')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')

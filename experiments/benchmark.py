@@ -63,9 +63,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from asymfusion_jax import config_lib, logger, sharding  # pylint: disable=g-import-not-at-top
 from asymfusion_jax import models, tasks  # pylint: disable=g-import-not-at-top
-from asymfusion_jax.tasks import translation, translation_eval  # pylint: disable=g-import-not-at-top
 from asymfusion_jax.tasks.segmentation import evaluation, optim  # pylint: disable=g-import-not-at-top
 from asymfusion_jax.tasks.segmentation import task as segmentation  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.tasks.translation import evaluation as translation_eval  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.tasks.translation import task as translation  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 

@@ -19,8 +19,9 @@ from asymfusion_jax import config_lib, fusion, validation
 from asymfusion_jax.models import RefineNet, UNetGenerator
 from asymfusion_jax.models import build_deeplab, build_discriminator, build_generator
 from asymfusion_jax.models.unet import EncoderBlock
-from asymfusion_jax.tasks import base, translation
+from asymfusion_jax.tasks import base
 from asymfusion_jax.tasks.segmentation import task as segmentation
+from asymfusion_jax.tasks.translation import task as translation
 from tests import test_config_lib
 
 BASELINES = ('concat', 'average', 'attention', 'late')

@@ -14,7 +14,8 @@ import pytest
 from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
-from asymfusion_jax.tasks import translation, translation_eval
+from asymfusion_jax.tasks.translation import evaluation as translation_eval
+from asymfusion_jax.tasks.translation import task as translation
 from tests import tiny
 
 BRANCHES = ('reshading', 'depth_euclidean', 'ensemble')

@@ -10,8 +10,8 @@ checkpoints, sharding, logging) lives outside this package.
 """
 
 from asymfusion_jax import validation
-from asymfusion_jax.tasks import translation
 from asymfusion_jax.tasks.segmentation.task import Segmentation
+from asymfusion_jax.tasks.translation.task import Translation
 from asymfusion_jax.tasks.base import Task, TrainState
 
 TASKS = ('segmentation', 'translation')
@@ -28,7 +28,7 @@ def get(config) -> Task:
   if task == 'segmentation':
     return Segmentation()
   if task == 'translation':
-    return translation.Translation()
+    return Translation()
   raise validation.ConfigError(f'config.task={task!r} is not valid: it must be one of {TASKS}')
 
 

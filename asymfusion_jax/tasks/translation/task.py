@@ -22,7 +22,8 @@ import optax
 from asymfusion_jax import initialization, sharding, validation, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
-from asymfusion_jax.tasks import base, translation_eval
+from asymfusion_jax.tasks import base
+from asymfusion_jax.tasks.translation import evaluation
 
 # Train metrics (logged as train/<name>): the discriminator loss, the generator's total loss,
 # its adversarial part, and its L1 part before weighting (the sum over the M + 1 outputs).
@@ -201,7 +202,7 @@ class Translation(base.Task):
     return jit_train_step(config, mesh, state, batch)
 
   def evaluator(self, config, mesh):
-    return translation_eval.Evaluator(config, mesh)
+    return evaluation.Evaluator(config, mesh)
 
   def best_metric(self, config):
     """The ensemble's FID when the Inception weights are given, else its L1."""
