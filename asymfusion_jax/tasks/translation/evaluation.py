@@ -18,10 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import fid, sharding
+from asymfusion_jax import drawing, fid, sharding
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_generator
-from asymfusion_jax.tasks.segmentation import visualize
 
 # Images per call of the Inception network (rounded up to the local devices).
 FID_BATCH = 50
@@ -134,7 +133,7 @@ class Evaluator:
       tiles = {f'in: {name}': out['inputs'][m, b] for m, name in enumerate(self.config.modalities)}
       tiles.update({name: out['outputs'][i, b] for i, name in enumerate(names)})
       tiles[f'target: {self.config.target}'] = out['target'][b]
-      visualize.save_image_row(
+      drawing.save_image_row(
           os.path.join(out_dir, 'predictions', f'{first + count:04d}.png'), tiles)
       count += 1
     return count
