@@ -21,7 +21,9 @@ from asymfusion_jax.models import build_deeplab, build_discriminator, build_gene
 from asymfusion_jax.models.unet import EncoderBlock
 from asymfusion_jax.tasks import base
 from asymfusion_jax.tasks.segmentation import task as segmentation
+from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
 from asymfusion_jax.tasks.translation import task as translation
+from asymfusion_jax.tasks.translation import validation as translation_validation
 from tests import test_config_lib
 
 BASELINES = ('concat', 'average', 'attention', 'late')
@@ -218,10 +220,10 @@ def test_configs_take_the_method_names(tmp_path):
   for value in fusion.METHODS:
     segmentation_config.model.fusion = value
     translation_config.model.fusion = value
-    validation.check_config(segmentation_config)
-    validation.check_translation_config(translation_config)
-  for check, config in ((validation.check_config, segmentation_config),
-                        (validation.check_translation_config, translation_config)):
+    segmentation_validation.check_config(segmentation_config)
+    translation_validation.check_config(translation_config)
+  for check, config in ((segmentation_validation.check_config, segmentation_config),
+                        (translation_validation.check_config, translation_config)):
     as_dict = config.to_dict()
     as_dict['model']['fusion'] = True  # Older configs and config.json files hold booleans.
     check(ml_collections.ConfigDict(as_dict))

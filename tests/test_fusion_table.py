@@ -7,7 +7,8 @@ import sys
 import cv2
 import numpy as np
 
-from asymfusion_jax import config_lib, validation
+from asymfusion_jax import config_lib
+from asymfusion_jax.tasks.translation import validation as translation_validation
 from tests import tiny
 
 sys.path.insert(0, os.path.join(tiny.REPO, 'experiments'))
@@ -26,7 +27,7 @@ def test_variants_take_the_paper_sets_and_every_method():
   assert base.model.fusion == 'asym' and base.modalities == ('reshading', 'depth_euclidean')
   for set_name in fusion_table.SETS:  # Every cell of the table is a valid config.
     for method in fusion_table.METHODS:
-      validation.check_translation_config(
+      translation_validation.check_config(
           fusion_table.variant_config(base, set_name, method, 0, 120))
 
 

@@ -10,11 +10,12 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_io, sharding, tasks, train, validation
+from asymfusion_jax import checkpointing, config_io, sharding, tasks, train
 from asymfusion_jax.data import layout, pipeline, synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks.segmentation import evaluation
 from asymfusion_jax.tasks.segmentation import task as segmentation
+from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
 from tests import tiny
 
 BAD_VALUES = [
@@ -81,16 +82,16 @@ def test_every_config_passes_and_splits_over_1_2_4_8_devices():
       if tasks.name(config) == 'translation':  # Its batch must divide the devices.
         tasks.get(config).check_config(config)
         continue
-      validation.check_config(config)
+      segmentation_validation.check_config(config)
       for devices in (1, 2, 4, 8):
-        validation.check_devices(config, devices, 1)
-        rows = validation.train_batch_rows(config, devices, 1)
+        segmentation_validation.check_devices(config, devices, 1)
+        rows = segmentation_validation.train_batch_rows(config, devices, 1)
         assert rows % devices == 0 and rows - devices < config.batch_size <= rows, (name, devices)
         if not config.frozen_bn:
           assert rows == config.batch_size, name
   paper = importlib.import_module('configs.nyudv2_refinenet101').get_config()
-  assert [validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [6, 6, 8, 8]
-  assert validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows and 1 padding per process.
+  assert [segmentation_validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [6, 6, 8, 8]
+  assert segmentation_validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows and 1 padding per process.
 
 
 def test_padded_train_rows_change_nothing():
@@ -127,10 +128,10 @@ def test_an_unsplittable_train_batch_names_the_nearest_sizes():
   config.batch_size = 6
   with pytest.raises(ValueError, match=r'config\.batch_size=6 must be divisible by the 4 devices '
                                        r'of the mesh; the nearest valid sizes are 4 and 8'):
-    validation.check_devices(config, 4, 1)
+    segmentation_validation.check_devices(config, 4, 1)
   with pytest.raises(ValueError, match=r'nearest valid size is 8'):
-    validation.check_devices(config, 8, 2)
-  validation.check_devices(config, 2, 2)
+    segmentation_validation.check_devices(config, 8, 2)
+  segmentation_validation.check_devices(config, 2, 2)
 
 
 def test_eval_batches_are_padded_to_the_mesh(tiny_data):

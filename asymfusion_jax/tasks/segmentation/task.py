@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asymfusion_jax import initialization, sharding, validation
+from asymfusion_jax import initialization, sharding
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.segmentation import evaluation, losses, optim
+from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, validation
 
 
 def init_variables(model, config, rng) -> dict:

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from asymfusion_jax import initialization, sharding, validation, variables_io
+from asymfusion_jax import initialization, sharding, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.translation import evaluation
+from asymfusion_jax.tasks.translation import evaluation, validation
 
 # Train metrics (logged as train/<name>): the discriminator loss, the generator's total loss,
 # its adversarial part, and its L1 part before weighting (the sum over the M + 1 outputs).
@@ -160,21 +160,10 @@ class Translation(base.Task):
   progress_metric = 'g_loss'
 
   def check_config(self, config) -> None:
-    validation.check_translation_config(config)
+    validation.check_config(config)
 
   def check_training(self, config) -> None:
-    validation.check_translation_config(config)
-    try:
-      sharding.check_batch_size(config.batch_size, 'config.batch_size')
-    except ValueError as e:
-      raise validation.ConfigError(
-          f'{e} (InstanceNorm needs no batch statistics, but every device needs whole rows)'
-      ) from None
-    available = translation_pipeline.planned_num_examples(config, 'train')
-    if available is not None and config.batch_size > available:
-      raise validation.ConfigError(
-          f'config.batch_size={config.batch_size} is larger than the {available} training '
-          'examples, so an epoch would have no step')
+    validation.check_training(config)
 
   def prepare_data(self, config) -> None:
     translation_pipeline.prepare(config)
