@@ -21,10 +21,12 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool | s
   the config holds its name, so --config.model.fusion=concat overrides it.
   """
   c = ml_collections.ConfigDict()
+  c.task = 'segmentation'
   c.seed = 0
   c.modalities = tuple(modalities)
 
   c.model = ml_collections.ConfigDict()
+  c.model.name = 'refinenet'
   c.model.depth = depth
   c.model.num_classes = 40
   # 'asym', 'none', or a baseline: 'concat', 'average', 'attention', 'late' (MMF).
@@ -82,6 +84,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
   BatchNorm trained over the global batch; evaluation on the full 1024x2048 images.
   """
   c = ml_collections.ConfigDict()
+  c.task = 'segmentation'
   c.seed = 0
   c.modalities = tuple(modalities)
 

@@ -238,8 +238,8 @@ def test_builders_follow_the_config():
                                     fusion_blocks=(2, 3), dropout_rate=0.25, dtype=jnp.bfloat16)
   assert models.build_discriminator(translation_config()) == PatchDiscriminator(
       ndf=32, dtype=jnp.bfloat16)
-  assert 'unet' in models.MODEL_NAMES
-  with pytest.raises(ValueError, match='build_generator'):
-    models.build_model(translation_config())
-  with pytest.raises(ValueError, match="builds config.model.name 'unet', got 'deeplab'"):
-    models.build_generator(translation_config(**{'name': 'deeplab'}))
+  assert models.MODELS['unet'] is models.build_generator
+  assert models.build_model(translation_config()) == generator  # Through the registry.
+  with pytest.raises(ValueError, match=r"config.model.name='unet3d' is not a model: choose one "
+                                       r"of \('refinenet', 'deeplab', 'unet'\)"):
+    models.build_model(translation_config(name='unet3d'))

@@ -79,7 +79,7 @@ def test_every_config_passes_and_splits_over_1_2_4_8_devices():
     module = importlib.import_module(f'configs.{name}')
     for variant in getattr(module, 'VARIANTS', [None]):
       config = module.get_config(variant) if variant else module.get_config()
-      if tasks.name(config) == 'translation':  # Its batch must divide the devices.
+      if config.task == 'translation':  # Its batch must divide the devices.
         tasks.get(config).check_config(config)
         continue
       segmentation_validation.check_config(config)
@@ -103,12 +103,12 @@ def test_padded_train_rows_change_nothing():
   """
   import jax  # pylint: disable=g-import-not-at-top
   from asymfusion_jax.tasks.segmentation import optim  # pylint: disable=g-import-not-at-top
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax import step_program  # pylint: disable=g-import-not-at-top
   config = tiny.config({})
   config.frozen_bn, config.batch_size, config.model.dropout_rate = True, 3, 0.0
   mesh = sharding.make_mesh()
   model, tx = build_model(config), optim.make_optimizer(config, 4)
-  batch = benchmark.synthetic_batch(config, 'train', seed=3)
+  batch = step_program.synthetic_batch(config, 'train', seed=3)
   padded = sharding.pad_rows(batch, 5, config.data.ignore_label)
   assert padded['image'].shape[1] == padded['label'].shape[0] == 5
   assert np.all(padded['label'][3:] == config.data.ignore_label)

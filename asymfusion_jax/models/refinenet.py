@@ -104,6 +104,11 @@ class RefineNet(nn.Module):
   dropout_rate: float = 0.5
   remat: str = 'none'
 
+  @property
+  def logits_stride(self) -> int:
+    """The input size over the logits' size: 4 (ceil(H / 4) x ceil(W / 4) logits)."""
+    return 4
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if x.ndim != 5 or x.shape[0] != self.num_modalities:

@@ -25,13 +25,10 @@ def check_config(config) -> None:
   v.integer(config, 'seed', 0)
   v.modalities(config, modality_lib.MODALITIES, 'modalities')
 
-  model_name = config.model.get('name', 'refinenet')
-  if model_name not in ('refinenet', 'deeplab'):
-    v.fail('model.name', model_name, "'refinenet' or 'deeplab' for segmentation")
-  if model_name == 'deeplab':
-    num_classes = _check_deeplab(config)
-  else:
-    num_classes = _check_refinenet(config)
+  model_name = v.value(config, 'model.name')
+  if model_name not in MODEL_CHECKS:
+    v.fail('model.name', model_name, f'one of {tuple(MODEL_CHECKS)} for segmentation')
+  num_classes = MODEL_CHECKS[model_name](config)
   v.compute_dtype(config)
   v.boolean(config, 'frozen_bn')
 
@@ -121,6 +118,11 @@ def _check_deeplab(config) -> int:
     v.fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
   v.boolean(config, 'eval.flip')
   return num_classes
+
+
+# The models segmentation trains (config.model.name), each with the check of its own keys and
+# its dataset's, which returns num_classes.
+MODEL_CHECKS = {'refinenet': _check_refinenet, 'deeplab': _check_deeplab}
 
 
 def check_devices(config, devices: int | None = None, processes: int | None = None) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from asymfusion_jax import drawing, fid, sharding
 from asymfusion_jax.data import translation_pipeline
-from asymfusion_jax.models import build_generator
+from asymfusion_jax.models import build_model
 
 # Images per call of the Inception network (rounded up to the local devices).
 FID_BATCH = 50
@@ -47,7 +47,7 @@ def eval_step(g_params, batch, *, generator):
 
 def jit_eval_step(config, mesh):
   """eval_step under jit; every process gets the whole batch's (small) results."""
-  return jax.jit(functools.partial(eval_step, generator=build_generator(config)),
+  return jax.jit(functools.partial(eval_step, generator=build_model(config)),
                  out_shardings=sharding.replicated(mesh))
 
 

@@ -17,11 +17,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from asymfusion_jax import initialization, sharding, variables_io
 from asymfusion_jax.data import translation_pipeline
-from asymfusion_jax.models import build_discriminator, build_generator
+from asymfusion_jax.models import build_discriminator, build_model
 from asymfusion_jax.tasks import base
 from asymfusion_jax.tasks.translation import evaluation, validation
 
@@ -40,7 +41,7 @@ def init_params(config, rng) -> dict:
   g_rng, d_rng = jax.random.split(rng)
   size = 2 ** config.model.num_downs  # The smallest image the U-Net takes.
   x = jnp.zeros((len(config.modalities), 1, size, size, 3), jnp.float32)
-  generator = build_generator(config).init({'params': g_rng}, x, train=False)['params']
+  generator = build_model(config).init({'params': g_rng}, x, train=False)['params']
   pair = jnp.zeros((1, max(size, 64), max(size, 64), 6), jnp.float32)
   discriminator = build_discriminator(config).init({'params': d_rng}, pair)['params']
   return {'generator': generator, 'discriminator': discriminator}
@@ -133,7 +134,7 @@ def train_step(state: base.TrainState, batch: dict, *, generator, discriminator,
 
 
 def jit_train_step(config, mesh, state, example_batch):
-  step_fn = functools.partial(train_step, generator=build_generator(config),
+  step_fn = functools.partial(train_step, generator=build_model(config),
                               discriminator=build_discriminator(config),
                               tx=make_optimizer(config), l1_weight=float(config.optim.l1_weight))
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), state)
@@ -198,3 +199,50 @@ class Translation(base.Task):
     if config.eval.get('inception_weights', ''):
       return 'ensemble/fid', False
     return 'ensemble/l1', False
+
+  def synthetic_batch(self, config, mode, seed=0):
+    """Inputs and target uniform in [-1, 1]."""
+    rng = np.random.default_rng([seed, jax.process_index()])
+    m, s = len(config.modalities), config.crop_size
+    b = config.batch_size // jax.process_count()
+    batch = {'inputs': rng.uniform(-1, 1, (m, b, s, s, 3)).astype(np.float32),
+             'target': rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32)}
+    if mode == 'eval':
+      batch['mask'] = np.ones((b,), bool)
+    return batch
+
+  def build_step(self, config, mesh, mode, batch, abstract=False):
+    """The D + G train step, or the generator's eval step."""
+    make_state = functools.partial(create_train_state, config, mesh)
+    state = jax.eval_shape(make_state) if abstract else make_state()
+    if mode == 'train':
+      return jit_train_step(config, mesh, state, batch), (state, batch)
+    return evaluation.jit_eval_step(config, mesh), (state.params['generator'], batch)
+
+  def load_converted(self, config, checkpoint):
+    """The generator of a converted checkpoint; a converted discriminator, if any, is left out
+    (the generator is what runs)."""
+    params = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    target = {'params': {'generator': params['generator']}}
+    variables = variables_io.load_variables(checkpoint)
+    variables = {'params': {'generator': variables.get('params', {}).get('generator')}}
+    if variables['params']['generator'] is None:
+      raise ValueError(f'{checkpoint} has no generator (params/generator): it is not a '
+                       'translation checkpoint written by asymfusion_jax.convert')
+    variables_io.check_same_shapes(variables, target, checkpoint)
+    return variables
+
+  def inference(self, config, variables):
+    """The generator: (M, B, H, W, 3) domain images in [-1, 1] -> (M + 1, B, H, W, 3) RGB."""
+    generator = build_model(config)
+    params = {'params': variables['params']['generator']}
+    return lambda x: generator.apply(params, x, train=False)
+
+  def export_sidecar(self, config):
+    return {
+        'modalities': list(config.modalities),
+        'target': config.target,
+        'formula': ('input = decoded 8-bit domain image (docs/method.md section 11) / 127.5 - 1, '
+                    'resized to the input size; output in [-1, 1], as uint8 '
+                    'round((output + 1) * 127.5)'),
+    }
