@@ -85,13 +85,8 @@ def boolean(config, key: str) -> None:
 
 
 def fusion(config) -> None:
-  """config.model.fusion names a fusion method (a bool is read as 'asym' / 'none')."""
-  found = value(config, 'model.fusion')
-  try:
-    fusion_lib.method(found)
-  except ValueError:
-    fail('model.fusion', found, f'one of {fusion_lib.METHODS} (or True for \'asym\', False for '
-                                "'none')")
+  """config.model.fusion names a fusion method (asymfusion_jax.fusion.METHODS)."""
+  choice(config, 'model.fusion', fusion_lib.METHODS)
 
 
 def modalities(config, known, what: str) -> tuple:

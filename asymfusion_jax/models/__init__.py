@@ -21,13 +21,13 @@ from asymfusion_jax.models.xception import BN_MOMENTUM, Xception65
 def build_deeplab(config) -> DeepLab:
   """The DeepLab that a config describes (its `model` section, modalities and compute dtype).
 
-  Its fusion is AsymFusion or none: config.model.fusion True / 'asym' or False / 'none'.
+  Its fusion is AsymFusion or none: config.model.fusion 'asym' or 'none'.
   """
   method = _fusion.method(config.model.fusion)
   if method not in ('asym', 'none'):
     raise ValueError(f'config.model.fusion={config.model.fusion!r}: the DeepLab model has '
-                     "AsymFusion ('asym' or True) or no fusion ('none' or False); the fusion "
-                     'baselines are built for RefineNet and the translation U-Net')
+                     "AsymFusion ('asym') or no fusion ('none'); the fusion baselines are built "
+                     'for RefineNet and the translation U-Net')
   return DeepLab(
       num_classes=config.model.num_classes,
       num_modalities=len(config.modalities),

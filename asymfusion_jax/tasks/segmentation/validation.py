@@ -54,9 +54,8 @@ def check_config(config) -> None:
   v.number(config, 'optim.weight_decay', 0)
   if 'clip_grad_norm' in config.optim:
     v.number(config, 'optim.clip_grad_norm', 0)
-  if 'schedule' in config.optim:
-    v.choice(config, 'optim.schedule', optim.SCHEDULES)
-  if optim.schedule_name(config) == 'poly':
+  v.choice(config, 'optim.schedule', optim.SCHEDULES)
+  if config.optim.schedule == 'poly':
     v.number(config, 'optim.lr', 0, low_open=True)
     v.number(config, 'optim.power', 0)
     v.integer(config, 'optim.total_steps', 1)
@@ -96,7 +95,9 @@ def _check_deeplab(config) -> int:
   if num_classes != cityscapes.NUM_CLASSES:
     v.fail('model.num_classes', num_classes, f'{cityscapes.NUM_CLASSES}: the Cityscapes train '
                                              'ids the data pipeline produces')
-  v.boolean(config, 'model.fusion')
+  if v.value(config, 'model.fusion') not in ('asym', 'none'):
+    v.fail('model.fusion', config.model.fusion, "'asym' or 'none': DeepLab has AsymFusion or no "
+           'fusion; the fusion baselines are built for RefineNet and the translation U-Net')
   v.choice(config, 'model.output_stride', deeplab.ASPP_RATES)
   v.choice(config, 'eval.output_stride', deeplab.ASPP_RATES)
   divisor = v.integer(config, 'model.width_divisor', 1)
