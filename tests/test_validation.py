@@ -10,12 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_io, sharding, tasks, train
+from asymfusion_jax import checkpointing, config_io, sharding, train
 from asymfusion_jax.data import layout, pipeline, synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks.segmentation import evaluation
 from asymfusion_jax.tasks.segmentation import task as segmentation
 from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
+from asymfusion_jax.tasks.translation import validation as translation_validation
 from tests import tiny
 
 BAD_VALUES = [
@@ -71,7 +72,9 @@ def test_batch_larger_than_synthetic_data_still_to_generate(tmp_path):
 def test_every_config_passes_and_splits_over_1_2_4_8_devices():
   """The demo's batch of 8 divides them all; the paper's batch of 6 (frozen BatchNorm) is filled
   up to the devices with unlabelled rows (test_padded_train_rows_change_nothing); so does the
-  DeepLab recipe's batch of 8. Translation configs pass their own checks."""
+  DeepLab recipe's batch of 8, and the translation papers' batch of 1 with masked zero rows
+  (test_translation_train.test_batch_1_runs_on_2_devices_with_the_losses_and_gradients_of_1)."""
+  checks = {'segmentation': segmentation_validation, 'translation': translation_validation}
   names = sorted(name[:-3] for name in os.listdir(os.path.join(tiny.REPO, 'configs'))
                  if name.endswith('.py') and name != '__init__.py')
   assert 'demo' in names and 'nyudv2_refinenet101' in names, names
@@ -79,19 +82,21 @@ def test_every_config_passes_and_splits_over_1_2_4_8_devices():
     module = importlib.import_module(f'configs.{name}')
     for variant in getattr(module, 'VARIANTS', [None]):
       config = module.get_config(variant) if variant else module.get_config()
-      if config.task == 'translation':  # Its batch must divide the devices.
-        tasks.get(config).check_config(config)
-        continue
-      segmentation_validation.check_config(config)
+      task_checks = checks[config.task]
+      task_checks.check_config(config)
       for devices in (1, 2, 4, 8):
-        segmentation_validation.check_devices(config, devices, 1)
-        rows = segmentation_validation.train_batch_rows(config, devices, 1)
+        task_checks.check_devices(config, devices, 1)
+        rows = task_checks.train_batch_rows(config, devices, 1)
         assert rows % devices == 0 and rows - devices < config.batch_size <= rows, (name, devices)
-        if not config.frozen_bn:
+        if config.task == 'segmentation' and not config.frozen_bn:
           assert rows == config.batch_size, name
   paper = importlib.import_module('configs.nyudv2_refinenet101').get_config()
-  assert [segmentation_validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [6, 6, 8, 8]
-  assert segmentation_validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows and 1 padding per process.
+  assert [segmentation_validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [
+      6, 6, 8, 8]
+  assert segmentation_validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows, 1 padding.
+  translation = importlib.import_module('configs.taskonomy_shade_depth').get_config()
+  assert [translation_validation.train_batch_rows(translation, d, 1) for d in (1, 2, 4, 8)] == [
+      1, 2, 4, 8]
 
 
 def test_padded_train_rows_change_nothing():

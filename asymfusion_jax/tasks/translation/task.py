@@ -11,10 +11,16 @@ discriminator, from one generator forward pass:
 
 BCE is computed from the discriminator's logits (log-sigmoid), which is the sigmoid + BCE of
 the reference without PyTorch's clamp of the log at -100.
+
+A batch that does not split over the devices (the paper's batch 1 on 2 or more) is filled up
+with zero rows and a 'mask' that leaves them out of every mean: the generator and the
+discriminator normalise per instance, so the real rows' losses and gradients are those of the
+batch alone (tests/test_translation_train.py checks it on two devices).
 """
 
 import functools
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -77,39 +83,61 @@ def bce_fake(logits: jax.Array) -> jax.Array:
   return jax.nn.softplus(logits)
 
 
-def _per_branch_mean(values: jax.Array, num_modalities: int) -> jax.Array:
-  """(M * B, ...) -> (M,): the mean over everything but the modality, as BCELoss takes it."""
-  return jnp.mean(values.reshape((num_modalities, -1)).astype(jnp.float32), axis=1)
+def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+  """(K, B, N) -> (K,): the mean over the N values of the rows b where mask[b] is True."""
+  kept = jnp.where(mask[None, :, None], values.astype(jnp.float32), 0.0)
+  return jnp.sum(kept, axis=(1, 2)) / (jnp.sum(mask.astype(jnp.float32)) * values.shape[2])
 
 
-def discriminator_loss(d_params, discriminator, inputs, target, fake) -> jax.Array:
+def _per_branch_mean(values: jax.Array, num_modalities: int, mask=None) -> jax.Array:
+  """(M * B, ...) -> (M,): the mean over everything but the modality, as BCELoss takes it
+  (over the rows of `mask` only, when given)."""
+  if mask is None:
+    return jnp.mean(values.reshape((num_modalities, -1)).astype(jnp.float32), axis=1)
+  return _masked_mean(values.reshape((num_modalities, mask.shape[0], -1)), mask)
+
+
+def discriminator_loss(d_params, discriminator, inputs, target, fake, mask=None) -> jax.Array:
   m = inputs.shape[0]
   real_logits = discriminator.apply({'params': d_params}, pairs(inputs, target[None]))
   fake_logits = discriminator.apply({'params': d_params}, pairs(inputs, fake))
-  return jnp.sum(0.5 * (_per_branch_mean(bce_real(real_logits), m)
-                        + _per_branch_mean(bce_fake(fake_logits), m)))
+  return jnp.sum(0.5 * (_per_branch_mean(bce_real(real_logits), m, mask)
+                        + _per_branch_mean(bce_fake(fake_logits), m, mask)))
 
 
-def l1_losses(outputs: jax.Array, target: jax.Array) -> jax.Array:
-  """Mean absolute error of each of the (M + 1) outputs, float32 (M + 1,)."""
+def l1_losses(outputs: jax.Array, target: jax.Array, mask=None) -> jax.Array:
+  """Mean absolute error of each of the (M + 1) outputs, float32 (M + 1,) (over the rows of
+  `mask` only, when given)."""
   diff = jnp.abs(outputs.astype(jnp.float32) - target[None].astype(jnp.float32))
-  return jnp.mean(diff, axis=tuple(range(1, diff.ndim)))
+  if mask is None:
+    return jnp.mean(diff, axis=tuple(range(1, diff.ndim)))
+  return _masked_mean(diff.reshape(diff.shape[:2] + (-1,)), mask)
 
 
-def generator_loss(outputs, d_params, discriminator, inputs, target, l1_weight):
+def generator_loss(outputs, d_params, discriminator, inputs, target, l1_weight, mask=None):
   """(total, (adversarial, l1)) of the generator's outputs against the updated D."""
   m = inputs.shape[0]
   fake_logits = discriminator.apply({'params': d_params}, pairs(inputs, outputs[:m]))
-  adversarial = jnp.sum(_per_branch_mean(bce_real(fake_logits), m))
-  l1 = jnp.sum(l1_losses(outputs, target))
+  adversarial = jnp.sum(_per_branch_mean(bce_real(fake_logits), m, mask))
+  l1 = jnp.sum(l1_losses(outputs, target, mask))
   return adversarial + l1_weight * l1, (adversarial, l1)
+
+
+def pad_rows(local_batch: dict, rows: int) -> dict:
+  """This process's batch filled up to `rows` rows with zero images, and a 'mask' that marks
+  the real rows: the losses average over those only (see the module doc)."""
+  real = local_batch['target'].shape[0]
+  padded = sharding.pad_rows(local_batch, rows, ignore_label=0)  # No labels: zeros everywhere.
+  padded['mask'] = np.arange(rows) < real
+  return padded
 
 
 def train_step(state: base.TrainState, batch: dict, *, generator, discriminator, tx,
                l1_weight: float):
-  """One D update, then one G update, from one generator forward (with dropout)."""
+  """One D update, then one G update, from one generator forward (with dropout); a batch with
+  a 'mask' (padded) averages its losses over the real rows."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  inputs, target = batch['inputs'], batch['target']
+  inputs, target, mask = batch['inputs'], batch['target'], batch.get('mask')
   g_params, d_params = state.params['generator'], state.params['discriminator']
 
   outputs, g_vjp = jax.vjp(
@@ -117,12 +145,12 @@ def train_step(state: base.TrainState, batch: dict, *, generator, discriminator,
                                 rngs={'dropout': dropout_rng}), g_params)
   m = inputs.shape[0]
   d_loss, d_grads = jax.value_and_grad(discriminator_loss)(
-      d_params, discriminator, inputs, target, jax.lax.stop_gradient(outputs[:m]))
+      d_params, discriminator, inputs, target, jax.lax.stop_gradient(outputs[:m]), mask)
   d_updates, d_opt = tx.update(d_grads, state.opt_state['discriminator'], d_params)
   d_params = optax.apply_updates(d_params, d_updates)
 
   (g_loss, (adversarial, l1)), d_outputs = jax.value_and_grad(generator_loss, has_aux=True)(
-      outputs, d_params, discriminator, inputs, target, l1_weight)
+      outputs, d_params, discriminator, inputs, target, l1_weight, mask)
   (g_grads,) = g_vjp(d_outputs)
   g_updates, g_opt = tx.update(g_grads, state.opt_state['generator'], g_params)
   g_params = optax.apply_updates(g_params, g_updates)
@@ -184,9 +212,18 @@ class Translation(base.Task):
     return from_pretrained(state, config)
 
   def train_batches(self, config, start_step: int):
-    return translation_pipeline.train_batches(config, start_step=start_step,
-                                              process_index=jax.process_index(),
-                                              process_count=jax.process_count())
+    """Batches with the rows the mesh runs: a batch that does not split over the devices is
+    filled up with zero rows that its mask leaves out of the losses (pad_rows)."""
+    rows = validation.train_batch_rows(config)
+    batches = translation_pipeline.train_batches(config, start_step=start_step,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count())
+    if rows * jax.process_count() == config.batch_size:
+      return batches
+    logging.info('Training on %d rows per step: config.batch_size=%d filled up to a multiple of '
+                 'the %d devices with zero rows, which the losses leave out (a mask).',
+                 rows * jax.process_count(), config.batch_size, jax.device_count())
+    return (pad_rows(b, rows) for b in batches)
 
   def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
     return jit_train_step(config, mesh, state, batch)

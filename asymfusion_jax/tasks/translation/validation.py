@@ -1,5 +1,7 @@
 """The translation task's config checks (Task.check_config, Task.check_training)."""
 
+import jax
+
 from asymfusion_jax import sharding
 from asymfusion_jax import validation as v
 from asymfusion_jax.data import taskonomy
@@ -47,15 +49,31 @@ def check_config(config) -> None:
   v.check_run(config)
 
 
+def check_devices(config, devices: int | None = None, processes: int | None = None) -> None:
+  """The train batch splits evenly over the processes (default: this run's).
+
+  Training fills it up to the devices with zero rows that the losses leave out
+  (train_batch_rows, task.pad_rows): the networks normalise per instance, so such rows change
+  nothing, and the paper's batch 1 runs on any number of devices. The eval batch is filled up
+  to the mesh with masked rows too.
+  """
+  try:
+    sharding.check_batch_size(config.batch_size, 'config.batch_size', devices=1,
+                              processes=processes)
+  except ValueError as e:
+    raise v.ConfigError(str(e)) from None
+
+
+def train_batch_rows(config, devices: int | None = None, processes: int | None = None) -> int:
+  """Rows per process of each train batch as the mesh runs it (padding rows included)."""
+  processes = jax.process_count() if processes is None else processes
+  return sharding.padded_batch_size(config.batch_size, devices, processes) // processes
+
+
 def check_training(config) -> None:
   """Every check that can run before a training run creates its workdir."""
   check_config(config)
-  try:
-    sharding.check_batch_size(config.batch_size, 'config.batch_size')
-  except ValueError as e:
-    raise v.ConfigError(
-        f'{e} (InstanceNorm needs no batch statistics, but every device needs whole rows)'
-    ) from None
+  check_devices(config)
   available = translation_pipeline.planned_num_examples(config, 'train')
   if available is not None and config.batch_size > available:
     raise v.ConfigError(
