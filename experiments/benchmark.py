@@ -59,8 +59,7 @@ import jax
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import config_lib, logger, models  # pylint: disable=g-import-not-at-top
-from asymfusion_jax.hlo_summary import summarize_hlo, summarize_stablehlo  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import config_lib, hlo_summary, logger, models  # pylint: disable=g-import-not-at-top
 from asymfusion_jax.step_program import build_step  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -121,8 +120,8 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
   if dump_hlo:
     os.makedirs(dump_hlo, exist_ok=True)
     stablehlo_text, optimised_text = lowered.as_text(), compiled.as_text()
-    hlo = {'lowered': summarize_stablehlo(stablehlo_text),
-           'optimised': summarize_hlo(optimised_text)}
+    hlo = {'lowered': hlo_summary.summarize_stablehlo(stablehlo_text),
+           'optimised': hlo_summary.summarize_hlo(optimised_text)}
     for name, text in (('lowered.stablehlo.mlir', stablehlo_text),
                        ('optimised.hlo.txt', optimised_text),
                        ('summary.json', json.dumps(hlo, indent=2))):

@@ -3,9 +3,10 @@
   python experiments/profile_step.py --config=configs/nyudv2_refinenet101.py \\
       --config.batch_size=2 --config.crop_size=128 [--mode=train|eval] [--steps=1] [--top=25]
 
-Builds experiments/benchmark.py's step (asymfusion_jax.step_program.build_step), compiles it, runs one untimed step, then traces --steps
-steps with jax.profiler and sums the duration of every XLA:CPU op (thunk) event over all
-threads. Ops are grouped by what they run, read from the optimised HLO: matrix-unit work
+Builds experiments/benchmark.py's step (asymfusion_jax.step_program.build_step), compiles it,
+runs one untimed step, then traces --steps steps with jax.profiler and sums the duration of
+every XLA:CPU op (thunk) event over all threads. Ops are grouped by what they run, read from the
+optimised HLO: matrix-unit work
 (convolutions and dots, however the backend fused them: YNNPACK / XNNPACK / oneDNN fusions or
 plain convolution and dot thunks), layout transposes and copies, reductions, reduce-window,
 scatters and gathers, and the remaining loop fusions (elementwise work). Prints the groups, then
