@@ -10,8 +10,8 @@ neither framework's idle thread pool spins while the other one runs); the worker
 same synthetic batch (the task's Task.synthetic_batch).
 
 The JAX side is experiments/benchmark.py's step (asymfusion_jax.step_program.build_step): the
-library's jitted, donated train step (or eval step) with its optimiser. The PyTorch side is the reference model the tests build, with the
-same shapes and the same work:
+library's jitted, donated train step (or eval step) with its optimiser. The PyTorch side is the
+reference model the tests build, with the same shapes and the same work:
 - segmentation: tests/torch_reference.py's RefineNet (the depth's blocks, the config's widths,
   classes and modalities), frozen BatchNorm (BatchNorm modules in eval mode, dropout on, as
   config.frozen_bn), the sum of the M + 1 outputs' cross-entropies after a bilinear resize to the
