@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from asymfusion_jax import data, train, validation
+from asymfusion_jax import data, tasks, train, validation
 from asymfusion_jax.data import base
 from tests import tiny, toy_dataset
 
@@ -49,16 +49,17 @@ def test_the_config_checks_ask_the_dataset():
   """A DeepLab config on NYUDv2 and a RefineNet config on Cityscapes are refused by the
   datasets' MODELS; each dataset checks its own keys."""
   config = tiny.config({'data.manual_dir': '', 'data.tfds_data_dir': ''})
-  validation.check_config(config)
+  task = tasks.get(config)
+  task.check_config(config)
   config.data.name = 'cityscapes'
   with pytest.raises(validation.ConfigError,
                      match=r"config\.data\.name='cityscapes' must be a dataset for "
                            r"config\.model\.name='refinenet', one of \['nyudv2'\]"):
-    validation.check_config(config)
+    task.check_config(config)
   config.data.name = 'nyudv2'
   config.data.min_short_side = -1
   with pytest.raises(validation.ConfigError, match=r'config\.data\.min_short_side=-1'):
-    validation.check_config(config)
+    task.check_config(config)
 
 
 def _toy_config(**extra):

@@ -11,9 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from asymfusion_jax import data, logger, metrics, visualize
+from asymfusion_jax import data, logger
 from asymfusion_jax.data import synthetic as synthetic_cli
 from asymfusion_jax.data.nyudv2 import synthetic
+from asymfusion_jax.tasks.segmentation import metrics, visualize
 from tests import tiny
 
 

@@ -28,11 +28,10 @@ CALLS = []  # ('prepare',), ('train', start_step), ('eval', batch_size), in call
 
 def check_config(config) -> None:
   """The toy has CLASS_NAMES' classes; another config.model.num_classes is refused."""
-  # pylint: disable=g-import-not-at-top,protected-access
-  from asymfusion_jax import validation
+  from asymfusion_jax import validation  # pylint: disable=g-import-not-at-top
   if config.model.num_classes != len(CLASS_NAMES):
-    validation._fail('model.num_classes', config.model.num_classes,
-                     f'{len(CLASS_NAMES)}, the toy dataset\'s classes')
+    validation.fail('model.num_classes', config.model.num_classes,
+                    f'{len(CLASS_NAMES)}, the toy dataset\'s classes')
 
 
 @functools.cache

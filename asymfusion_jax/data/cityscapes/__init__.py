@@ -32,21 +32,19 @@ eval_image_size = common.synthetic_image_size
 
 def check_config(config) -> None:
   """The modalities (rgb, depth), the 19 classes, data.scale_step and the evaluation's keys."""
-  # pylint: disable=g-import-not-at-top,protected-access
-  from asymfusion_jax import validation
+  from asymfusion_jax import validation as v  # pylint: disable=g-import-not-at-top
   names = tuple(config.modalities)
   if not set(names) <= {'rgb', 'depth'}:
-    validation._fail('modalities', names,
-                     "a sequence of the Cityscapes modalities 'rgb' and 'depth'")
-  num_classes = validation._value(config, 'model.num_classes')
+    v.fail('modalities', names, "a sequence of the Cityscapes modalities 'rgb' and 'depth'")
+  num_classes = v.value(config, 'model.num_classes')
   if num_classes != layout.NUM_CLASSES:
-    validation._fail('model.num_classes', num_classes, f'{layout.NUM_CLASSES}: the Cityscapes '
-                                                       'train ids the data pipeline produces')
-  validation._number(config, 'data.scale_step', 0)
-  eval_scales = validation._sequence(config, 'eval.scales')
-  if not all(validation._is_number(x) and x > 0 for x in eval_scales):
-    validation._fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
-  validation._bool(config, 'eval.flip')
+    v.fail('model.num_classes', num_classes, f'{layout.NUM_CLASSES}: the Cityscapes train ids '
+                                             'the data pipeline produces')
+  v.number(config, 'data.scale_step', 0)
+  eval_scales = v.sequence(config, 'eval.scales')
+  if not all(v.is_number(x) and x > 0 for x in eval_scales):
+    v.fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
+  v.boolean(config, 'eval.flip')
 
 
 def input_encoding(config) -> dict:

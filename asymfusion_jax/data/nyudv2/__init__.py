@@ -34,7 +34,7 @@ eval_image_size = common.synthetic_image_size
 def check_config(config) -> None:
   """The keys only NYUDv2's pipeline reads: data.min_short_side."""
   from asymfusion_jax import validation  # pylint: disable=g-import-not-at-top
-  validation._int(config, 'data.min_short_side', 0)  # pylint: disable=protected-access
+  validation.integer(config, 'data.min_short_side', 0)
 
 
 def input_encoding(config) -> dict:

@@ -24,19 +24,14 @@ MODELS = ('unet',)
 def check_config(config) -> None:
   """The input domains (config.modalities) and the target, data.synthetic_image_size (one
   side) and data.load_size (at least config.crop_size)."""
-  # pylint: disable=g-import-not-at-top,protected-access
-  from asymfusion_jax import validation
-  names = validation._sequence(config, 'modalities')
-  known = sorted(layout.DOMAINS)
-  if not all(name in layout.DOMAINS for name in names):
-    validation._fail('modalities', names, f'a sequence of known Taskonomy domains, among {known}')
-  if len(set(names)) != len(names):
-    validation._fail('modalities', names, 'a sequence without repeats')
-  target = validation._value(config, 'target')
+  from asymfusion_jax import validation as v  # pylint: disable=g-import-not-at-top
+  names = v.modalities(config, layout.DOMAINS, 'Taskonomy domains')
+  target = v.value(config, 'target')
   if target not in layout.DOMAINS or target in names:
-    validation._fail('target', target, f'a known domain that is not an input, among {known}')
-  validation._int(config, 'data.synthetic_image_size', 1)
-  validation._int(config, 'data.load_size', validation._int(config, 'crop_size', 1))
+    v.fail('target', target, f'a known domain that is not an input, among '
+                             f'{sorted(layout.DOMAINS)}')
+  v.integer(config, 'data.synthetic_image_size', 1)
+  v.integer(config, 'data.load_size', v.integer(config, 'crop_size', 1))
 
 
 def eval_image_size(config) -> tuple[int, int]:

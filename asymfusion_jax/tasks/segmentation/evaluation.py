@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import data, metrics, resize, sharding, visualize
+from asymfusion_jax import data, resize, sharding
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.tasks.segmentation import metrics, visualize
 
 
 def branch_names(config) -> list[str]:
