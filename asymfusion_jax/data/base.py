@@ -90,6 +90,12 @@ class Dataset(Protocol):
     sidecar: 'modalities' (the input order) and the normalisation ('normalisation' per
     modality, or 'formula')."""
 
+  def predict_io(self, config: Config):
+    """What `python -m asymfusion_jax.predict` (and evaluation's label files) ask of the
+    dataset's files: pairing a folder's files by image, the input encoding and pad value of
+    each modality, and for segmentation the label convention and palette of the written
+    predictions. data/predict_io.py lists the object's methods."""
+
 
 class SegmentationDataset(Dataset, Protocol):
   """What a segmentation dataset provides besides `Dataset`."""

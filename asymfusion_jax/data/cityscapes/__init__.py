@@ -16,6 +16,7 @@ import numpy as np
 
 from asymfusion_jax.data import common
 from asymfusion_jax.data.cityscapes import layout
+from asymfusion_jax.data.cityscapes import prediction
 from asymfusion_jax.data.cityscapes.pipeline import eval_batches
 from asymfusion_jax.data.cityscapes.pipeline import num_examples
 from asymfusion_jax.data.cityscapes.pipeline import planned_num_examples
@@ -31,7 +32,8 @@ eval_image_size = common.synthetic_image_size
 
 
 def check_config(config) -> None:
-  """The modalities (rgb, depth), the 19 classes, data.scale_step and the evaluation's keys."""
+  """The modalities (rgb, depth), the 19 classes, data.scale_step and the evaluation's keys
+  (eval.scales, eval.flip, eval.write_label_ids)."""
   from asymfusion_jax import validation as v  # pylint: disable=g-import-not-at-top
   names = tuple(config.modalities)
   if not set(names) <= {'rgb', 'depth'}:
@@ -45,6 +47,8 @@ def check_config(config) -> None:
   if not all(v.is_number(x) and x > 0 for x in eval_scales):
     v.fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
   v.boolean(config, 'eval.flip')
+  if 'write_label_ids' in config.eval:  # Workdir configs from before it existed lack it.
+    v.boolean(config, 'eval.write_label_ids')
 
 
 def input_encoding(config) -> dict:
@@ -61,9 +65,13 @@ def class_names(config) -> tuple[str, ...]:
 def palette(config) -> np.ndarray:
   """The Cityscapes colours of the 19 train ids; every other label black."""
   del config
-  table = np.zeros((256, 3), np.uint8)
-  table[:layout.NUM_CLASSES] = layout.PALETTE
-  return table
+  return layout.label_palette()
+
+
+def predict_io(config) -> prediction.PredictIO:
+  """Files paired by the stem before _leftImg8bit / _disparity, encoded as in training; labels
+  written as the 34 Cityscapes label ids in the Cityscapes palette (data/predict_io.py)."""
+  return prediction.PredictIO(config)
 
 
 def image_id(name: str) -> str:
@@ -73,4 +81,5 @@ def image_id(name: str) -> str:
 
 __all__ = ['MODELS', 'EVALUATION', 'check_config', 'class_names', 'eval_batches',
            'eval_image_size', 'image_id', 'input_encoding', 'num_examples', 'palette',
-           'planned_num_examples', 'prepare', 'read', 'steps_per_epoch', 'train_batches']
+           'planned_num_examples', 'predict_io', 'prepare', 'read', 'steps_per_epoch',
+           'train_batches']

@@ -11,7 +11,10 @@ weights serve either stride), optionally at several scales (config.eval.scales, 
 to ((H - 1) s + 1, (W - 1) s + 1) with align_corners) and mirrored (config.eval.flip), the
 softmax probabilities of every pass resized back to H x W and summed per branch before the
 argmax. It also writes eval_step_N.json (per-class IoU and the confusion matrices of every
-branch) and its predictions as PNGs in the dataset's palette.
+branch) and its predictions as PNGs in the dataset's palette; with config.eval.write_label_ids,
+the ensemble's prediction of every val image as a PNG in the dataset's label convention
+(Cityscapes: label ids, label_ids/<city>/<city>_<seq>_<frame>_leftImg8bit.png, which
+cityscapesscripts' evaluator reads).
 """
 
 import functools
@@ -95,6 +98,7 @@ class Evaluator:
       logging.info('Evaluating %d images per batch: config.eval_batch_size=%d rounded up to a '
                    'multiple of the %d devices (the rows past the last image are masked).',
                    self.batch_size, config.eval_batch_size, jax.device_count())
+    self.label_ids = self.tf_deeplab and bool(config.eval.get('write_label_ids', False))
     if self.tf_deeplab:
       step = functools.partial(tf_deeplab_eval_step, model=model,
                                num_classes=config.model.num_classes,
@@ -131,6 +135,8 @@ class Evaluator:
         if drawn < to_draw and jax.process_index() == 0:
           drawn += _draw_palette_predictions(preds, local, image_names, names, out_dir,
                                              to_draw - drawn, self.dataset, config)
+        if self.label_ids and out_dir:
+          _write_label_ids(config, preds, local, image_names, out_dir)
         continue
       total += np.asarray(jax.device_get(self._eval(variables, batch)), np.int64)
       # Every process has as many rows per batch, so all run the (collective) prediction of the
@@ -178,23 +184,41 @@ def _draw_palette_predictions(preds: jax.Array, local: dict, image_names, branch
   """
   folder = os.path.join(out_dir, 'predictions')
   os.makedirs(folder, exist_ok=True)
-  rows = {}
-  for shard in preds.addressable_shards:
-    start = shard.index[1].start or 0
-    data = np.asarray(shard.data)
-    for j in range(data.shape[1]):
-      rows[start + j] = data[:, j]
-  # This process's rows of the global batch, in order, are its local rows 0, 1, ...
   count = 0
-  for local_row, global_row in enumerate(sorted(rows)):
+  for local_row, pred in enumerate(_own_rows(preds)):
     if count >= limit or not local['mask'][local_row]:
       continue
     stem = dataset.image_id(image_names[local_row])
+    palette = dataset.palette(config)
     for b, branch in enumerate(branches):
       layout.write_png(os.path.join(folder, f'{stem}_{branch}.png'),
-                       visualize.colorize(rows[global_row][b], dataset.palette(config)))
+                       visualize.colorize(pred[b], palette))
     count += 1
   return count
+
+
+def _own_rows(preds: jax.Array) -> list[np.ndarray]:
+  """This process's rows (M + 1, H, W) of `preds` (M + 1, B, H, W), in the order of its local
+  rows 0, 1, ... of the global batch; only its own shards are read."""
+  rows = {}
+  for shard in preds.addressable_shards:
+    start = shard.index[1].start or 0
+    values = np.asarray(shard.data)
+    for j in range(values.shape[1]):
+      rows[start + j] = values[:, j]
+  return [rows[r] for r in sorted(rows)]
+
+
+def _write_label_ids(config, preds: jax.Array, local: dict, image_names, out_dir: str) -> None:
+  """Writes label_ids/<city>/<image file> (the ensemble's prediction in the dataset's label
+  convention: Cityscapes label ids, 0..33) of this process's valid rows; every process writes
+  its own."""
+  label_image = data.get(config).predict_io(config).label_image
+  for local_row, pred in enumerate(_own_rows(preds)):
+    if local['mask'][local_row]:
+      path = os.path.join(out_dir, 'label_ids', *image_names[local_row].split('/')[-2:])
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      layout.write_png(path, label_image(pred[-1]))
 
 
 def _write_eval_json(path: str, config, total: np.ndarray, names, results: dict, step,

@@ -24,7 +24,7 @@ import optax
 from asymfusion_jax import convert, data, initialization, sharding, variables_io
 from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, validation
+from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, predict, validation
 
 
 def init_variables(model, config, rng) -> dict:
@@ -194,3 +194,6 @@ class Segmentation(base.Task):
     if not isinstance(build_model(config), RefineNet):
       return super().torch_state_dict(config, variables)
     return convert.refinenet_to_torch(variables)
+
+  def predictor(self, config, logits: bool = False):
+    return predict.SegmentationPredictor(config, logits)

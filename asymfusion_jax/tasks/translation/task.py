@@ -29,7 +29,7 @@ import optax
 from asymfusion_jax import data, initialization, sharding, variables_io
 from asymfusion_jax.models import build_discriminator, build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.translation import evaluation, validation
+from asymfusion_jax.tasks.translation import evaluation, predict, validation
 
 # Train metrics (logged as train/<name>): the discriminator loss, the generator's total loss,
 # its adversarial part, and its L1 part before weighting (the sum over the M + 1 outputs).
@@ -278,3 +278,6 @@ class Translation(base.Task):
     """The domains, the target and how both map to and from [-1, 1] (the dataset's
     input_encoding)."""
     return data.get(config).input_encoding(config)
+
+  def predictor(self, config, logits: bool = False):
+    return predict.TranslationPredictor(config, logits)
