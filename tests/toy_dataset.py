@@ -17,6 +17,7 @@ import numpy as np
 from asymfusion_jax.data import augment
 from asymfusion_jax.data import batching
 from asymfusion_jax.data import modalities
+from asymfusion_jax.data.nyudv2 import prediction
 
 MODELS = ('refinenet',)
 EVALUATION = 'single_scale'
@@ -137,6 +138,11 @@ def class_names(config) -> tuple[str, ...]:
 
 def palette(config) -> None:
   del config
+
+
+def predict_io(config):
+  """Files read and normalised as NYUDv2's (data/modalities.py), labels as class indices."""
+  return prediction.PredictIO(config)
 
 
 def image_id(name: str) -> str:
