@@ -150,11 +150,11 @@ def _shape(aval) -> list:
 def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dict:
   """The JSON description that deployment needs besides the artifact.
 
-  The task's part (Task.export_sidecar) says how raw pixels become the input: for segmentation
-  modalities (input order along axis 0), raw_pad_value, normalisation and formula of
-  data.modalities.to_json (Cityscapes: its formula per modality), num_classes, ignore_label and
-  the logits' output_stride; for translation the domains, the target and the formula. outputs
-  names the M + 1 output rows. Shapes list symbolic dimensions by name ('b': any batch size
+  The task's part (Task.export_sidecar) says how raw pixels become the input, as the dataset's
+  input_encoding states it: modalities (input order along axis 0) and their normalisation
+  (NYUDv2: raw_pad_value, normalisation and formula of data.modalities.to_json; Cityscapes: a
+  formula per modality; Taskonomy: the target and the formula); segmentation adds num_classes,
+  ignore_label and the logits' output_stride. outputs names the M + 1 output rows. Shapes list symbolic dimensions by name ('b': any batch size
   >= 1).
   """
   config = source.config

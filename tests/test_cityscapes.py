@@ -17,8 +17,11 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import models, train, validation
-from asymfusion_jax.data import cityscapes, cityscapes_pipeline, layout, synthetic_cityscapes
+from asymfusion_jax import data, models, train, validation
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.cityscapes import layout as cityscapes
+from asymfusion_jax.data.cityscapes import pipeline as cityscapes_pipeline
+from asymfusion_jax.data.cityscapes import synthetic as synthetic_cityscapes
 from asymfusion_jax.tasks.segmentation import optim
 from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
 from tests import tiny
@@ -414,4 +417,5 @@ def test_label_ids_of_eval_and_predict_score_as_the_evaluation(cs_run, cs_data, 
   labels = cv2.imread(os.path.join(out, 'ensemble', 'labels', name), cv2.IMREAD_UNCHANGED)
   colour = cv2.imread(os.path.join(out, 'ensemble', 'colour', name))[..., ::-1]
   assert labels.shape == (97, 131) and set(np.unique(labels)) <= set(cityscapes.TRAIN_LABEL_IDS)
-  np.testing.assert_array_equal(colour, cityscapes.colorize(cityscapes.LABEL_TO_TRAIN_ID[labels]))
+  palette = data.get('cityscapes').palette(None)
+  np.testing.assert_array_equal(colour, palette[cityscapes.LABEL_TO_TRAIN_ID[labels]])

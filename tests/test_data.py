@@ -21,10 +21,11 @@ import pytest
 from asymfusion_jax import config_lib
 from asymfusion_jax.data import augment
 from asymfusion_jax.data import batching
-from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities
-from asymfusion_jax.data import pipeline
-from asymfusion_jax.data import synthetic
+from asymfusion_jax.data import synthetic as synthetic_cli
+from asymfusion_jax.data.nyudv2 import layout
+from asymfusion_jax.data.nyudv2 import pipeline
+from asymfusion_jax.data.nyudv2 import synthetic
 
 CROP = 48
 TRAIN_SIZES = [(40, 56), (40, 56), (44, 40), (36, 60)]
@@ -132,7 +133,7 @@ def _take(iterator, n):
 
 
 def test_import_does_not_load_tensorflow():
-  code = ('import sys; import asymfusion_jax.data.pipeline, asymfusion_jax.data.synthetic; '
+  code = ('import sys; import asymfusion_jax.data.nyudv2, asymfusion_jax.data.synthetic; '
           'sys.exit("tensorflow" in sys.modules)')
   assert subprocess.run([sys.executable, '-c', code], check=False).returncode == 0
 
@@ -161,12 +162,13 @@ def test_a_config_of_another_dataset_is_refused(marker):
   other = config.copy_and_resolve_references()
   other.data.name = 'cityscapes'
   with pytest.raises(ValueError, match=r"config\.data\.name='cityscapes', but "
-                                       r"asymfusion_jax\.data\.pipeline reads 'nyudv2'"):
+                                       r"asymfusion_jax\.data\.nyudv2\.pipeline reads 'nyudv2'"):
     pipeline.train_batches(other)
 
 
 def test_an_indexed_builder_must_keep_the_list_order(tmp_path):
-  from asymfusion_jax.data import builder, manual_builder  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.data import manual_builder  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.data.nyudv2 import builder  # pylint: disable=g-import-not-at-top
 
   class Shuffled(builder.Nyudv2, skip_registration=True):
     def _info(self):
@@ -234,7 +236,7 @@ def test_prepare_is_idempotent_and_rebuilds_changed_data(tmp_path):
 
 
 def test_synthetic_cli_writes_the_layout(tmp_path):
-  synthetic.main(['--out', str(tmp_path), '--num-train', '3', '--num-val', '2', '--height', '20',
+  synthetic_cli.main(['--out', str(tmp_path), '--num-train', '3', '--num-val', '2', '--height', '20',
                   '--width', '28', '--seed', '5'])
   for split, count in (('train', 3), ('val', 2)):
     entries = layout.read_list(tmp_path, split)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from asymfusion_jax import config_io, convert, export, torch_pickle, train, variables_io
-from asymfusion_jax.data import modalities, synthetic
+from asymfusion_jax.data import modalities
+from asymfusion_jax.data.nyudv2 import synthetic
 from asymfusion_jax.models import build_model
 from tests import tiny, torch_reference
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from asymfusion_jax import export, predict, resize, variables_io
-from asymfusion_jax.data import layout, modalities, synthetic
+from asymfusion_jax.data import layout, modalities
+from asymfusion_jax.data.nyudv2 import synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.predict import windows
 from asymfusion_jax.tasks.segmentation import evaluation, visualize

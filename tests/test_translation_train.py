@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
-from asymfusion_jax.data import predict_io, translation_pipeline
+from asymfusion_jax.data import predict_io
+from asymfusion_jax.data.taskonomy import pipeline as translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks.translation import evaluation as translation_eval
 from asymfusion_jax.tasks.translation import task as translation

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from asymfusion_jax import checkpointing, config_io, sharding, train
-from asymfusion_jax.data import layout, pipeline, synthetic
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.nyudv2 import pipeline, synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks.segmentation import evaluation
 from asymfusion_jax.tasks.segmentation import task as segmentation

@@ -77,7 +77,7 @@ TRANSLATION_OVERRIDES = {
 def translation_config(tmp_dir, **overrides):
   """configs/demo_translation.py with TRANSLATION_OVERRIDES on synthetic data in `tmp_dir`.
 
-  translation_pipeline.prepare writes and builds the data into tmp_dir/synthetic and
+  data.taskonomy.prepare writes and builds the data into tmp_dir/synthetic and
   tmp_dir/tfds. `overrides` are dotted keys with '__' for '.', e.g.
   translation_config(d, data__num_workers=0).
   """

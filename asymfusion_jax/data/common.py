@@ -8,7 +8,7 @@ share layout.decode_image and LayoutError.)
 - `configure_tensorflow`, `is_prepared`: TensorFlow's settings, and whether a build is complete.
 - `write_synthetic`, `build`: the synthetic stand-in when asked for, then the TFDS build from
   config.data.manual_dir, reused while the source files are unchanged.
-- `planned_num_examples`: a split's size before anything is written.
+- `planned_num_examples`: a split's size before anything is written; `synthetic_image_size`.
 - `warn_about_split_sizes`: after a build, the splits whose size is not the config's.
 - `Reader`: example i of a split of an ArrayRecord build, read from disk; `IndexedDataset`: the
   builder, split sizes and readers of such a build (NYUDv2, Cityscapes).
@@ -88,6 +88,15 @@ def build(config: ml_collections.ConfigDict, builder, fingerprint: Callable[[str
       manual_dir=manual_dir, download_mode=mode))
   warn_about_split_sizes(config, builder)
   return True
+
+
+def synthetic_image_size(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(height, width) of the synthetic images when config.data.synthetic, else None: a
+  segmentation dataset's eval_image_size where only its build knows the real size."""
+  if not config.data.synthetic:
+    return None
+  height, width = config.data.synthetic_image_size
+  return int(height), int(width)
 
 
 def planned_num_examples(config: ml_collections.ConfigDict, split: str,
@@ -192,8 +201,8 @@ class IndexedDataset:
   def _check(self, config: ml_collections.ConfigDict, split: str) -> None:
     if config.data.name != self.name:
       raise ValueError(f'config.data.name={config.data.name!r}, but {self._module} reads '
-                       f'{self.name!r}; asymfusion_jax.data.segmentation_pipeline(config) gives '
-                       "the config's pipeline.")
+                       f'{self.name!r}; asymfusion_jax.data.get(config) gives the config\'s '
+                       'dataset.')
     if split not in self.splits:
       raise ValueError(f'Unknown split {split!r}; expected one of {self.splits}.')
 

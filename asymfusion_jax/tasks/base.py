@@ -15,6 +15,8 @@ import numpy as np
 
 from asymfusion_jax.data import predict_io
 
+from asymfusion_jax import data
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -127,8 +129,11 @@ class Task(abc.ABC):
     """The task's part of an export's sidecar: what the inputs are, what the outputs mean."""
 
   def export_image_size(self, config) -> tuple[int, int]:
-    """(H, W) of an export's input when --height and --width are not given."""
-    return int(config.crop_size), int(config.crop_size)
+    """(H, W) of an export's input when --height and --width are not given: the size of the
+    dataset's evaluation images where the config knows it (its eval_image_size), else the
+    training crop."""
+    size = data.get(config).eval_image_size(config)
+    return size if size is not None else (int(config.crop_size), int(config.crop_size))
 
   def torch_state_dict(self, config, variables: dict) -> dict:
     """The variables as a state_dict of the reference PyTorch implementation (export

@@ -5,14 +5,16 @@ branch and of the ensemble are summed on the host in int64, then pixel acc, mean
 taken once. The first config.num_prediction_images images are also written as colour-coded PNGs
 (by process 0, from its own rows of the first batches when there are several processes).
 
-Cityscapes (config.data.name 'cityscapes') evaluates as TF-DeepLab: at config.eval.output_stride
-(the trained weights serve either stride), optionally at several scales (config.eval.scales, the
-image resized to ((H - 1) s + 1, (W - 1) s + 1) with align_corners) and mirrored
-(config.eval.flip), the softmax probabilities of every pass resized back to H x W and summed per
-branch before the argmax. It also writes eval_step_N.json (per-class IoU and the confusion
-matrices of every branch) and its predictions as PNGs in the Cityscapes palette; with
-config.eval.write_label_ids, the ensemble's prediction of every val image as a label-id PNG,
-label_ids/<city>/<city>_<seq>_<frame>_leftImg8bit.png, which cityscapesscripts' evaluator reads.
+The dataset (data.get(config)) says how it is evaluated (its EVALUATION, data/base.py). Those of
+'tf_deeplab' (Cityscapes) evaluate as TF-DeepLab: at config.eval.output_stride (the trained
+weights serve either stride), optionally at several scales (config.eval.scales, the image resized
+to ((H - 1) s + 1, (W - 1) s + 1) with align_corners) and mirrored (config.eval.flip), the
+softmax probabilities of every pass resized back to H x W and summed per branch before the
+argmax. It also writes eval_step_N.json (per-class IoU and the confusion matrices of every
+branch) and its predictions as PNGs in the dataset's palette; with config.eval.write_label_ids,
+the ensemble's prediction of every val image in the dataset's own label convention
+(predict_io: Cityscapes' label ids, label_ids/<city>/<city>_<seq>_<frame>_leftImg8bit.png, which
+cityscapesscripts' evaluator reads).
 """
 
 import functools
@@ -24,12 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import resize, sharding
-from asymfusion_jax.data import cityscapes
+from asymfusion_jax import data, resize, sharding
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import predict_io
-from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.tasks.segmentation import metrics, visualize
 
 
@@ -70,7 +70,7 @@ def multiscale_probabilities(variables, image, *, model, scales, flip):
   return total
 
 
-def cityscapes_eval_step(variables, batch, *, model, num_classes, scales, flip):
+def tf_deeplab_eval_step(variables, batch, *, model, num_classes, scales, flip):
   """(summed confusion matrices (M + 1, K, K), per-branch predictions uint8 (M + 1, B, H, W))."""
   probabilities = multiscale_probabilities(variables, batch['image'], model=model, scales=scales,
                                            flip=flip)
@@ -89,8 +89,9 @@ class Evaluator:
 
   def __init__(self, model, config, mesh):
     self.model, self.config, self.mesh = model, config, mesh
-    self.cityscapes = config.data.name == 'cityscapes'
-    if self.cityscapes:  # The same weights at the evaluation's output stride.
+    self.dataset = data.get(config)
+    self.tf_deeplab = self.dataset.EVALUATION == 'tf_deeplab'
+    if self.tf_deeplab:  # The same weights at the evaluation's output stride.
       self.model = model = model.clone(output_stride=config.eval.output_stride)
     # Every device takes as many rows, so batches are filled up to the mesh with masked rows.
     self.batch_size = sharding.padded_batch_size(config.eval_batch_size)
@@ -98,9 +99,9 @@ class Evaluator:
       logging.info('Evaluating %d images per batch: config.eval_batch_size=%d rounded up to a '
                    'multiple of the %d devices (the rows past the last image are masked).',
                    self.batch_size, config.eval_batch_size, jax.device_count())
-    self.label_ids = self.cityscapes and bool(config.eval.get('write_label_ids', False))
-    if self.cityscapes:
-      step = functools.partial(cityscapes_eval_step, model=model,
+    self.label_ids = self.tf_deeplab and bool(config.eval.get('write_label_ids', False))
+    if self.tf_deeplab:
+      step = functools.partial(tf_deeplab_eval_step, model=model,
                                num_classes=config.model.num_classes,
                                scales=tuple(float(x) for x in config.eval.scales),
                                flip=bool(config.eval.flip))
@@ -124,16 +125,17 @@ class Evaluator:
     total = np.zeros((len(names), config.model.num_classes, config.model.num_classes), np.int64)
     to_draw = config.num_prediction_images if out_dir else 0
     drawn = 0
-    batches = segmentation_pipeline(config).eval_batches(
+    batches = self.dataset.eval_batches(
         config, jax.process_index(), jax.process_count(), self.batch_size)
     for i, local in enumerate(batches):
       image_names = local.pop('name', None)
       batch = sharding.global_batch(self.mesh, local)
-      if self.cityscapes:
+      if self.tf_deeplab:
         confusion, preds = self._eval(variables, batch)
         total += np.asarray(jax.device_get(confusion), np.int64)
         if drawn < to_draw and jax.process_index() == 0:
-          drawn += _draw_cityscapes(preds, local, image_names, names, out_dir, to_draw - drawn)
+          drawn += _draw_palette_predictions(preds, local, image_names, names, out_dir,
+                                             to_draw - drawn, self.dataset, config)
         if self.label_ids and out_dir:
           _write_label_ids(config, preds, local, image_names, out_dir)
         continue
@@ -147,10 +149,10 @@ class Evaluator:
           drawn += self._draw(np.asarray(preds)[:, rows], local, out_dir, drawn, to_draw - drawn)
     results = metrics.branch_scores(total, names)
     logging.info('Evaluated %d labelled pixels.', int(total[0].sum()))
-    if self.cityscapes and out_dir and jax.process_index() == 0:
+    if self.tf_deeplab and out_dir and jax.process_index() == 0:
       name = 'eval.json' if step is None else f'eval_step_{step}.json'
-      _write_cityscapes_json(os.path.join(out_dir, name), config, total,
-                             names, results, step)
+      _write_eval_json(os.path.join(out_dir, name), config, total, names, results, step,
+                       self.dataset.class_names(config))
     title = f'validation at step {step}' if step is not None else None
     print(metrics.format_table(results, title), flush=True)
     return results
@@ -169,14 +171,15 @@ class Evaluator:
           os.path.join(folder, f'{first + count:04d}.png'),
           rgb, raw['depth'][..., 0] if 'depth' in raw else blank, local['label'][b],
           {name: preds[i, b] for i, name in enumerate(names)},
-          names=visualize.class_names(self.config))
+          names=self.dataset.class_names(self.config), palette=self.dataset.palette(self.config))
       count += 1
     return count
 
 
-def _draw_cityscapes(preds: jax.Array, local: dict, image_names, branches, out_dir: str,
-                     limit: int) -> int:
-  """Writes predictions/<image>_<branch>.png (Cityscapes palette) of this process's valid rows.
+def _draw_palette_predictions(preds: jax.Array, local: dict, image_names, branches,
+                              out_dir: str, limit: int, dataset, config) -> int:
+  """Writes predictions/<image id>_<branch>.png (the dataset's palette) of this process's valid
+  rows.
 
   Only this process's shards of `preds` (M + 1, B, H, W) are read. Returns how many images.
   """
@@ -186,9 +189,10 @@ def _draw_cityscapes(preds: jax.Array, local: dict, image_names, branches, out_d
   for local_row, pred in enumerate(_own_rows(preds)):
     if count >= limit or not local['mask'][local_row]:
       continue
-    stem = os.path.basename(image_names[local_row]).removesuffix('_leftImg8bit.png')
+    stem = dataset.image_id(image_names[local_row])
     for b, branch in enumerate(branches):
-      layout.write_png(os.path.join(folder, f'{stem}_{branch}.png'), cityscapes.colorize(pred[b]))
+      layout.write_png(os.path.join(folder, f'{stem}_{branch}.png'),
+                       visualize.colorize(pred[b], dataset.palette(config)))
     count += 1
   return count
 
@@ -216,9 +220,13 @@ def _write_label_ids(config, preds: jax.Array, local: dict, image_names, out_dir
       layout.write_png(path, label_image(pred[-1]))
 
 
-def _write_cityscapes_json(path: str, config, total: np.ndarray, names, results: dict,
-                           step) -> None:
-  """eval_step_N.json: settings, per-branch scores with per-class IoU, confusion matrices."""
+def _write_eval_json(path: str, config, total: np.ndarray, names, results: dict, step,
+                     class_names) -> None:
+  """eval_step_N.json: settings, per-branch scores with per-class IoU, confusion matrices.
+
+  Classes are named by class_names, or by their ids where the dataset has none.
+  """
+  class_names = class_names or [str(c) for c in range(total.shape[-1])]
   cm = total.astype(np.float64)
   diag = np.diagonal(cm, axis1=-2, axis2=-1)
   union = cm.sum(-1) + cm.sum(-2) - diag
@@ -227,9 +235,9 @@ def _write_cityscapes_json(path: str, config, total: np.ndarray, names, results:
   record = {
       'step': step, 'output_stride': int(config.eval.output_stride),
       'scales': [float(x) for x in config.eval.scales], 'flip': bool(config.eval.flip),
-      'classes': list(cityscapes.CLASS_NAMES),
+      'classes': list(class_names),
       'branches': {name: {**results[name], 'iou': {
-          c: (None if np.isnan(v) else float(v)) for c, v in zip(cityscapes.CLASS_NAMES, iou[b])}}
+          c: (None if np.isnan(v) else float(v)) for c, v in zip(class_names, iou[b])}}
                    for b, name in enumerate(names)},
       'confusion': {name: total[b].tolist() for b, name in enumerate(names)},
   }

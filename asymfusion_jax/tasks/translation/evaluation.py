@@ -18,8 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import drawing, fid, sharding
-from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax import data, drawing, fid, sharding
 from asymfusion_jax.models import build_model
 
 # Images per call of the Inception network (rounded up to the local devices).
@@ -91,8 +90,8 @@ class Evaluator:
     real = fid.FeatureStats() if self._extractor and self._real is None else None
     to_draw = config.num_prediction_images if out_dir else 0
     drawn = 0
-    for local in translation_pipeline.eval_batches(config, jax.process_index(),
-                                                   jax.process_count(), self.batch_size):
+    for local in data.get(config).eval_batches(config, jax.process_index(),
+                                               jax.process_count(), self.batch_size):
       out = jax.device_get(self._step(g_params, sharding.global_batch(self.mesh, local)))
       mask = np.asarray(out['mask'], bool)
       abs_sum += np.asarray(out['abs_sum'], np.float64)[:, mask].sum(axis=1)

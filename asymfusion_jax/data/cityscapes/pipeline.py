@@ -1,7 +1,7 @@
 """Train and evaluation batches for Cityscapes RGB-D, read by index from the TFDS build.
 
 Cityscapes decodes to about 35 GB, so no split is held in memory: the build is ArrayRecord in
-list order (`cityscapes_builder`) and `common.Reader` reads example i from disk, as NYUDv2's
+list order (`builder`) and `common.Reader` reads example i from disk, as NYUDv2's
 pipeline does. Each process reads only its own rows of each batch; worker threads (`batching`)
 read, decode and augment them while the caller trains, with `batching.PREFETCH` batches ahead,
 so memory is a few batches whatever the dataset size. The dataset's random access is TFDS's own
@@ -35,15 +35,15 @@ import ml_collections
 import numpy as np
 
 from asymfusion_jax.data import batching
-from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import common
-from asymfusion_jax.data import synthetic_cityscapes
+from asymfusion_jax.data.cityscapes import layout as cityscapes
+from asymfusion_jax.data.cityscapes import synthetic as synthetic_cityscapes
 
 DATASET_NAME = 'cityscapes'
 
 
 DATASET = common.IndexedDataset(DATASET_NAME,
-                                'asymfusion_jax.data.cityscapes_builder.CityscapesRgbd', __name__)
+                                'asymfusion_jax.data.cityscapes.builder.CityscapesRgbd', __name__)
 # The build's example counts, and example `index` of a split read and decoded from disk:
 # {'rgb': uint8 (H, W, 3), 'disparity': uint16 (H, W), 'label': uint8 (H, W), 'name': str,
 # 'index': index}.

@@ -26,14 +26,15 @@ import numpy as np
 from asymfusion_jax.data import augment
 from asymfusion_jax.data import batching
 from asymfusion_jax.data import common
-from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities
-from asymfusion_jax.data import synthetic
+from asymfusion_jax.data.nyudv2 import layout
+from asymfusion_jax.data.nyudv2 import synthetic
 
 DATASET_NAME = 'nyudv2'
 
 
-DATASET = common.IndexedDataset(DATASET_NAME, 'asymfusion_jax.data.builder.Nyudv2', __name__)
+DATASET = common.IndexedDataset(DATASET_NAME, 'asymfusion_jax.data.nyudv2.builder.Nyudv2',
+                                __name__)
 # The build's example counts, and example `index` of a split read and decoded from disk:
 # {'rgb': uint8 (H, W, 3), 'depth': uint16 (H, W), 'label': uint8 (H, W), 'name': the rgb file
 # of the list line, 'index': index}.
