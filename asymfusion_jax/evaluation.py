@@ -123,8 +123,9 @@ class Evaluator:
   def run(self, variables, out_dir: str | None = None, step: int | None = None) -> dict:
     """Returns {branch: {'pixel_acc', 'mean_acc', 'miou'}} in percent and prints the table.
 
-    The table's title names `step`, the training step of `variables`, when given. With out_dir, the first config.num_prediction_images predictions are written to
-    out_dir/predictions/ (training passes its workdir, --mode=eval its eval/step_N folder).
+    The table's title names `step`, the training step of `variables`, when given. With out_dir,
+    the first config.num_prediction_images predictions are written to out_dir/predictions/
+    (training passes its workdir, --mode=eval its eval/step_N folder).
     """
     config = self.config
     names = branch_names(config)

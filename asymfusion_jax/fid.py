@@ -11,7 +11,10 @@ The numbers are those of pytorch-fid (and of CEN for KID), docs/method.md sectio
 Statistics stream: FeatureStats keeps float64 running sums on the host, so the mean and covariance
 of any number of images need no feature array. KID needs the features themselves (any two images
 may meet in a subset), so FeatureStats also keeps them, in float32 (400 MB for 50k images) unless
-keep_features=False; statistics saved to .npz (mu, sigma, n) give FID only.
+keep_features=False; statistics saved to .npz (mu, sigma, n) give FID only. The sums of several
+FeatureStats add up, to float64 rounding, once moved to a common shift (sums_about, from_sums):
+fid_hosts combines those of processes that each extracted the features of their own images. The
+distances themselves are in fid_distances (and importable from here).
 
 Command line:
 

@@ -14,7 +14,8 @@ neither sum is kept in one 32-bit number:
   goes to lo and the pair is renormalised. Every addition is exact but for the rounding of lo,
   under 2**-47 of the sum, so n additions of non-negative values (the L1 and squared errors)
   stay within n * 2**-47 relative of the exact sum of the float32 values: float64's own sum of
-  them, as the host accumulated before, to ~1e-8 for a million terms. TwoSum uses additions and subtractions only, which XLA does not reassociate.
+  them, as the host accumulated before, to ~1e-8 for a million terms. TwoSum uses additions
+  and subtractions only, which XLA does not reassociate.
 
 A sum is a dict of arrays (a pytree), created on the device by zeros_* under jit, updated by
 add_* inside the jitted evaluation step, and read back by *_to_host.

@@ -1,8 +1,9 @@
 """A stand-in for the FID Inception network in tests, under the real fid.FeatureExtractor: the
 features of an image are FEATURE_DIM = 64 of its pixel values / 255, evenly spaced over the
-image (exact, and per image whatever the batch), so tests of what is done with the features (statistics, FID, KID,
-per-process extraction) need neither the weights nor the network's compile time, and an FID
-costs eigensolvers of 64 x 64 (2048 x 2048 take seconds, minutes on a loaded 2-core machine).
+image (exact, and per image whatever the batch), so tests of what is done with the features
+(statistics, FID, KID, per-process extraction) need neither the weights nor the network's
+compile time, and an FID costs eigensolvers of 64 x 64 (2048 x 2048 take seconds, minutes on a
+loaded 2-core machine).
 
   python -m tests.fid_stand_in MAIN_FLAGS  # asymfusion_jax.main with the stand-in installed
 """
