@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asymfusion_jax import losses, metrics, running_sums, visualize
+from asymfusion_jax import running_sums
+from asymfusion_jax.tasks.segmentation import losses, metrics, visualize
 
 K = 4
 

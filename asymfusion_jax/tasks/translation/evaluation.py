@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import fid, fid_hosts, running_sums, sharding, visualize
+from asymfusion_jax import drawing, fid, fid_hosts, running_sums, sharding
 from asymfusion_jax.data import translation_pipeline
-from asymfusion_jax.models import build_generator
+from asymfusion_jax.models import build_model
 
 # Images per call of the Inception network (rounded up to the local devices).
 FID_BATCH = 50
@@ -80,7 +80,7 @@ def jit_eval_step(config, mesh):
   """eval_step under jit: the totals replicated (every process reads the same scores and agrees
   on the best checkpoint), the images sharded along the batch."""
   images = {k: sharding.batch_sharding(mesh, axis) for k, axis in IMAGE_BATCH_AXES.items()}
-  return jax.jit(functools.partial(eval_step, generator=build_generator(config)),
+  return jax.jit(functools.partial(eval_step, generator=build_model(config)),
                  out_shardings=(sharding.replicated(mesh), images))
 
 
@@ -177,7 +177,7 @@ class Evaluator:
                for m, name in enumerate(self.config.modalities)}
       tiles.update({name: images['outputs'][i, b] for i, name in enumerate(names)})
       tiles[f'target: {self.config.target}'] = images['target'][b]
-      visualize.save_image_row(
+      drawing.save_image_row(
           os.path.join(out_dir, 'predictions', f'{first + count:04d}.png'), tiles)
       count += 1
     return count
