@@ -173,6 +173,9 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
       'step': source.step,
       'source': source.origin,
       'model': config.model.to_dict(),
+      # The whole config, from which `python -m asymfusion_jax.predict --artifact` reads the
+      # dataset's input encoding and label convention.
+      'config': json.loads(config.to_json_best_effort()),
       'compute_dtype': str(resolve_compute_dtype(config.compute_dtype)),  # What the artifact runs.
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,

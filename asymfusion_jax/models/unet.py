@@ -126,6 +126,14 @@ class UNetGenerator(nn.Module):
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
 
+  # How to run it on an image of any size (asymfusion_jax.predict): padded to the multiple of
+  # 2**num_downs it needs; its outputs are at the input size.
+  output_resize = None
+
+  @property
+  def input_multiple(self) -> int:
+    return 2 ** self.num_downs
+
   def _check(self, x: jax.Array) -> None:
     if self.num_downs < 2:
       raise ValueError(f'UNetGenerator needs num_downs >= 2, got {self.num_downs}')

@@ -13,7 +13,9 @@ Cityscapes (config.data.name 'cityscapes') evaluates as TF-DeepLab: at config.ev
 image resized to ((H - 1) s + 1, (W - 1) s + 1) with align_corners) and mirrored
 (config.eval.flip), the softmax probabilities of every pass resized back to H x W and summed per
 branch before the argmax. It also writes eval_step_N.json (per-class IoU and the confusion
-matrices of every branch) and its predictions as PNGs in the Cityscapes palette.
+matrices of every branch) and its predictions as PNGs in the Cityscapes palette; with
+config.eval.write_label_ids, the ensemble's prediction of every val image as a label-id PNG,
+label_ids/<city>/<city>_<seq>_<frame>_leftImg8bit.png, which cityscapesscripts' evaluator reads.
 """
 
 import functools
@@ -29,6 +31,7 @@ from asymfusion_jax import resize, running_sums, sharding
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.data import predict_io
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.tasks.segmentation import metrics, visualize
 
@@ -105,6 +108,7 @@ class Evaluator:
       logging.info('Evaluating %d images per batch: config.eval_batch_size=%d rounded up to a '
                    'multiple of the %d devices (the rows past the last image are masked).',
                    self.batch_size, config.eval_batch_size, jax.device_count())
+    self.label_ids = self.cityscapes and bool(config.eval.get('write_label_ids', False))
     if self.cityscapes:
       step = functools.partial(cityscapes_eval_step, model=model,
                                num_classes=config.model.num_classes,
@@ -143,7 +147,8 @@ class Evaluator:
 
   def confusion_matrices(self, variables, out_dir: str | None = None) -> np.ndarray:
     """int64 (M + 1, K, K): the confusion matrices of every branch over the validation set,
-    summed on the devices and read once; with out_dir, the first predictions are drawn too."""
+    summed on the devices and read once; with out_dir, the first predictions are drawn too (and,
+    with config.eval.write_label_ids, every Cityscapes val image's label ids are written)."""
     config = self.config
     names = branch_names(config)
     totals = self._zeros()
@@ -156,9 +161,14 @@ class Evaluator:
       batch = sharding.global_batch(self.mesh, local)
       if self.cityscapes:
         totals, preds = self._eval(variables, batch, totals)
-        if drawn < to_draw and jax.process_index() == 0:
-          drawn += _draw_cityscapes(sharding.process_rows(preds, axis=1), local, image_names,
-                                    names, out_dir, to_draw - drawn)
+        draw = drawn < to_draw and jax.process_index() == 0
+        label_ids = self.label_ids and out_dir
+        if draw or label_ids:
+          mine = sharding.process_rows(preds, axis=1)  # Only this process's shards are read.
+          if draw:
+            drawn += _draw_cityscapes(mine, local, image_names, names, out_dir, to_draw - drawn)
+          if label_ids:
+            _write_label_ids(config, mine, local, image_names, out_dir)
         continue
       totals = self._eval(variables, batch, totals)
       # Every process has as many rows per batch, so all run the (collective) prediction of the
@@ -203,6 +213,16 @@ def _draw_cityscapes(preds: np.ndarray, local: dict, image_names, branches, out_
                        cityscapes.colorize(preds[b, row]))
     count += 1
   return count
+
+
+def _write_label_ids(config, preds: np.ndarray, local: dict, image_names, out_dir: str) -> None:
+  """Writes label_ids/<city>/<image file> (the ensemble's label ids, 0..33) of this process's
+  valid rows; preds (M + 1, B_local, H, W) are its rows. Every process writes its own."""
+  label_image = predict_io.get(config).label_image
+  for row in np.flatnonzero(local['mask']):
+    path = os.path.join(out_dir, 'label_ids', *image_names[row].split('/')[-2:])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    layout.write_png(path, label_image(preds[-1, row]))
 
 
 def _write_cityscapes_json(path: str, config, total: np.ndarray, names, results: dict,
