@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_io, sharding, train
+from asymfusion_jax import checkpointing, config_io, running_sums, sharding, train
 from asymfusion_jax.data import layout
 from asymfusion_jax.data.nyudv2 import pipeline, synthetic
 from asymfusion_jax.models import build_model
@@ -156,7 +156,8 @@ def test_eval_batches_are_padded_to_the_mesh(tiny_data):
 
 def test_padded_rows_change_no_metric(full_run, tiny_data):
   """The 6 val images in one unpadded batch score exactly as in the training run's evaluation,
-  whose second batch of 4 rows held 2 padded ones."""
+  whose second batch of 4 rows held 2 padded ones. The confusion matrices summed on the device
+  across those batches are those the host summed batch by batch in int64."""
   config = tiny.config(tiny_data)
   config.eval_batch_size = 6
   mesh = sharding.make_mesh()
@@ -165,6 +166,15 @@ def test_padded_rows_change_no_metric(full_run, tiny_data):
   ckpts.close()
   results = evaluation.Evaluator(build_model(config), config, mesh).run(state.variables())
   assert results == full_run[1]
+
+  padded = evaluation.Evaluator(build_model(config), tiny.config(tiny_data), mesh)
+  host = 0
+  for batch in pipeline.eval_batches(padded.config):
+    batch.pop('name')
+    host = host + running_sums.counts_to_host(padded._eval(  # From zero at every batch.
+        state.variables(), sharding.global_batch(mesh, batch), padded._zeros()))
+  assert host.dtype == np.int64 and host.sum() > 0
+  np.testing.assert_array_equal(padded.confusion_matrices(state.variables()), host)
 
 
 # ------------------------------------------------------------------------------ label range
