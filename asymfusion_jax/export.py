@@ -44,13 +44,13 @@ import jax.numpy as jnp
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
 from asymfusion_jax import config_lib
-from asymfusion_jax import convert
 from asymfusion_jax import logger
 from asymfusion_jax import sharding
 from asymfusion_jax import tasks
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
 from asymfusion_jax import variables_io
+from asymfusion_jax.convert import refinenet as refinenet_convert
 from asymfusion_jax.data import modalities
 from asymfusion_jax.models import build_generator, build_model, resolve_compute_dtype
 from asymfusion_jax.tasks import segmentation, translation
@@ -343,7 +343,7 @@ def write_torch(source: Source, out: str) -> None:
   if name != 'refinenet' or tasks.name(source.config) != 'segmentation':
     raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
                      f'is {name!r}, which has no PyTorch reference layout: use --format=jax')
-  state_dict = convert.refinenet_to_torch(source.variables)
+  state_dict = refinenet_convert.refinenet_to_torch(source.variables)
   with _replaced_atomically([out]) as (temp,):
     torch_pickle.save_state_dict(temp, state_dict)
 

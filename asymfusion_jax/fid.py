@@ -39,8 +39,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from asymfusion_jax import convert
 from asymfusion_jax import variables_io
+from asymfusion_jax.convert import inception as inception_convert
 from asymfusion_jax.models import inception
 
 # pytorch-fid's IMAGE_EXTENSIONS (matched here case-insensitively).
@@ -72,7 +72,7 @@ def load_weights(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f'no FID Inception weights at {path}: give pytorch-fid\'s '
                             'pt_inception-2015-12-05-6726825d.pth or the directory converted '
                             'from it')
-  return convert.load_inception_file(path)
+  return inception_convert.load_inception_file(path)
 
 
 class FeatureExtractor:
