@@ -18,7 +18,7 @@ from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.data import taskonomy
-from asymfusion_jax.models import deeplab, refinenet, resnet
+from asymfusion_jax.models import deeplab, kernels, refinenet, resnet
 
 
 class ConfigError(ValueError):
@@ -118,6 +118,7 @@ def check_config(config) -> None:
   else:
     num_classes = _check_refinenet(config)
   _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
+  _choice(config, 'model.kernels', kernels.KERNELS)
   _bool(config, 'frozen_bn')
 
   ignore = _value(config, 'data.ignore_label')
@@ -238,6 +239,7 @@ def check_translation_config(config) -> None:
                                          f'with an InstanceNorm for model.num_downs={num_downs})')
   _number(config, 'model.dropout_rate', 0, 1, high_open=True)
   _choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
+  _choice(config, 'model.kernels', kernels.KERNELS)
 
   _bool(config, 'data.synthetic')
   for key in ('data.num_train', 'data.num_val', 'data.synthetic_image_size'):
