@@ -13,18 +13,20 @@ from ml_collections import config_flags
 from asymfusion_jax import fusion as fusion_lib
 
 
-def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool | str = 'asym',
+def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'asym',
                  epochs_per_stage: int = 100) -> ml_collections.ConfigDict:
   """The paper's NYUDv2 RefineNet recipe (docs/method.md section 8).
 
-  fusion: a fusion method of asymfusion_jax.fusion.METHODS (True means 'asym', False 'none');
-  the config holds its name, so --config.model.fusion=concat overrides it.
+  fusion: a fusion method of asymfusion_jax.fusion.METHODS; the config holds its name, so
+  --config.model.fusion=concat overrides it.
   """
   c = ml_collections.ConfigDict()
+  c.task = 'segmentation'
   c.seed = 0
   c.modalities = tuple(modalities)
 
   c.model = ml_collections.ConfigDict()
+  c.model.name = 'refinenet'
   c.model.depth = depth
   c.model.num_classes = 40
   # 'asym', 'none', or a baseline: 'concat', 'average', 'attention', 'late' (MMF).
@@ -57,6 +59,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool | s
   c.optim = ml_collections.ConfigDict()
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-5
+  c.optim.schedule = 'stages'  # Constant rates per stage, fresh momentum at each; or 'poly'.
   c.optim.epochs_per_stage = (epochs_per_stage,) * 3
   c.optim.lr_encoder = (5e-4, 2.5e-4, 1e-4)
   c.optim.lr_decoder = (3e-3, 1.5e-3, 7e-4)
@@ -76,22 +79,25 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: bool | s
   return c
 
 
-def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
+def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
                        output_stride: int = 16) -> ml_collections.ConfigDict:
   """DeepLabv3+ / Xception-65 on Cityscapes RGB-D and its recipe (docs/method.md section 13).
 
   TF-DeepLab's Cityscapes recipe: crops of 769, batch 8, SGD with momentum 0.9 and the poly
   learning rate 0.01 (1 - t / 90000)^0.9, weight decay 4e-5 on the non-depthwise kernels,
   BatchNorm trained over the global batch; evaluation on the full 1024x2048 images.
+
+  fusion: 'asym' or 'none' (the fusion baselines are built for RefineNet and the U-Net only).
   """
   c = ml_collections.ConfigDict()
+  c.task = 'segmentation'
   c.seed = 0
   c.modalities = tuple(modalities)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = 'deeplab'
   c.model.num_classes = 19
-  c.model.fusion = fusion
+  c.model.fusion = fusion_lib.method(fusion)
   c.model.output_stride = output_stride  # 16 (training, evaluation) or 8.
   c.model.width_divisor = 1  # Divides every width; 1 is Xception-65 (tests use small widths).
   c.model.middle_flow_units = 16
@@ -149,12 +155,12 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: bool = True,
 
 
 def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
-                    fusion: bool | str = 'asym') -> ml_collections.ConfigDict:
+                    fusion: str = 'asym') -> ml_collections.ConfigDict:
   """The paper's image translation recipe on Taskonomy (docs/method.md section 11).
 
-  fusion: a fusion method of asymfusion_jax.fusion.METHODS (True means 'asym', False 'none';
-  the baselines of the paper's table: docs/method.md section 12); the config holds its name,
-  so --config.model.fusion=concat overrides it.
+  fusion: a fusion method of asymfusion_jax.fusion.METHODS (the baselines of the paper's table:
+  docs/method.md section 12); the config holds its name, so --config.model.fusion=concat
+  overrides it.
   """
   c = ml_collections.ConfigDict()
   c.task = 'translation'

@@ -55,26 +55,15 @@ from asymfusion_jax import sharding
 from asymfusion_jax import tasks
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
-from asymfusion_jax import variables_io
-from asymfusion_jax.convert import refinenet as refinenet_convert
-from asymfusion_jax.data import modalities
-from asymfusion_jax.models import build_generator, build_model, resolve_compute_dtype
+from asymfusion_jax.models import resolve_compute_dtype
 from asymfusion_jax.models.refinenet import COMPUTE_DTYPES
-from asymfusion_jax.tasks import segmentation, translation
 
 FORMATS = ('jax', 'torch')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 # TPU lowering works without a TPU, so the default artifact runs on every usual accelerator.
 DEFAULT_PLATFORMS = ('cpu', 'cuda', 'tpu')
 BATCH_DIM = 'b'
-OUTPUT_STRIDE = 4  # RefineNet's; see output_stride.
 SIDECAR_SUFFIX = '.json'
-# How a Cityscapes DeepLab's inputs are made from the raw files (docs/method.md section 13).
-CITYSCAPES_INPUTS = {
-    'rgb': 'uint8 RGB x -> x / 127.5 - 1',
-    'depth': ('uint16 disparity d -> clip(max(d - 1, 0) / 256 / 128, 0, 1) * 2 - 1, repeated '
-              'to 3 channels (d = 0, invalid, reads as -1)'),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,20 +105,7 @@ def from_checkpoint(checkpoint: str, config) -> Source:
     FileNotFoundError: no such directory.
     ValueError: it is not a variables checkpoint, or does not match the config's model.
   """
-  if tasks.name(config) == 'translation':
-    # The generator is what runs; a converted discriminator, if any, is left out.
-    params = jax.eval_shape(lambda: translation.init_params(config, jax.random.key(0)))
-    target = {'params': {'generator': params['generator']}}
-    variables = variables_io.load_variables(checkpoint)
-    variables = {'params': {'generator': variables.get('params', {}).get('generator')}}
-    if variables['params']['generator'] is None:
-      raise ValueError(f'{checkpoint} has no generator (params/generator): it is not a '
-                       'translation checkpoint written by asymfusion_jax.convert')
-    variables_io.check_same_shapes(variables, target, checkpoint)
-  else:
-    model = build_model(config)
-    target = jax.eval_shape(lambda: segmentation.init_variables(model, config, jax.random.key(0)))
-    variables = variables_io.load_variables(checkpoint, target)
+  variables = tasks.get(config).load_converted(config, checkpoint)
   return Source(config, jax.device_get(variables), None,
                 f'checkpoint {os.path.abspath(checkpoint)}')
 
@@ -138,16 +114,13 @@ def from_checkpoint(checkpoint: str, config) -> Source:
 
 
 def default_image_size(config) -> tuple[int, int]:
-  """(H, W) of the artifact's input when --height/--width are not given.
+  """(H, W) of the artifact's input when --height/--width are not given (Task.export_image_size).
 
-  The size of the dataset's images where the config knows it (synthetic data), else the
-  training crop. For NYUDv2 evaluation at full resolution pass --height=480 --width=640.
-  Translation models take config.crop_size squares (256 in the paper).
+  Segmentation: the size of the dataset's images where the config knows it (synthetic data),
+  else the training crop; for NYUDv2 evaluation at full resolution pass --height=480
+  --width=640. Translation models take config.crop_size squares (256 in the paper).
   """
-  if config.data.get('synthetic', False) and tasks.name(config) == 'segmentation':
-    height, width = config.data.synthetic_image_size
-    return int(height), int(width)
-  return int(config.crop_size), int(config.crop_size)
+  return tasks.get(config).export_image_size(config)
 
 
 def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
@@ -193,22 +166,11 @@ def export_forward(source: Source, height: int, width: int,
 
 
 def _forward(source: Source, dtype: str):
-  """The eval-mode forward pass of the source's model (a translation model's generator),
-  computing in `dtype`."""
-  config, variables = source.config, source.variables
-  if tasks.name(config) == 'translation':
-    generator = build_generator(config).clone(dtype=jnp.dtype(dtype))
-    params = {'params': variables['params']['generator']}
-    return lambda x: generator.apply(params, x, train=False)
-  model = build_model(config).clone(dtype=jnp.dtype(dtype))
-  return lambda x: model.apply(variables, x, train=False)
-
-
-def output_stride(config) -> int:
-  """The stride of the model's logits: RefineNet's 4, or DeepLab's 1 (4 without upsampling)."""
-  if config.model.get('name', 'refinenet') == 'deeplab' and config.model.upsample_logits:
-    return 1
-  return OUTPUT_STRIDE
+  """The eval-mode forward pass of the source's model (Task.inference: the segmentation model,
+  or a translation model's generator), computing in `dtype`."""
+  config = source.config.copy_and_resolve_references()
+  config.compute_dtype = dtype
+  return tasks.get(config).inference(config, source.variables)
 
 
 def _shape(aval) -> list:
@@ -219,18 +181,21 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str,
             compute_dtype: str | None = None) -> dict:
   """The JSON description that deployment needs besides the artifact.
 
-  modalities (input order along axis 0), raw_pad_value, normalisation and formula come from
-  data.modalities.to_json: how raw pixels become the input. outputs names the M + 1 output
-  rows. Shapes list symbolic dimensions by name ('b': any batch size >= 1). compute_dtype maps
-  every platform to the dtype it computes in (compute_dtypes; the argument as there).
+  The task's part (Task.export_sidecar) says how raw pixels become the input: for segmentation
+  modalities (input order along axis 0), raw_pad_value, normalisation and formula of
+  data.modalities.to_json (Cityscapes: its formula per modality), num_classes, ignore_label and
+  the logits' output_stride; for translation the domains, the target and the formula. outputs
+  names the M + 1 output rows. Shapes list symbolic dimensions by name ('b': any batch size
+  >= 1). compute_dtype maps every platform to the dtype it computes in (compute_dtypes; the
+  argument as there).
   """
   config = source.config
   (inp,), (out,) = exported.in_avals, exported.out_avals
   return {
       'artifact': artifact,
       'format': 'jax.export',
-      'task': tasks.name(config),
-      **_task_sidecar(config),
+      'task': config.task,
+      **tasks.get(config).export_sidecar(config),
       'outputs': list(config.modalities) + ['ensemble'],
       'input_shape': _shape(inp),
       'input_dtype': str(inp.dtype),
@@ -243,29 +208,6 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str,
       'compute_dtype': compute_dtypes(config, exported.platforms, compute_dtype),
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,
-  }
-
-
-def _task_sidecar(config) -> dict:
-  """What the inputs are and what the outputs mean, per task."""
-  if tasks.name(config) == 'translation':
-    return {
-        'modalities': list(config.modalities),
-        'target': config.target,
-        'formula': ('input = decoded 8-bit domain image (docs/method.md section 11) / 127.5 - 1, '
-                    'resized to the input size; output in [-1, 1], as uint8 '
-                    'round((output + 1) * 127.5)'),
-    }
-  if config.data.get('name') == 'cityscapes':
-    inputs = {'modalities': list(config.modalities),
-              'formula': {name: CITYSCAPES_INPUTS[name] for name in config.modalities}}
-  else:
-    inputs = modalities.to_json(config.modalities)
-  return {
-      **inputs,
-      'num_classes': int(config.model.num_classes),
-      'ignore_label': int(config.data.ignore_label),
-      'output_stride': output_stride(config),
   }
 
 
@@ -373,12 +315,9 @@ def write_jax(source: Source, out: str, height: int | None = None, width: int | 
 
 
 def write_torch(source: Source, out: str) -> None:
-  """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`."""
-  name = source.config.model.get('name', 'refinenet')
-  if name != 'refinenet' or tasks.name(source.config) != 'segmentation':
-    raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
-                     f'is {name!r}, which has no PyTorch reference layout: use --format=jax')
-  state_dict = refinenet_convert.refinenet_to_torch(source.variables)
+  """Writes the reference implementation's state_dict (num_batches_tracked 0) to `out`
+  (Task.torch_state_dict: a RefineNet's; ValueError for any other model)."""
+  state_dict = tasks.get(source.config).torch_state_dict(source.config, source.variables)
   with _replaced_atomically([out]) as (temp,):
     torch_pickle.save_state_dict(temp, state_dict)
 

@@ -25,28 +25,18 @@ import jax.numpy as jnp
 METHODS = ('asym', 'none', 'concat', 'average', 'attention', 'late')
 # The methods that aggregate inside the network, with the `Aggregation` of that name.
 AGGREGATIONS = ('concat', 'average', 'attention')
-# Spellings of the boolean configs that predate the methods, which keep their meaning: the
-# bools of config files and config.json, and the strings an old `--config.model.fusion=False`
-# gives once the config holds a string.
-_BOOLEANS = {True: 'asym', False: 'none', 'True': 'asym', 'False': 'none', 'true': 'asym',
-             'false': 'none'}
 
 
 def method(fusion) -> str:
-  """The fusion method, one of METHODS, that a config.model.fusion value names.
-
-  True and False (and their spellings 'True'/'False', 'true'/'false') mean 'asym' and 'none'.
+  """The fusion method that a config.model.fusion value names: one of METHODS.
 
   Raises:
     ValueError: naming the value and the valid ones.
   """
-  if isinstance(fusion, (bool, str)):
-    if fusion in _BOOLEANS:
-      return _BOOLEANS[fusion]
-    if fusion in METHODS:
-      return fusion
-  raise ValueError(f'unknown fusion {fusion!r}: choose one of {METHODS} (or True for '
-                   "'asym', False for 'none')")
+  if isinstance(fusion, str) and fusion in METHODS:
+    return fusion
+  raise ValueError(f'unknown fusion {fusion!r}: choose one of {METHODS}')
+
 
 # (dh, dw) of channel groups 0..3: out[i, j] = x[i + dh, j + dw]. (-1, 0) moves content down a row.
 SHIFT_OFFSETS = ((-1, 0), (0, -1), (0, 1), (1, 0))

@@ -214,8 +214,6 @@ def _best_of(record: dict) -> tuple[str, float] | None:
   """(metric, value) of the best checkpoint so far, from a checkpoint's record."""
   if record.get('best_metric') is not None:
     return record['best_metric'], float(record['best_value'])
-  if record.get('best_miou', -1.0) >= 0:  # Checkpoints written before tasks existed.
-    return 'ensemble/miou', float(record['best_miou'])
   return None
 
 

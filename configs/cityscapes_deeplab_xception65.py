@@ -13,4 +13,4 @@ from asymfusion_jax import config_lib
 
 
 def get_config():
-  return config_lib.cityscapes_deeplab(modalities=('rgb', 'depth'), fusion=True)
+  return config_lib.cityscapes_deeplab(modalities=('rgb', 'depth'), fusion='asym')

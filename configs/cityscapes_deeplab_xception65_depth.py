@@ -11,4 +11,4 @@ from asymfusion_jax import config_lib
 
 
 def get_config():
-  return config_lib.cityscapes_deeplab(modalities=('depth',), fusion=True)
+  return config_lib.cityscapes_deeplab(modalities=('depth',), fusion='asym')

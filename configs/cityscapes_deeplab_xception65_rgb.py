@@ -20,4 +20,4 @@ from asymfusion_jax import config_lib
 
 
 def get_config():
-  return config_lib.cityscapes_deeplab(modalities=('rgb',), fusion=True)
+  return config_lib.cityscapes_deeplab(modalities=('rgb',), fusion='asym')

@@ -19,7 +19,7 @@ def get_config(variant: str = 'fused'):
   if variant not in VARIANTS:
     raise ValueError(f'unknown demo variant {variant!r}; choose one of {sorted(VARIANTS)}')
   c = config_lib.nyudv2_paper(depth=26, modalities=VARIANTS[variant],
-                              fusion=variant != 'nofusion')
+                              fusion='none' if variant == 'nofusion' else 'asym')
   c.model.width = 16
   c.model.decoder_width = 32
   c.model.num_classes = synthetic.NUM_CLASSES

@@ -22,7 +22,8 @@ def get_config(variant: str = 'fused'):
   if variant not in VARIANTS:
     raise ValueError(f'unknown demo variant {variant!r}; choose one of {VARIANTS}')
   modalities = (variant,) if variant in INPUTS else INPUTS
-  c = config_lib.taskonomy_paper(modalities=modalities, fusion=variant != 'nofusion')
+  c = config_lib.taskonomy_paper(modalities=modalities,
+                                 fusion='none' if variant == 'nofusion' else 'asym')
   c.model.ngf = 16
   c.model.ndf = 16
   c.model.num_downs = 6

@@ -12,4 +12,4 @@ from asymfusion_jax import config_lib
 
 
 def get_config():
-  return config_lib.nyudv2_paper(depth=101, modalities=('rgb', 'depth'), fusion=True, epochs_per_stage=100)
+  return config_lib.nyudv2_paper(depth=101, modalities=('rgb', 'depth'), fusion='asym', epochs_per_stage=100)

@@ -8,4 +8,4 @@ from asymfusion_jax import config_lib
 
 
 def get_config():
-  return config_lib.nyudv2_paper(depth=152, modalities=('rgb', 'depth'), fusion=True, epochs_per_stage=150)
+  return config_lib.nyudv2_paper(depth=152, modalities=('rgb', 'depth'), fusion='asym', epochs_per_stage=150)

@@ -5,15 +5,17 @@
       [--mode=train|eval] [--steps=20 --warmup=3] [--peak_tflops=989] [--dump_hlo=/tmp/hlo] \\
       [--compile_only]
 
-The step is the one training runs: segmentation.create_train_state, segmentation.jit_train_step
-(jitted, donated, sharded over the ('data',) mesh) with the paper optimiser, or, for
---mode=eval, the evaluation.jit_eval_step, which the Evaluator runs. A translation config
-(config.task='translation') times its discriminator + generator train step
-(translation.jit_train_step) or the generator's eval step (translation_eval.jit_eval_step):
+The step is the one training runs (asymfusion_jax.step_program.build_step, through the config
+task's Task.build_step): for segmentation the jitted, donated train step sharded over the
+('data',) mesh with the recipe's optimiser, or, for --mode=eval, the step the Evaluator runs; a
+translation config (config.task='translation') times its discriminator + generator train step or
+the generator's eval step:
 
-  python experiments/benchmark.py --config=configs/taskonomy_shade_depth.py [--config.batch_size=4] It is lowered and
-compiled once ahead of time, so that compile time is measured on its own and the timed steps
-run exactly the executable training would run; every timed step ends in block_until_ready.
+  python experiments/benchmark.py --config=configs/taskonomy_shade_depth.py [--config.batch_size=4]
+
+It is lowered and compiled once ahead of time, so that compile time is measured on its own and
+the timed steps run exactly the executable training would run; every timed step ends in
+block_until_ready.
 
 Both modes use the config's batch_size and a square crop_size image, so that their figures
 compare (the real evaluation runs eval_batch_size full-resolution images).
@@ -40,105 +42,29 @@ slow to run where you are (the paper setting on a CPU). Timing figures are then 
 
 --dump_hlo=DIR writes the step's StableHLO as lowered (what the program asks for, before any
 backend rewrites: dtypes of every convolution as the model requested them) and the optimised
-HLO the backend will run, each with a summary (convolutions by dtype and batch size,
-transposes, dtype conversions, unfused elementwise ops) that is also printed.
+HLO the backend will run, each with a summary (asymfusion_jax.hlo_summary: convolutions by dtype
+and batch size, transposes, dtype conversions, unfused elementwise ops) that is also printed.
 """
 
-import collections
-import functools
 import json
 import math
 import os
-import re
 import statistics
 import sys
 import time
 
 from absl import app, flags
 import jax
-import numpy as np
 
 # Runnable as a script from the repository root without installing anything.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import config_lib, evaluation, logger, optim, sharding  # pylint: disable=g-import-not-at-top
-from asymfusion_jax import models, tasks  # pylint: disable=g-import-not-at-top
-from asymfusion_jax.tasks import (  # pylint: disable=g-import-not-at-top
-    segmentation, translation, translation_eval)
+from asymfusion_jax import config_lib, hlo_summary, logger, models  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.step_program import build_step  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
-# How many optimiser steps an epoch has only matters for the stage boundaries of the learning
-# rate schedule; the benchmark never reaches one, so any value works.
-_STEPS_PER_EPOCH = 1000
 _JSON_KEYS = ('compile_s', 'step_ms', 'images_per_s', 'tflop_per_step', 'peak_memory_gb')
-
-
-def synthetic_batch(config, mode: str, seed: int = 0) -> dict:
-  """This process's rows of a batch with the dtypes and shapes of the data pipeline's batches.
-
-  Random normal images (not zeros, which can run faster than real data) and labels drawn from
-  the K classes with a tenth of the pixels set to the ignore label, as real crops have.
-  """
-  rng = np.random.default_rng([seed, jax.process_index()])
-  m, s = len(config.modalities), config.crop_size
-  b = config.batch_size // jax.process_count()
-  k, ignore = config.model.num_classes, config.data.ignore_label
-  label = rng.integers(0, k, size=(b, s, s), dtype=np.int32)
-  label[rng.random((b, s, s)) < 0.1] = ignore
-  batch = {'image': rng.standard_normal((m, b, s, s, 3), dtype=np.float32), 'label': label}
-  if mode == 'eval':
-    batch['mask'] = np.ones((b,), bool)
-  return batch
-
-
-def synthetic_translation_batch(config, mode: str, seed: int = 0) -> dict:
-  """This process's rows of a translation batch: inputs and target uniform in [-1, 1]."""
-  rng = np.random.default_rng([seed, jax.process_index()])
-  m, s = len(config.modalities), config.crop_size
-  b = config.batch_size // jax.process_count()
-  batch = {'inputs': rng.uniform(-1, 1, (m, b, s, s, 3)).astype(np.float32),
-           'target': rng.uniform(-1, 1, (b, s, s, 3)).astype(np.float32)}
-  if mode == 'eval':
-    batch['mask'] = np.ones((b,), bool)
-  return batch
-
-
-def build_translation_step(config, mode: str, seed: int = 0, abstract: bool = False):
-  """build_step for a translation config: the D + G train step, or the generator's eval step."""
-  mesh = sharding.make_mesh()
-  batch = sharding.global_batch(mesh, synthetic_translation_batch(config, mode, seed))
-  make_state = functools.partial(translation.create_train_state, config, mesh)
-  state = jax.eval_shape(make_state) if abstract else make_state()
-  if mode == 'train':
-    return translation.jit_train_step(config, mesh, state, batch), (state, batch)
-  return translation_eval.jit_eval_step(config, mesh), (state.params['generator'], batch)
-
-
-def build_step(config, mode: str, seed: int = 0, abstract: bool = False):
-  """(jitted step, its arguments) for the config: the library's own step, state and sharding.
-
-  abstract=True gives the train state as shapes and dtypes only (jax.eval_shape; the step's
-  in_shardings place it), which is enough to lower and compile the step without initialising
-  anything. The synthetic batch is this process's share of the global batch.
-  """
-  sharding.check_batch_size(config.batch_size)
-  if tasks.name(config) == 'translation':
-    return build_translation_step(config, mode, seed, abstract)
-  mesh = sharding.make_mesh()
-  model = models.build_model(config)
-  tx = optim.make_optimizer(config, _STEPS_PER_EPOCH)
-  batch = sharding.global_batch(mesh, synthetic_batch(config, mode, seed))
-  if mode == 'train':
-    make_state = functools.partial(segmentation.create_train_state, model, tx, config, mesh)
-    state = jax.eval_shape(make_state) if abstract else make_state()
-    return segmentation.jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
-  # The eval step needs the variables only: no optimiser state in the device's peak memory.
-  make_variables = jax.jit(
-      lambda: segmentation.init_variables(model, config, jax.random.PRNGKey(config.seed)),
-      out_shardings=sharding.replicated(mesh))
-  variables = jax.eval_shape(make_variables) if abstract else make_variables()
-  return evaluation.jit_eval_step(model, config, mesh), (variables, batch)
 
 
 def _as_dict(analysis):
@@ -174,125 +100,6 @@ def peak_memory(compiled, ran: bool) -> tuple[float | None, str]:
   return planned, 'memory_analysis (arguments + outputs + temporaries - aliased)'
 
 
-# ---------------------------------------------------------------------------------------------
-# HLO inspection.
-
-_STABLEHLO_CONV = re.compile(
-    r'stablehlo\.convolution.*?dim_numbers = \[([^\]]*)\]x\[[^\]]*\]->\[[^\]]*\].*'
-    r':\s*\(tensor<([^>]*)>,\s*tensor<([^>]*)>\)\s*->\s*tensor<([^>]*)>')
-_HLO_INSTR = re.compile(
-    r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\(([^)]*)\)')
-_HLO_CUSTOM_CONV = re.compile(
-    r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*\(.*?\)\s+custom-call\(([^)]*)\).*'
-    r'custom_call_target="__cudnn\$conv')
-_HLO_PARAM = re.compile(r'([\w.\-]+):\s*(\w+)\[([\d,]*)\]')
-_HLO_CONV_LABELS = re.compile(r'dim_labels=(\w+)_\w+->\w+')
-_ELEMENTWISE = {
-    'add', 'subtract', 'multiply', 'divide', 'maximum', 'minimum', 'exponential', 'log',
-    'negate', 'select', 'compare', 'rsqrt', 'sqrt', 'tanh', 'abs', 'and', 'or', 'not', 'power',
-    'convert', 'clamp', 'exponential-minus-one', 'log-plus-one'}
-
-
-def _dims(text: str) -> list[int]:
-  return [int(d) for d in text.split(',') if d.strip()]
-
-
-def _tensor_type(text: str) -> tuple[list[int], str]:
-  """'4x32x32x3xbf16' -> ([4, 32, 32, 3], 'bf16')."""
-  *shape, dtype = text.split('x')
-  return [int(d) for d in shape], dtype
-
-
-def summarize_stablehlo(text: str) -> dict:
-  """Convolutions of a lowered module: their lhs dtypes and lhs batch sizes.
-
-  This is the program before the backend touches it, so it shows the dtype each convolution was
-  asked to run in; a backend may still rewrite it (XLA:CPU runs bf16 convolutions in f32).
-  """
-  dtypes, batches = collections.Counter(), collections.Counter()
-  for match in _STABLEHLO_CONV.finditer(text):
-    labels = [t.strip() for t in match.group(1).split(',')]
-    lhs_shape, lhs_dtype = _tensor_type(match.group(2))
-    dtypes[lhs_dtype] += 1
-    batches[lhs_shape[labels.index('b')]] += 1
-  converts = collections.Counter(
-      f'{a}->{b}' for a, b in re.findall(
-          r'stablehlo\.convert.*?:\s*\(?tensor<[\dx]*x?(\w+)>\)?\s*->\s*tensor<[\dx]*x?(\w+)>',
-          text))
-  return {'convolutions': sum(dtypes.values()), 'conv_dtypes': dict(dtypes),
-          'conv_lhs_batch': dict(sorted(batches.items())), 'converts': dict(converts)}
-
-
-def _split_computations(text: str) -> dict[str, tuple[str, list[str]]]:
-  """{computation name: (header line, instruction lines)} of an HLO module's text."""
-  comps, name = {}, None
-  for line in text.splitlines():
-    header = re.match(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$', line)
-    if header:
-      name = header.group(1)
-      comps[name] = (line, [])
-    elif name is not None and line.startswith(' '):
-      comps[name][1].append(line)
-  return comps
-
-
-def summarize_hlo(text: str) -> dict:
-  """Counts, in optimised HLO, of what costs time outside the matrix units.
-
-  Ops inside fusion computations run as part of one kernel; the same op outside any fusion
-  is a kernel (or a loop) of its own, so 'unfused_elementwise' counts those, and
-  'top_level_transposes' / 'top_level_copies' the layout changes that run as separate passes
-  over memory. Operands are printed by name only, so their shapes are looked up in the
-  computation's parameters and earlier instructions.
-  """
-  # Fusion bodies, and the scalar computations that reductions, scatters and select-and-scatters
-  # apply per element: neither runs as a kernel of its own.
-  fused = set(re.findall(r'(?:calls|to_apply|select|scatter)=%?([\w.\-]+)', text))
-  ops, top_ops = collections.Counter(), collections.Counter()
-  conv_dtypes, conv_batches = collections.Counter(), collections.Counter()
-  converts = collections.Counter()
-  for name, (header, lines) in _split_computations(text).items():
-    top = name not in fused
-    shapes = {p: (dt, _dims(d)) for p, dt, d in _HLO_PARAM.findall(header.split('->')[0])}
-    for line in lines:
-      match = _HLO_INSTR.match(line)
-      custom = _HLO_CUSTOM_CONV.match(line)
-      if custom:  # GPU: cuDNN convolutions are custom calls with a tuple result.
-        opcode, operands = 'convolution', custom.group(1)
-      elif match:
-        result, out_dtype, out_dims, opcode, operands = match.groups()
-        shapes[result] = (out_dtype, _dims(out_dims))
-      else:
-        continue
-      operands = [o.strip().lstrip('%') for o in operands.split(',') if o.strip()]
-      ops[opcode] += 1
-      if top:
-        top_ops[opcode] += 1
-      first = shapes.get(operands[0]) if operands else None
-      if opcode == 'convolution' and first:
-        conv_dtypes[first[0]] += 1
-        labels = _HLO_CONV_LABELS.search(line)
-        if labels and len(labels.group(1)) == len(first[1]):
-          conv_batches[first[1][labels.group(1).index('b')]] += 1
-      if opcode == 'convert' and first:
-        converts[f'{first[0]}->{out_dtype}'] += 1
-  custom_convs = len(re.findall(r'custom_call_target="__cudnn\$conv', text))
-  return {
-      # All convolutions, cuDNN custom calls included; the latter also on their own.
-      'convolutions': ops['convolution'], 'custom_call_convolutions': custom_convs,
-      'conv_dtypes': dict(conv_dtypes), 'conv_lhs_batch': dict(sorted(conv_batches.items())),
-      'fusions': ops['fusion'], 'transposes': ops['transpose'],
-      'top_level_transposes': top_ops['transpose'], 'top_level_copies': top_ops['copy'],
-      'converts': dict(converts),
-      'unfused_elementwise': sum(top_ops[o] for o in _ELEMENTWISE),
-      'gathers': ops['gather'], 'scatters': ops['scatter'],
-      'reduce_windows': ops['reduce-window'], 'select_and_scatters': ops['select-and-scatter'],
-  }
-
-
-# ---------------------------------------------------------------------------------------------
-
-
 def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
                   peak_tflops: float | None = None, dump_hlo: str | None = None,
                   seed: int = 0, compile_only: bool = False) -> dict:
@@ -313,8 +120,8 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
   if dump_hlo:
     os.makedirs(dump_hlo, exist_ok=True)
     stablehlo_text, optimised_text = lowered.as_text(), compiled.as_text()
-    hlo = {'lowered': summarize_stablehlo(stablehlo_text),
-           'optimised': summarize_hlo(optimised_text)}
+    hlo = {'lowered': hlo_summary.summarize_stablehlo(stablehlo_text),
+           'optimised': hlo_summary.summarize_hlo(optimised_text)}
     for name, text in (('lowered.stablehlo.mlir', stablehlo_text),
                        ('optimised.hlo.txt', optimised_text),
                        ('summary.json', json.dumps(hlo, indent=2))):
@@ -366,8 +173,8 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
       'batch_size': config.batch_size,
       'crop_size': config.crop_size,
       'modalities': len(config.modalities),
-      'task': tasks.name(config),
-      'model': config.model.get('name', 'refinenet'),
+      'task': config.task,
+      'model': config.model.name,
       'depth': config.model.get('depth'),
       'compute_dtype': str(models.resolve_compute_dtype(config.compute_dtype)),
       'frozen_bn': bool(config.get('frozen_bn', False)),

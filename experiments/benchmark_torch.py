@@ -7,11 +7,11 @@ Both run on the same machine in the same script, alternating: round r times --st
 JAX, then --steps steps of PyTorch, so that other jobs on a shared machine weigh on both alike.
 Each framework lives in a worker process of its own (spawned once, so JAX compiles once and
 neither framework's idle thread pool spins while the other one runs); the workers are given the
-same synthetic batch (experiments/benchmark.py's).
+same synthetic batch (the task's Task.synthetic_batch).
 
-The JAX side is experiments/benchmark.py's step: the library's jitted, donated train step (or
-eval step) with its optimiser. The PyTorch side is the reference model the tests build, with the
-same shapes and the same work:
+The JAX side is experiments/benchmark.py's step (asymfusion_jax.step_program.build_step): the
+library's jitted, donated train step (or eval step) with its optimiser. The PyTorch side is the
+reference model the tests build, with the same shapes and the same work:
 - segmentation: tests/torch_reference.py's RefineNet (the depth's blocks, the config's widths,
   classes and modalities), frozen BatchNorm (BatchNorm modules in eval mode, dropout on, as
   config.frozen_bn), the sum of the M + 1 outputs' cross-entropies after a bilinear resize to the
@@ -78,7 +78,7 @@ def load_average() -> float:
 
 
 def segmentation_batch(config, mode: str, seed: int) -> dict:
-  """experiments/benchmark.py's synthetic batch of process 0, without importing JAX."""
+  """Segmentation's Task.synthetic_batch of process 0, without importing JAX."""
   rng = np.random.default_rng([seed, 0])
   m, s, b = len(config.modalities), config.crop_size, config.batch_size
   k, ignore = config.model.num_classes, config.data.ignore_label
@@ -137,10 +137,10 @@ def jax_worker(conn, config_dict: dict, mode: str, seed: int, cores: int | None)
   _pin(cores)
   import jax  # pylint: disable=import-outside-toplevel
   import ml_collections  # pylint: disable=import-outside-toplevel
-  from experiments import benchmark  # pylint: disable=import-outside-toplevel
+  from asymfusion_jax import step_program  # pylint: disable=import-outside-toplevel
   config = ml_collections.ConfigDict(config_dict)
   start = time.perf_counter()
-  fn, args = benchmark.build_step(config, mode, seed)
+  fn, args = step_program.build_step(config, mode, seed)
   compiled = fn.lower(*args).compile()
   compile_s = time.perf_counter() - start
   state = {'args': args}
@@ -255,6 +255,11 @@ def _torch_translation_step(torch, config, mode: str, batch: dict):
   return train_step
 
 
+# config.task -> (the PyTorch step builder, the synthetic batch of process 0) of that task.
+TORCH_STEPS = {'segmentation': (_torch_segmentation_step, segmentation_batch),
+               'translation': (_torch_translation_step, translation_batch)}
+
+
 def torch_worker(conn, config_dict: dict, mode: str, seed: int, threads: int,
                  cores: int | None) -> None:
   _pin(cores)
@@ -263,10 +268,8 @@ def torch_worker(conn, config_dict: dict, mode: str, seed: int, threads: int,
   torch.set_num_threads(threads)
   config = ml_collections.ConfigDict(config_dict)
   start = time.perf_counter()
-  if config.get('task', 'segmentation') == 'translation':
-    step = _torch_translation_step(torch, config, mode, translation_batch(config, mode, seed))
-  else:
-    step = _torch_segmentation_step(torch, config, mode, segmentation_batch(config, mode, seed))
+  torch_step, make_batch = TORCH_STEPS[config.task]
+  step = torch_step(torch, config, mode, make_batch(config, mode, seed))
   _serve(conn, step, {'version': torch.__version__, 'setup_s': time.perf_counter() - start,
                       'threads': torch.get_num_threads(),
                       'mkldnn': bool(torch.backends.mkldnn.is_available())}, _torch_profile)
@@ -327,8 +330,8 @@ def compare(config, mode: str = 'train', rounds: int = 3, steps: int = 2, warmup
   result = {name: info[name] | _summary(times[name]) for name in conns}
   for key in ('step_ms_best', 'step_ms_median', 'cpu_s_per_step_best', 'cpu_s_per_step_median'):
     result[f'ratio_{key}'] = result['jax'][key] / result['torch'][key]
-  result |= {'mode': mode, 'task': config.get('task', 'segmentation'),
-             'model': config.model.get('name', 'refinenet'), 'depth': config.model.get('depth'),
+  result |= {'mode': mode, 'task': config.task,
+             'model': config.model.name, 'depth': config.model.get('depth'),
              'modalities': len(config.modalities), 'batch_size': config.batch_size,
              'crop_size': config.crop_size, 'frozen_bn': bool(config.get('frozen_bn', False)),
              'rounds': rounds, 'steps_per_round': steps, 'torch_threads': threads,

@@ -25,10 +25,9 @@ import sys
 from absl import app, flags
 
 # Runnable as a script from the repository root without installing anything.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import config_lib, logger  # pylint: disable=g-import-not-at-top
-import runs  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import config_lib, logger, runs  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for the shared dataset and one run per variant.')

@@ -11,12 +11,13 @@ Attention, MMF, AsymFusion; docs/method.md section 12).
       [--methods=concat,average,attention,late,asym] [--seeds=0] [--max_steps=N] \\
       [--inception_weights=pt_inception-2015-12-05-6726825d.pth] [--config.KEY=VALUE ...]
 
-Each run lives in WORKDIR/SET-METHOD/seed_S (experiments/runs.py): a rerun skips finished runs
-and resumes an interrupted one from its last checkpoint, so an interrupted table resumes method
-by method. Written to WORKDIR: results.json (every run's final scores), results.md (the tables:
-the ensemble's L1 in [-1, 1] units, and FID when Inception weights are given; lower is better)
-and curves.png (the ensemble's validation L1 over training, one panel per modality set, one
-curve per method; for several seeds, the first).
+Every cell's config is checked before the first run trains. Each run lives in
+WORKDIR/SET-METHOD/seed_S (asymfusion_jax/runs.py): a rerun skips finished runs and resumes an
+interrupted one from its last checkpoint, so an interrupted table resumes method by method.
+Written to WORKDIR: results.json (every run's final scores), results.md (the tables: the
+ensemble's L1 in [-1, 1] units, and FID when Inception weights are given; lower is better) and
+curves.png (the ensemble's validation L1 over training, one panel per modality set, one curve
+per method; for several seeds, the first).
 """
 
 import json
@@ -28,10 +29,10 @@ import cv2
 import numpy as np
 
 # Runnable as a script from the repository root without installing anything.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from asymfusion_jax import config_lib, fusion, logger  # pylint: disable=g-import-not-at-top
-import runs  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import runs, tasks  # pylint: disable=g-import-not-at-top
 
 # The modality sets of the paper's translation table: the name of each and the config file
 # whose inputs it takes.
@@ -226,17 +227,18 @@ def main(argv):
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   workdir = FLAGS.workdir
-  results = {(s, m): {} for s in FLAGS.sets for m in FLAGS.methods}
   # Seed-major, then set by set: an interrupted table has whole rows of the first seeds.
-  for seed in seeds:
-    for set_name in FLAGS.sets:
-      for method in FLAGS.methods:
-        variant = variant_name(set_name, method)
-        logging.info('Training %s (%s, %s), seed %d', variant, set_label(set_name), method, seed)
-        config = variant_config(FLAGS.config, set_name, method, seed, FLAGS.max_steps,
-                                FLAGS.inception_weights)
-        results[(set_name, method)][seed] = runs.train_or_read(config, workdir, variant)
-        runs.write_results({variant_name(*k): v for k, v in results.items()}, workdir)
+  configs = {(seed, set_name, method): variant_config(FLAGS.config, set_name, method, seed,
+                                                      FLAGS.max_steps, FLAGS.inception_weights)
+             for seed in seeds for set_name in FLAGS.sets for method in FLAGS.methods}
+  for config in configs.values():  # Every cell's config, before the first run trains.
+    tasks.get(config).check_config(config)
+  results = {(s, m): {} for s in FLAGS.sets for m in FLAGS.methods}
+  for (seed, set_name, method), config in configs.items():
+    variant = variant_name(set_name, method)
+    logging.info('Training %s (%s, %s), seed %d', variant, set_label(set_name), method, seed)
+    results[(set_name, method)][seed] = runs.train_or_read(config, workdir, variant)
+    runs.write_results({variant_name(*k): v for k, v in results.items()}, workdir)
 
   tables = markdown_tables(results, FLAGS.sets, FLAGS.methods)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:

@@ -8,62 +8,18 @@ metrics.jsonl and config.json; all write checkpoints.
   python experiments/multihost.py --num_processes=2 --devices_per_process=2 -- \
       --config=configs/demo.py --workdir=/tmp/demo_2proc --config.max_steps=20
 
-Everything after `--` goes to `python -m asymfusion_jax.main` of every process.
+Everything after `--` goes to `python -m asymfusion_jax.main` of every process
+(asymfusion_jax.local_cluster starts them).
 """
 
 import argparse
 import os
-import re
-import socket
-import subprocess
 import sys
 
+# Runnable as a script from the repository root without installing anything.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
-def xla_flags(devices_per_process: int) -> str:
-  """This environment's XLA_FLAGS with the CPU device count set to devices_per_process."""
-  flags = re.sub(r'--xla_force_host_platform_device_count=\S*', '',
-                 os.environ.get('XLA_FLAGS', ''))
-  if devices_per_process > 1:
-    flags += f' --xla_force_host_platform_device_count={devices_per_process}'
-  return ' '.join(flags.split())
-
-
-def start(num_processes: int, main_args: list[str], outputs: list | None = None,
-          devices_per_process: int = 1) -> list[subprocess.Popen]:
-  """Starts the processes; process i writes stdout and stderr to outputs[i] (default: a pipe)."""
-  address = f'localhost:{free_port()}'
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(devices_per_process))
-  outputs = outputs or [subprocess.PIPE] * num_processes
-  return [subprocess.Popen(
-      [sys.executable, '-m', 'asymfusion_jax.main', '--distributed',
-       f'--coordinator_address={address}', f'--num_processes={num_processes}',
-       f'--process_id={i}'] + main_args,
-      stdout=outputs[i], stderr=subprocess.STDOUT, env=env) for i in range(num_processes)]
-
-
-def launch(num_processes: int, main_args: list[str], timeout: float | None = None,
-           devices_per_process: int = 1) -> list[str]:
-  """Runs the processes to completion; returns their outputs, raising if any failed."""
-  procs = start(num_processes, main_args, devices_per_process=devices_per_process)
-  outputs = []
-  try:
-    for p in procs:
-      outputs.append(p.communicate(timeout=timeout)[0].decode(errors='replace'))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  failed = [i for i, p in enumerate(procs) if p.returncode != 0]
-  if failed:
-    raise RuntimeError(f'processes {failed} failed:\n' + '\n'.join(
-        f'--- process {i} ---\n{outputs[i][-4000:]}' for i in failed))
-  return outputs
+from asymfusion_jax import local_cluster  # pylint: disable=g-import-not-at-top
 
 
 def main():
@@ -73,8 +29,8 @@ def main():
   parser.add_argument('main_args', nargs=argparse.REMAINDER)
   args = parser.parse_args()
   main_args = args.main_args[1:] if args.main_args[:1] == ['--'] else args.main_args
-  for i, out in enumerate(launch(args.num_processes, main_args,
-                                 devices_per_process=args.devices_per_process)):
+  for i, out in enumerate(local_cluster.launch(args.num_processes, main_args,
+                                               devices_per_process=args.devices_per_process)):
     print(f'--- process {i} ---\n{out[-2000:]}')
 
 

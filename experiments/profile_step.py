@@ -3,9 +3,10 @@
   python experiments/profile_step.py --config=configs/nyudv2_refinenet101.py \\
       --config.batch_size=2 --config.crop_size=128 [--mode=train|eval] [--steps=1] [--top=25]
 
-Builds experiments/benchmark.py's step, compiles it, runs one untimed step, then traces --steps
-steps with jax.profiler and sums the duration of every XLA:CPU op (thunk) event over all
-threads. Ops are grouped by what they run, read from the optimised HLO: matrix-unit work
+Builds experiments/benchmark.py's step (asymfusion_jax.step_program.build_step), compiles it,
+runs one untimed step, then traces --steps steps with jax.profiler and sums the duration of
+every XLA:CPU op (thunk) event over all threads. Ops are grouped by what they run, read from the
+optimised HLO: matrix-unit work
 (convolutions and dots, however the backend fused them: YNNPACK / XNNPACK / oneDNN fusions or
 plain convolution and dot thunks), layout transposes and copies, reductions, reduce-window,
 scatters and gathers, and the remaining loop fusions (elementwise work). Prints the groups, then
@@ -30,7 +31,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from asymfusion_jax import config_lib  # pylint: disable=g-import-not-at-top
-from experiments import benchmark  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.step_program import build_step  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
@@ -108,7 +109,7 @@ def thread_times(trace_dir: str) -> collections.Counter:
 
 
 def profile(config, mode: str = 'train', steps: int = 1) -> dict:
-  step, args = benchmark.build_step(config, mode)
+  step, args = build_step(config, mode)
   compiled = step.lower(*args).compile()
   ops = hlo_ops(compiled.as_text())
 

@@ -11,7 +11,7 @@ texture, so neither input alone should predict it as well as both together.
       [--inception_weights=pt_inception-2015-12-05-6726825d.pth]
 
 Each (variant, seed) run lives in WORKDIR/VARIANT/seed_S and is skipped once finished (see
-experiments/runs.py). The markdown table (ensemble L1 and L2 in [-1, 1] units, lower is better,
+asymfusion_jax/runs.py). The markdown table (ensemble L1 and L2 in [-1, 1] units, lower is better,
 and FID and KID x 100 when Inception weights are given; mean ± sample std over the seeds) is
 printed and written to WORKDIR/results.md; WORKDIR/results.json holds every run's scores.
 """
@@ -22,10 +22,9 @@ import sys
 from absl import app, flags
 
 # Runnable as a script from the repository root without installing anything.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asymfusion_jax import config_lib, logger  # pylint: disable=g-import-not-at-top
-import runs  # pylint: disable=g-import-not-at-top
+from asymfusion_jax import config_lib, logger, runs  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asymfusion_jax import hlo_summary
 from asymfusion_jax.models import layers
-from experiments import benchmark
 from tests import tiny
 
 
@@ -94,7 +94,7 @@ ENTRY %main (p0: bf16[4,8,8,16], p1: bf16[3,3,16,16], p2: f32[4,8,8,16]) -> bf16
 
 
 def test_hlo_summary_reads_gpu_convolutions_and_unfused_ops():
-  summary = benchmark.summarize_hlo(GPU_STYLE_HLO)
+  summary = hlo_summary.summarize_hlo(GPU_STYLE_HLO)
   assert (summary['convolutions'], summary['custom_call_convolutions']) == (1, 1)
   assert summary['conv_dtypes'] == {'bf16': 1} and summary['conv_lhs_batch'] == {4: 1}
   assert summary['converts'] == {'f32->bf16': 1}
@@ -173,22 +173,27 @@ def test_other_convolutions_stay_convolutions():
 
 
 def test_side_by_side_with_pytorch_times_both_and_gives_their_ratio():
-  """experiments/benchmark_torch.py on the tiny model: both frameworks' step, the ratio of the
-  two, and the machine it ran on. No timing is asserted."""
-  from configs import demo  # pylint: disable=import-outside-toplevel
-  from experiments import benchmark_torch  # pylint: disable=import-outside-toplevel
-  config = demo.get_config()
-  config.model.width, config.model.decoder_width = 8, 16
-  config.crop_size, config.batch_size, config.frozen_bn = 32, 2, True
-  result = benchmark_torch.compare(config, 'train', rounds=1, steps=1, warmup=1, cores=1)
+  """experiments/benchmark_torch.py on the tiny model, as a user runs it: both frameworks' step,
+  the ratio of the two, and the machine it ran on. No timing is asserted."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, 'experiments/benchmark_torch.py', '--config=configs/demo.py',
+       '--config.model.width=8', '--config.model.decoder_width=16', '--config.crop_size=32',
+       '--config.batch_size=2', '--config.frozen_bn=True', '--rounds=1', '--steps=1',
+       '--warmup=1', '--cores=1'], cwd=tiny.REPO, env=env, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  *report, last = proc.stdout.strip().splitlines()
+  result = json.loads(last)
   for name in ('jax', 'torch'):
     assert result[name]['steps'] == 1 and result[name]['step_ms_best'] > 0, result
     assert result[name]['cpu_s_per_step_best'] > 0, result
   assert result['ratio_step_ms_best'] == pytest.approx(
       result['jax']['step_ms_best'] / result['torch']['step_ms_best'])
   assert result['torch_threads'] == 1 and result['cores'] == 1
+  assert (result['task'], result['model'], result['mode']) == ('segmentation', 'refinenet', 'train')
   assert result['cpu_model'] and result['torch']['version'].startswith('2.')
-  report = benchmark_torch.format_report(result)
+  report = '\n'.join(report)
   assert 'JAX / PyTorch' in report and result['cpu_model'] in report
 
 

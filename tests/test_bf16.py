@@ -12,11 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asymfusion_jax import losses
+from asymfusion_jax import hlo_summary, step_program
 from asymfusion_jax.models import build_model, resolve_compute_dtype
-from asymfusion_jax.tasks import segmentation
-from experiments import benchmark
-
+from asymfusion_jax.tasks.segmentation import losses
+from asymfusion_jax.tasks.segmentation import task as segmentation
 
 
 def tiny_config(compute_dtype: str, frozen_bn: bool = False):
@@ -43,7 +42,7 @@ def init(config):
 def setup():
   """float32 variables shared by both dtypes, and a batch."""
   config = tiny_config('float32')
-  return config, init(config), benchmark.synthetic_batch(config, 'train', seed=1)
+  return config, init(config), step_program.synthetic_batch(config, 'train', seed=1)
 
 
 def dtypes(tree) -> set:
@@ -102,9 +101,9 @@ def test_every_train_step_convolution_is_bf16():
   Forward, input-gradient and kernel-gradient convolutions alike: nothing upcasts a convolution
   to float32. (XLA:CPU then runs bf16 convolutions in float32; GPUs and TPUs do not.)
   """
-  step, args = benchmark.build_step(tiny_config('bfloat16', frozen_bn=True), 'train',
+  step, args = step_program.build_step(tiny_config('bfloat16', frozen_bn=True), 'train',
                                     abstract=True)
-  summary = benchmark.summarize_stablehlo(step.lower(*args).as_text())
+  summary = hlo_summary.summarize_stablehlo(step.lower(*args).as_text())
   assert summary['convolutions'] > 0
   assert summary['conv_dtypes'] == {'bf16': summary['convolutions']}
 
@@ -119,11 +118,11 @@ def test_steps_lower_for_accelerators():
   """
   config = tiny_config('bfloat16')
   for mode in ('train', 'eval'):
-    step, args = benchmark.build_step(config, mode, abstract=True)
+    step, args = step_program.build_step(config, mode, abstract=True)
     traced = step.trace(*args)
     for platform in ('cuda', 'rocm', 'tpu'):
       text = traced.lower(lowering_platforms=(platform,)).as_text()
-      summary = benchmark.summarize_stablehlo(text)
+      summary = hlo_summary.summarize_stablehlo(text)
       assert summary['convolutions'] > 0
       assert summary['conv_dtypes'] == {'bf16': summary['convolutions']}, (platform, mode)
       assert 'custom_call' not in text, (platform, mode)
@@ -134,8 +133,8 @@ def test_modalities_run_as_one_batched_convolution(dtype):
   """Every forward convolution sees all M * B images at once, never one modality's B."""
   config = tiny_config(dtype)
   config.modalities = ('rgb', 'depth', 'rgb')  # M = 3, B = 2: a batch of 6 is unambiguous.
-  step, args = benchmark.build_step(config, 'eval', abstract=True)
-  summary = benchmark.summarize_stablehlo(step.lower(*args).as_text())
+  step, args = step_program.build_step(config, 'eval', abstract=True)
+  summary = hlo_summary.summarize_stablehlo(step.lower(*args).as_text())
   assert summary['conv_lhs_batch'] == {3 * 2: summary['convolutions']}
 
 
@@ -158,7 +157,7 @@ def test_train_step_traces_and_compiles_once(monkeypatch):
   monkeypatch.setattr(segmentation, 'train_step', chex.assert_max_traces(segmentation.train_step, n=1))
   try:
     # BatchNorm with batch statistics, so the running statistics are updated every step.
-    step, (state, batch) = benchmark.build_step(tiny_config('bfloat16'), 'train')
+    step, (state, batch) = step_program.build_step(tiny_config('bfloat16'), 'train')
     assert dtypes(state.params) == dtypes(state.batch_stats) == {jnp.dtype(jnp.float32)}
     losses_seen = []
     for i in range(3):

@@ -15,8 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import models, optim, train, validation
+from asymfusion_jax import models, train, validation
 from asymfusion_jax.data import cityscapes, cityscapes_pipeline, layout, synthetic_cityscapes
+from asymfusion_jax.tasks.segmentation import optim
+from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
 from tests import tiny
 
 # configs/demo_cityscapes.py made tinier: 8 train scenes of 32x64, 2 steps per epoch, 4 steps.
@@ -179,14 +181,14 @@ def test_poly_schedule_and_weight_decay_mask():
 
 def test_deeplab_configs_check_their_keys():
   config = tiny_config('/unused')
-  validation.check_config(config)
+  segmentation_validation.check_config(config)
   for key, value, message in (('model.width_divisor', 3, 'model.width_divisor=3'),
                               ('eval.output_stride', 4, 'eval.output_stride=4'),
                               ('model.num_classes', 20, 'model.num_classes=20'),
                               ('data.name', 'nyudv2', "data.name='nyudv2'")):
     bad = tiny_config('/unused', **{key: value})
     with pytest.raises(validation.ConfigError, match=message.replace('.', r'\.')):
-      validation.check_config(bad)
+      segmentation_validation.check_config(bad)
 
 
 _BN_SCRIPT = textwrap.dedent('''

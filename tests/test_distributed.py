@@ -29,8 +29,7 @@ import time
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, train
-from experiments import multihost
+from asymfusion_jax import checkpointing, local_cluster, train
 from tests import tiny
 
 # The single-device reference: three logged losses (its evaluation at the end is not compared).
@@ -72,7 +71,7 @@ def test_two_processes_of_two_devices_match_one_and_stop_together(tiny_data, sin
   cwd = os.getcwd()
   os.chdir(tiny.REPO)
   try:
-    procs = multihost.start(2, ['--config=configs/demo.py', f'--workdir={workdir}']
+    procs = local_cluster.start(2, ['--config=configs/demo.py', f'--workdir={workdir}']
                             + tiny.flags(tiny_data, **long_run), outputs=logs,
                             devices_per_process=2)
   finally:
@@ -111,7 +110,7 @@ def test_two_processes_of_two_devices_match_one_and_stop_together(tiny_data, sin
       tiny.config(tiny_data, extra={**long_run, 'eval_batch_size': 4}), one, steps[0])
   os.chdir(tiny.REPO)
   try:
-    outputs = multihost.launch(2, ['--config=configs/demo.py', f'--workdir={workdir}',
+    outputs = local_cluster.launch(2, ['--config=configs/demo.py', f'--workdir={workdir}',
                                    '--mode=eval', f'--step={steps[0]}']
                                + tiny.flags(tiny_data, **long_run), timeout=600,
                                devices_per_process=2)

@@ -19,8 +19,11 @@ from asymfusion_jax import config_lib, fusion, validation
 from asymfusion_jax.models import RefineNet, UNetGenerator
 from asymfusion_jax.models import build_deeplab, build_discriminator, build_generator
 from asymfusion_jax.models.unet import EncoderBlock
-from asymfusion_jax.tasks import base, translation
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks import base
+from asymfusion_jax.tasks.segmentation import task as segmentation
+from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
+from asymfusion_jax.tasks.translation import task as translation
+from asymfusion_jax.tasks.translation import validation as translation_validation
 from tests import test_config_lib
 
 BASELINES = ('concat', 'average', 'attention', 'late')
@@ -82,11 +85,10 @@ def test_learned_aggregations_start_as_the_average(method):
   np.testing.assert_allclose(out, numpy_average(y), rtol=1e-6, atol=1e-6)
 
 
-def test_method_reads_booleans_and_names():
-  assert [fusion.method(v) for v in (True, False, 'True', 'false')] == [
-      'asym', 'none', 'asym', 'none']
+def test_method_reads_the_names_only():
+  """One spelling per method: the names of METHODS; booleans are refused."""
   assert [fusion.method(m) for m in fusion.METHODS] == list(fusion.METHODS)
-  for bad in ('concatenate', 1, None):
+  for bad in ('concatenate', 1, None, True, False, 'True', 'false'):
     with pytest.raises(ValueError, match='unknown fusion'):
       fusion.method(bad)
 
@@ -139,8 +141,8 @@ def test_parameter_layout_of_the_baselines():
     return sorted(jax.tree_util.keystr(p) for p, _ in leaves)
 
   small = dict(ngf=8, num_downs=6, fusion_blocks=(2, 4))
-  plain = names(shapes(UNetGenerator(2, fusion=False, **small), 2, 64))
-  assert names(shapes(UNetGenerator(2, fusion=True, **small), 2, 64)) == plain
+  plain = names(shapes(UNetGenerator(2, fusion='none', **small), 2, 64))
+  assert names(shapes(UNetGenerator(2, fusion='asym', **small), 2, 64)) == plain
   assert names(shapes(UNetGenerator(2, fusion='average', **small), 2, 64)) == plain
   concat = shapes(UNetGenerator(2, fusion='concat', **small), 2, 64)
   extra = sorted((jax.tree_util.keystr(p), x.shape) for p, x in concat
@@ -199,7 +201,8 @@ def test_late_fusion_ensemble_is_the_plain_mean_with_gradient():
 
 def test_configs_take_the_method_names(tmp_path):
   """Config files hold the method's name, so --config.model.fusion=concat overrides it; the
-  checks accept the names and the booleans of older configs, and name a wrong value."""
+  checks accept the names, and name a wrong value (a boolean included). DeepLab takes 'asym' or
+  'none' only, and says so."""
   for name, value in (('nyudv2_refinenet101', 'concat'), ('taskonomy_shade_depth', 'late')):
     result = test_config_lib.run_python("""
         from absl import app
@@ -217,16 +220,16 @@ def test_configs_take_the_method_names(tmp_path):
   for value in fusion.METHODS:
     segmentation_config.model.fusion = value
     translation_config.model.fusion = value
-    validation.check_config(segmentation_config)
-    validation.check_translation_config(translation_config)
-  for check, config in ((validation.check_config, segmentation_config),
-                        (validation.check_translation_config, translation_config)):
-    as_dict = config.to_dict()
-    as_dict['model']['fusion'] = True  # Older configs and config.json files hold booleans.
-    check(ml_collections.ConfigDict(as_dict))
-    config.model.fusion = 'mmf'
-    with pytest.raises(validation.ConfigError, match=r"config.model.fusion='mmf' must be one of"):
-      check(config)
+    segmentation_validation.check_config(segmentation_config)
+    translation_validation.check_config(translation_config)
+  for check, config in ((segmentation_validation.check_config, segmentation_config),
+                        (translation_validation.check_config, translation_config)):
+    for bad in ('mmf', True):
+      as_dict = config.to_dict()
+      as_dict['model']['fusion'] = bad
+      with pytest.raises(validation.ConfigError,
+                         match=rf"config.model.fusion={bad!r} must be one of"):
+        check(ml_collections.ConfigDict(as_dict))
 
   deeplab = config_lib.get_config('cityscapes_deeplab_xception65').to_dict()
   assert build_deeplab(ml_collections.ConfigDict(deeplab)).fusion is True
@@ -235,6 +238,11 @@ def test_configs_take_the_method_names(tmp_path):
   deeplab['model']['fusion'] = 'concat'
   with pytest.raises(ValueError, match="fusion='concat'"):
     build_deeplab(ml_collections.ConfigDict(deeplab))
+  with pytest.raises(validation.ConfigError,
+                     match=r"config.model.fusion='concat' must be 'asym' or 'none': DeepLab has "
+                           r'AsymFusion or no fusion; the fusion baselines are built for '
+                           r'RefineNet and the translation U-Net'):
+    segmentation_validation.check_config(ml_collections.ConfigDict(deeplab))
 
 
 @pytest.mark.parametrize('method', BASELINES)

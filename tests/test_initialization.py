@@ -4,9 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import initialization, optim, sharding, variables_io
+from asymfusion_jax import initialization, sharding, variables_io
 from asymfusion_jax.models import build_model
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import optim
+from asymfusion_jax.tasks.segmentation import task as segmentation
 from tests import tiny
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asymfusion_jax import losses, metrics, visualize
+from asymfusion_jax.tasks.segmentation import losses, metrics, visualize
 
 K = 4
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from asymfusion_jax import config_lib, validation
+from asymfusion_jax.tasks.translation import validation as translation_validation
 from asymfusion_jax.models import ModalBatchNorm, RefineNet, ResNet, UNetGenerator, layers
 from asymfusion_jax.models import random_variables
 
@@ -35,12 +36,12 @@ def test_parameter_counts_match_spec(depth, modalities, expected):
 
 
 def test_parameter_count_independent_of_fusion():
-  fused = RefineNet(depth=50, num_modalities=2, fusion=True)
-  plain = RefineNet(depth=50, num_modalities=2, fusion=False)
+  fused = RefineNet(depth=50, num_modalities=2, fusion='asym')
+  plain = RefineNet(depth=50, num_modalities=2, fusion='none')
   assert count_params(fused, (2, 1, 64, 64, 3)) == count_params(plain, (2, 1, 64, 64, 3))
 
 
-def init_tiny(num_modalities=2, fusion=True, shape=(2, 65, 47), classes=5, **kw):
+def init_tiny(num_modalities=2, fusion='asym', shape=(2, 65, 47), classes=5, **kw):
   model = RefineNet(num_classes=classes, num_modalities=num_modalities, fusion=fusion, **TINY, **kw)
   x = jax.random.normal(jax.random.key(1), (num_modalities,) + shape + (3,))
   return model, model.init(jax.random.key(0), x), x
@@ -98,7 +99,7 @@ def test_modal_batchnorm_statistics_are_stable_at_large_means():
 
 def test_each_modality_is_normalised_on_its_own():
   """With fusion off, modality m's output depends on modality m's input only."""
-  model, variables, x = init_tiny(fusion=False)
+  model, variables, x = init_tiny(fusion='none')
   out = model.apply(variables, x)
   x2 = x.at[1].multiply(-3.0)
   out2 = model.apply(variables, x2)
@@ -107,15 +108,15 @@ def test_each_modality_is_normalised_on_its_own():
 
 
 def test_fusion_mixes_modalities():
-  model, variables, x = init_tiny(fusion=True)
+  model, variables, x = init_tiny(fusion='asym')
   out = model.apply(variables, x)
   out2 = model.apply(variables, x.at[1].multiply(-3.0))
   assert not np.allclose(out[0], out2[0], atol=1e-4)
 
 
 def test_single_modality_ignores_fusion_switch():
-  model_f, variables, x = init_tiny(num_modalities=1, fusion=True)
-  model_n = RefineNet(num_classes=5, num_modalities=1, fusion=False, **TINY)
+  model_f, variables, x = init_tiny(num_modalities=1, fusion='asym')
+  model_n = RefineNet(num_classes=5, num_modalities=1, fusion='none', **TINY)
   np.testing.assert_array_equal(model_f.apply(variables, x), model_n.apply(variables, x))
 
 
@@ -253,4 +254,4 @@ def test_unknown_kernels_name_the_config_key():
   config = config_lib.get_config('demo_translation')
   config.model.kernels = 'gpu'
   with pytest.raises(validation.ConfigError, match=r"config\.model\.kernels='gpu' must be one"):
-    validation.check_translation_config(config)
+    translation_validation.check_config(config)

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from asymfusion_jax import config_lib, optim
+from asymfusion_jax import config_lib
+from asymfusion_jax.tasks.segmentation import optim
 
 
 def small_config(epochs=(2, 1, 3)):

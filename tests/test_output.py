@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from asymfusion_jax import logger, metrics, visualize
+from asymfusion_jax import logger
 from asymfusion_jax.data import synthetic
+from asymfusion_jax.tasks.segmentation import metrics, visualize
 from tests import tiny
 
 

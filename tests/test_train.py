@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from asymfusion_jax import checkpointing, logger, train
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import task as segmentation
 from tests import tiny
 
 TRAIN_KEYS = {'step', 'train/loss', 'train/lr_encoder', 'train/lr_decoder', 'steps_per_second'}

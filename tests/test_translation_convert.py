@@ -69,7 +69,7 @@ def test_generator_matches_pytorch(tmp_path, num_modalities, reader):
   net = torch_generator(num_modalities, **SMALL)
   torch.save(net.state_dict(), tmp_path / 'generator.pth')
   params = convert.unet_from_torch(reader(tmp_path / 'generator.pth'), num_modalities)
-  model = UNetGenerator(num_modalities, **SMALL, fusion=False)
+  model = UNetGenerator(num_modalities, **SMALL, fusion='none')
   got, want = run_both(net, params, model, images(num_modalities, 64))
   assert got.shape == want.shape == (num_modalities + 1, 2, 64, 64, 3)
   for branch in range(num_modalities + 1):
@@ -84,7 +84,7 @@ def test_fused_generator_matches_pytorch_with_jax_fusion_inserted():
   got, want = run_both(net, params, UNetGenerator(3, **SMALL, fusion_blocks=blocks),
                        images(3, 64, batch=1))
   assert relative_error(got, want) < TOLERANCE
-  unfused, _ = run_both(net, params, UNetGenerator(3, **SMALL, fusion=False),
+  unfused, _ = run_both(net, params, UNetGenerator(3, **SMALL, fusion='none'),
                         images(3, 64, batch=1))
   assert relative_error(unfused, want) > 1e-2  # The fusion matters here.
 
@@ -151,7 +151,7 @@ def test_import_names_every_bad_key():
   state_dict['module.conv9.conv.module.weight'] = torch.zeros(3)
   state_dict['module.conv6.insnorm_conv.insnorm_0.running_mean'] = torch.zeros(5)
   with pytest.raises(ValueError) as error:
-    convert.unet_from_torch(state_dict, model=UNetGenerator(2, **SMALL, fusion=False))
+    convert.unet_from_torch(state_dict, model=UNetGenerator(2, **SMALL, fusion='none'))
   message = str(error.value)
   assert 'missing keys (1):\n    deconv3.insnorm_deconv.insnorm_1.bias' in message
   assert 'unexpected keys (1):\n    conv9.conv.module.weight' in message
@@ -175,7 +175,7 @@ def get_config():
   c.target = 'rgb'
   c.compute_dtype = 'float32'
   c.model = ml_collections.ConfigDict(dict(
-      name='unet', ngf=8, ndf=8, num_downs=6, fusion=True, fusion_blocks=(2, 3, 4, 5),
+      name='unet', ngf=8, ndf=8, num_downs=6, fusion='asym', fusion_blocks=(2, 3, 4, 5),
       dropout_rate=0.5))
   return c
 '''

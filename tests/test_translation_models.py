@@ -131,7 +131,7 @@ def test_fusion_changes_only_multimodal_outputs(small):
   """Fusion mixes the modalities at M >= 2 and is skipped at M = 1 (where the roll of the
   shifted features would add a modality's own features to itself)."""
   _, params, x, apply = small
-  plain = UNetGenerator(2, **SMALL, fusion=False).apply({'params': params}, x)
+  plain = UNetGenerator(2, **SMALL, fusion='none').apply({'params': params}, x)
   assert float(jnp.max(jnp.abs(plain - apply({'params': params}, x)))) > 1e-2
 
   # The one-modality generator with modality 0's norms and alpha computes branch 0 of the
@@ -141,7 +141,7 @@ def test_fusion_changes_only_multimodal_outputs(small):
     return leaf[:1] if 'insnorm' in name or 'alpha' in name else leaf
   single = {'params': jax.tree_util.tree_map_with_path(first_row, params)}
   fused = UNetGenerator(1, **SMALL).apply(single, x[:1])
-  unfused = UNetGenerator(1, **SMALL, fusion=False).apply(single, x[:1])
+  unfused = UNetGenerator(1, **SMALL, fusion='none').apply(single, x[:1])
   np.testing.assert_array_equal(fused, unfused)
   np.testing.assert_allclose(fused[0], plain[0], atol=1e-6)
 
@@ -173,7 +173,7 @@ def test_generator_rejects_fusion_blocks_without_norm():
   with pytest.raises(ValueError, match=r'blocks \[6, 7\] without an InstanceNorm; with '
                                        r'num_downs=6 choose from 2\.\.5'):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 1, 64, 64, 3))))
-  unfused = UNetGenerator(2, ngf=8, num_downs=6, fusion=False)  # Ignored without fusion.
+  unfused = UNetGenerator(2, ngf=8, num_downs=6, fusion='none')  # Ignored without fusion.
   jax.eval_shape(lambda: unfused.init(jax.random.key(0), jnp.zeros((2, 1, 64, 64, 3))))
 
 
@@ -227,19 +227,19 @@ def translation_config(**model):
   c.modalities = ('reshading', 'depth_euclidean', 'normal')
   c.compute_dtype = 'bfloat16'
   c.model = ml_collections.ConfigDict({
-      'name': 'unet', 'ngf': 16, 'ndf': 32, 'num_downs': 7, 'fusion': False,
+      'name': 'unet', 'ngf': 16, 'ndf': 32, 'num_downs': 7, 'fusion': 'none',
       'fusion_blocks': [2, 3], 'dropout_rate': 0.25, 'kernels': 'auto', **model})
   return c
 
 
 def test_builders_follow_the_config():
   generator = models.build_generator(translation_config())
-  assert generator == UNetGenerator(num_modalities=3, ngf=16, num_downs=7, fusion=False,
+  assert generator == UNetGenerator(num_modalities=3, ngf=16, num_downs=7, fusion='none',
                                     fusion_blocks=(2, 3), dropout_rate=0.25, dtype=jnp.bfloat16)
   assert models.build_discriminator(translation_config()) == PatchDiscriminator(
       ndf=32, dtype=jnp.bfloat16)
-  assert 'unet' in models.MODEL_NAMES
-  with pytest.raises(ValueError, match='build_generator'):
-    models.build_model(translation_config())
-  with pytest.raises(ValueError, match="builds config.model.name 'unet', got 'deeplab'"):
-    models.build_generator(translation_config(**{'name': 'deeplab'}))
+  assert models.MODELS['unet'] is models.build_generator
+  assert models.build_model(translation_config()) == generator  # Through the registry.
+  with pytest.raises(ValueError, match=r"config.model.name='unet3d' is not a model: choose one "
+                                       r"of \('refinenet', 'deeplab', 'unet'\)"):
+    models.build_model(translation_config(name='unet3d'))

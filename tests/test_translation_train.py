@@ -4,6 +4,9 @@ import functools
 import json
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +17,8 @@ import pytest
 from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
-from asymfusion_jax.tasks import translation, translation_eval
+from asymfusion_jax.tasks.translation import evaluation as translation_eval
+from asymfusion_jax.tasks.translation import task as translation
 from tests import tiny
 
 BRANCHES = ('reshading', 'depth_euclidean', 'ensemble')
@@ -266,3 +270,59 @@ def test_nan_stop_names_the_metric_and_step():
   watch.add(10, {'d_loss': jnp.float32(np.nan), 'g_loss': jnp.float32(2.0)})
   with pytest.raises(FloatingPointError, match=r'training d_loss is nan at step 10 .*step 8'):
     watch.check()
+
+
+_TWO_DEVICE_SCRIPT = textwrap.dedent('''
+  import sys
+  import jax, jax.numpy as jnp, numpy as np, optax
+  from jax.sharding import Mesh
+  from asymfusion_jax import sharding
+  from asymfusion_jax.tasks.translation import task as translation
+  from asymfusion_jax.tasks.translation import validation
+
+  def recording_sgd(config):  # SGD at rate 1 whose state is the last gradient.
+    return optax.GradientTransformation(
+        lambda params: jax.tree.map(jnp.zeros_like, params),
+        lambda grads, state, params=None: (jax.tree.map(jnp.negative, grads), grads))
+
+  translation.make_optimizer = recording_sgd
+  from tests import tiny
+  config = tiny.translation_config(sys.argv[1], batch_size=1, crop_size=32, model__num_downs=4,
+                                   model__fusion_blocks=(2, 3), model__ngf=4, model__ndf=4,
+                                   model__dropout_rate=0.0)  # Dropout masks follow the shape.
+  assert jax.device_count() == 2
+  validation.check_training(config)  # Batch 1 on 2 devices is valid,
+  assert validation.train_batch_rows(config) == 2  # and runs as 2 rows.
+  row = translation.Translation().synthetic_batch(config, 'train', seed=1)
+  twice = {k: np.concatenate([v, v], axis=1 if k == 'inputs' else 0) for k, v in row.items()}
+  batches = {'1 device, batch 1': (row, 1),
+             '2 devices, batch 1 and a padded row': (translation.pad_rows(row, 2), 2),
+             '2 devices, the row twice': (twice, 2)}
+  results = {}
+  for name, (batch, devices) in batches.items():
+    mesh = Mesh(np.asarray(jax.devices()[:devices]), ('data',))
+    state = translation.create_train_state(config, mesh)
+    batch = sharding.global_batch(mesh, batch)
+    state, metrics = translation.jit_train_step(config, mesh, state, batch)(state, batch)
+    results[name] = ({k: float(v) for k, v in metrics.items()}, jax.device_get(state.opt_state))
+  (losses, grads), *others = results.values()
+  for name, (other_losses, other_grads) in zip(list(results)[1:], others):
+    for key, value in losses.items():
+      np.testing.assert_allclose(other_losses[key], value, rtol=1e-6, err_msg=f'{name}: {key}')
+    for net in grads:  # Biases before an InstanceNorm have zero gradients, up to rounding.
+      scale = max(np.abs(g).max() for g in jax.tree.leaves(grads[net]))
+      for a, b in zip(jax.tree.leaves(other_grads[net]), jax.tree.leaves(grads[net])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=f'{name}: {net}')
+  print('equal', losses)
+''')
+
+
+def test_batch_1_runs_on_2_devices_with_the_losses_and_gradients_of_1(tmp_path):
+  """The paper configs' batch 1 on 2 simulated devices: filled up with a zero row that the
+  mask leaves out, the step gives the losses and gradients of the 1-device step, as does the
+  same row twice (no padding) on 2 devices: rows are split, not computed differently."""
+  flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
+  env = {**os.environ, 'XLA_FLAGS': flags, 'PYTHONPATH': tiny.REPO, 'JAX_PLATFORMS': 'cpu'}
+  out = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600, check=False, cwd=tiny.REPO)
+  assert out.returncode == 0 and 'equal' in out.stdout, out.stderr[-3000:]

@@ -10,11 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import (checkpointing, config_io, evaluation, sharding, tasks, train,
-                            validation)
+from asymfusion_jax import checkpointing, config_io, sharding, train
 from asymfusion_jax.data import layout, pipeline, synthetic
 from asymfusion_jax.models import build_model
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import evaluation
+from asymfusion_jax.tasks.segmentation import task as segmentation
+from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
+from asymfusion_jax.tasks.translation import validation as translation_validation
 from tests import tiny
 
 BAD_VALUES = [
@@ -71,7 +73,9 @@ def test_batch_larger_than_synthetic_data_still_to_generate(tmp_path):
 def test_every_config_passes_and_splits_over_1_2_4_8_devices():
   """The demo's batch of 8 divides them all; the paper's batch of 6 (frozen BatchNorm) is filled
   up to the devices with unlabelled rows (test_padded_train_rows_change_nothing); so does the
-  DeepLab recipe's batch of 8. Translation configs pass their own checks."""
+  DeepLab recipe's batch of 8, and the translation papers' batch of 1 with masked zero rows
+  (test_translation_train.test_batch_1_runs_on_2_devices_with_the_losses_and_gradients_of_1)."""
+  checks = {'segmentation': segmentation_validation, 'translation': translation_validation}
   names = sorted(name[:-3] for name in os.listdir(os.path.join(tiny.REPO, 'configs'))
                  if name.endswith('.py') and name != '__init__.py')
   assert 'demo' in names and 'nyudv2_refinenet101' in names, names
@@ -79,19 +83,21 @@ def test_every_config_passes_and_splits_over_1_2_4_8_devices():
     module = importlib.import_module(f'configs.{name}')
     for variant in getattr(module, 'VARIANTS', [None]):
       config = module.get_config(variant) if variant else module.get_config()
-      if tasks.name(config) == 'translation':  # Its batch must divide the devices.
-        tasks.get(config).check_config(config)
-        continue
-      validation.check_config(config)
+      task_checks = checks[config.task]
+      task_checks.check_config(config)
       for devices in (1, 2, 4, 8):
-        validation.check_devices(config, devices, 1)
-        rows = validation.train_batch_rows(config, devices, 1)
+        task_checks.check_devices(config, devices, 1)
+        rows = task_checks.train_batch_rows(config, devices, 1)
         assert rows % devices == 0 and rows - devices < config.batch_size <= rows, (name, devices)
-        if not config.frozen_bn:
+        if config.task == 'segmentation' and not config.frozen_bn:
           assert rows == config.batch_size, name
   paper = importlib.import_module('configs.nyudv2_refinenet101').get_config()
-  assert [validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [6, 6, 8, 8]
-  assert validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows and 1 padding per process.
+  assert [segmentation_validation.train_batch_rows(paper, d, 1) for d in (1, 2, 4, 8)] == [
+      6, 6, 8, 8]
+  assert segmentation_validation.train_batch_rows(paper, 8, 2) == 4  # 3 real rows, 1 padding.
+  translation = importlib.import_module('configs.taskonomy_shade_depth').get_config()
+  assert [translation_validation.train_batch_rows(translation, d, 1) for d in (1, 2, 4, 8)] == [
+      1, 2, 4, 8]
 
 
 def test_padded_train_rows_change_nothing():
@@ -102,13 +108,13 @@ def test_padded_train_rows_change_nothing():
   other (equally distributed) masks for the real rows too.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from asymfusion_jax import optim  # pylint: disable=g-import-not-at-top
-  from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.tasks.segmentation import optim  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax import step_program  # pylint: disable=g-import-not-at-top
   config = tiny.config({})
   config.frozen_bn, config.batch_size, config.model.dropout_rate = True, 3, 0.0
   mesh = sharding.make_mesh()
   model, tx = build_model(config), optim.make_optimizer(config, 4)
-  batch = benchmark.synthetic_batch(config, 'train', seed=3)
+  batch = step_program.synthetic_batch(config, 'train', seed=3)
   padded = sharding.pad_rows(batch, 5, config.data.ignore_label)
   assert padded['image'].shape[1] == padded['label'].shape[0] == 5
   assert np.all(padded['label'][3:] == config.data.ignore_label)
@@ -128,10 +134,10 @@ def test_an_unsplittable_train_batch_names_the_nearest_sizes():
   config.batch_size = 6
   with pytest.raises(ValueError, match=r'config\.batch_size=6 must be divisible by the 4 devices '
                                        r'of the mesh; the nearest valid sizes are 4 and 8'):
-    validation.check_devices(config, 4, 1)
+    segmentation_validation.check_devices(config, 4, 1)
   with pytest.raises(ValueError, match=r'nearest valid size is 8'):
-    validation.check_devices(config, 8, 2)
-  validation.check_devices(config, 2, 2)
+    segmentation_validation.check_devices(config, 8, 2)
+  segmentation_validation.check_devices(config, 2, 2)
 
 
 def test_eval_batches_are_padded_to_the_mesh(tiny_data):

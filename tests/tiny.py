@@ -98,3 +98,29 @@ def _set(c, values: dict) -> None:
     for p in parents:
       node = node[p]
     node[leaf] = value
+
+
+def run_script(script: str, *args: str, timeout: float = 600):
+  """Runs a script of the repository (experiments/X.py) as a user does, from the repository
+  root; returns the subprocess.CompletedProcess, output captured as text."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+  return subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def write_finished_run(workdir, variant: str, seed: int, scores: dict, max_steps: int = -1,
+                       metrics: list | None = None) -> str:
+  """A run of an experiment grid (asymfusion_jax.runs) as a finished run leaves it, so that the
+  experiment skips it: its final scores, and `metrics` as its metrics.jsonl records."""
+  import json  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax import runs  # pylint: disable=g-import-not-at-top
+  directory = runs.run_dir(str(workdir), variant, seed)
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, runs.FINAL_SCORES), 'w') as f:
+    json.dump({'variant': variant, 'seed': seed, 'max_steps': max_steps, 'scores': scores}, f)
+  if metrics:
+    with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in metrics)
+  return directory

@@ -138,7 +138,7 @@ def unet_from_torch(state_dict: Mapping[str, Any], num_modalities: int | None = 
     model = UNetGenerator(
         num_modalities=keys.require(state_dict, 'alpha').shape[0],
         ngf=keys.require(state_dict, CEN_CONV1_KEY).shape[0],
-        num_downs=_count_blocks(state_dict, 'conv{}.conv.module.weight'), fusion=False)
+        num_downs=_count_blocks(state_dict, 'conv{}.conv.module.weight'), fusion='none')
   if num_modalities is not None and num_modalities != model.num_modalities:
     raise ValueError(f'num_modalities={num_modalities} disagrees with {keys.describe(model)} '
                      '(inferred from the key alpha unless a model is given)')

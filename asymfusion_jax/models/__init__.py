@@ -2,6 +2,7 @@
 model, the multimodal Xception-65 and DeepLabv3+, the image-translation U-Net generator and
 PatchGAN discriminator, and the FID Inception-v3 that scores image translation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,21 +18,16 @@ from asymfusion_jax.models.resnet import STAGE_SIZES, Bottleneck, ResNet
 from asymfusion_jax.models.unet import UNetGenerator
 from asymfusion_jax.models.xception import BN_MOMENTUM, Xception65
 
-# Values of config.model.name; a config without the key builds a RefineNet. 'unet' is the
-# image-translation generator (build_generator), with its discriminator (build_discriminator).
-MODEL_NAMES = ('refinenet', 'deeplab', 'unet')
-
-
 def build_deeplab(config) -> DeepLab:
   """The DeepLab that a config describes (its `model` section, modalities and compute dtype).
 
-  Its fusion is AsymFusion or none: config.model.fusion True / 'asym' or False / 'none'.
+  Its fusion is AsymFusion or none: config.model.fusion 'asym' or 'none'.
   """
   method = _fusion.method(config.model.fusion)
   if method not in ('asym', 'none'):
     raise ValueError(f'config.model.fusion={config.model.fusion!r}: the DeepLab model has '
-                     "AsymFusion ('asym' or True) or no fusion ('none' or False); the fusion "
-                     'baselines are built for RefineNet and the translation U-Net')
+                     "AsymFusion ('asym') or no fusion ('none'); the fusion baselines are built "
+                     'for RefineNet and the translation U-Net')
   return DeepLab(
       num_classes=config.model.num_classes,
       num_modalities=len(config.modalities),
@@ -47,25 +43,8 @@ def build_deeplab(config) -> DeepLab:
       bn_momentum=config.model.get('bn_momentum', BN_MOMENTUM))
 
 
-def build_model(config) -> RefineNet | DeepLab:
-  """The segmentation model of config.model.name: 'refinenet' (the default) or 'deeplab'."""
-  name = config.model.get('name', 'refinenet')
-  if name == 'refinenet':
-    return _refinenet.build_model(config)
-  if name == 'deeplab':
-    return build_deeplab(config)
-  if name == 'unet':
-    raise ValueError("config.model.name 'unet' is the image-translation generator: build it "
-                     'with build_generator(config) (and its discriminator with '
-                     'build_discriminator(config)), not build_model')
-  raise ValueError(f'unknown config.model.name {name!r}; choose one of {MODEL_NAMES}')
-
-
 def build_generator(config) -> UNetGenerator:
-  """The image-translation generator of a translation config (config.model.name == 'unet')."""
-  name = config.model.get('name', 'refinenet')
-  if name != 'unet':
-    raise ValueError(f"build_generator builds config.model.name 'unet', got {name!r}")
+  """The image-translation U-Net generator that a translation config describes."""
   return UNetGenerator(
       num_modalities=len(config.modalities),
       ngf=config.model.ngf,
@@ -77,6 +56,24 @@ def build_generator(config) -> UNetGenerator:
       kernels=config.model.kernels)
 
 
+# config.model.name -> the function that builds that model from a config. Segmentation takes
+# 'refinenet' and 'deeplab'; translation takes 'unet' as its generator, beside the PatchGAN
+# discriminator (build_discriminator). A new model is a module and one line here.
+MODELS = {
+    'refinenet': _refinenet.build_model,
+    'deeplab': build_deeplab,
+    'unet': build_generator,
+}
+
+
+def build_model(config) -> nn.Module:
+  """The model of config.model.name (MODELS); a one-line ValueError naming the known ones."""
+  name = config.model.get('name')
+  if name not in MODELS:
+    raise ValueError(f'config.model.name={name!r} is not a model: choose one of {tuple(MODELS)}')
+  return MODELS[name](config)
+
+
 def build_discriminator(config) -> PatchDiscriminator:
   """The PatchGAN discriminator of a translation config (its config.model.ndf)."""
   return PatchDiscriminator(ndf=config.model.ndf,
@@ -84,7 +81,7 @@ def build_discriminator(config) -> PatchDiscriminator:
 
 
 __all__ = ['build_deeplab', 'build_discriminator', 'build_generator', 'build_model', 'Bottleneck',
-           'DeepLab', 'InceptionV3', 'InstanceNorm', 'MODEL_NAMES', 'ModalBatchNorm',
+           'DeepLab', 'InceptionV3', 'InstanceNorm', 'MODELS', 'ModalBatchNorm',
            'ModalInstanceNorm', 'PatchDiscriminator', 'RefineNet', 'ResNet', 'STAGE_SIZES',
            'UNetGenerator', 'Xception65', 'resolve_compute_dtype']
 

@@ -73,6 +73,11 @@ class DeepLab(nn.Module):
   upsample_logits: bool = True
   bn_momentum: float = BN_MOMENTUM
 
+  @property
+  def logits_stride(self) -> int:
+    """The input size over the logits' size: 1 with upsample_logits, else the decoder's 4."""
+    return 1 if self.upsample_logits else 4
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if x.ndim != 5 or x.shape[0] != self.num_modalities:

@@ -82,9 +82,9 @@ class RefineNet(nn.Module):
     depth: ResNet depth (26 tiny, 50, 101, 152).
     num_classes: K.
     num_modalities: M; the input's first axis must equal it.
-    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method): 'asym' (or True),
+    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method): 'asym',
       AsymFusion in the encoder; 'concat', 'average', 'attention', that aggregation at the
-      same four fusion points; 'none' (or False), no fusion; 'late' (MMF), no fusion in the
+      same four fusion points; 'none', no fusion; 'late' (MMF), no fusion in the
       encoder and the mean of the branch logits as the ensemble (docs/method.md section 12).
       Fusion in the encoder needs M >= 2 to have an effect.
     dtype: compute dtype; parameters, BatchNorm statistics and the returned logits are float32.
@@ -102,7 +102,7 @@ class RefineNet(nn.Module):
   depth: int = 101
   num_classes: int = 40
   num_modalities: int = 2
-  fusion: bool | str = 'asym'
+  fusion: str = 'asym'
   dtype: Any = jnp.float32
   frozen_bn: bool = False
   width: int = 64
@@ -110,6 +110,11 @@ class RefineNet(nn.Module):
   dropout_rate: float = 0.5
   remat: str = 'none'
   kernels: str = 'auto'
+
+  @property
+  def logits_stride(self) -> int:
+    """The input size over the logits' size: 4 (ceil(H / 4) x ceil(W / 4) logits)."""
+    return 4
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:

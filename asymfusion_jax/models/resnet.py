@@ -82,11 +82,11 @@ class ResNet(nn.Module):
 
   Attributes:
     depth: 26 (tiny, for tests), 50, 101 or 152.
-    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method). 'asym' (or True):
+    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method). 'asym':
       AsymFusion in the last block of every stage. 'concat', 'average', 'attention': that
       aggregation of the last block's output of every stage instead, so the stage outputs
-      that feed the decoder are aggregated too (ours, docs/method.md section 12). 'none' (or
-      False) and 'late' leave shared convolutions with per-modality BatchNorm only. Fusion
+      that feed the decoder are aggregated too (ours, docs/method.md section 12). 'none' and
+      'late' leave shared convolutions with per-modality BatchNorm only. Fusion
       needs at least two modalities; M = 1 runs without it.
     width: channels of the stem and of the first stage's bottleneck (64 in the paper).
     remat: recompute every bottleneck in the backward pass instead of keeping its
@@ -97,7 +97,7 @@ class ResNet(nn.Module):
       CPU rewrites ('cpu'), the stock ops ('xla'), or per lowering platform ('auto').
   """
   depth: int = 101
-  fusion: bool | str = 'asym'
+  fusion: str = 'asym'
   width: int = 64
   dtype: Any = jnp.float32
   remat: bool = False

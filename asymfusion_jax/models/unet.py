@@ -46,7 +46,7 @@ class EncoderBlock(nn.Module):
   num_modalities: int
   activation: bool
   norm: bool
-  fusion: bool | str = 'none'
+  fusion: str = 'none'
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -110,10 +110,10 @@ class UNetGenerator(nn.Module):
       ngf * min(2**(k-1), 8) channels.
     num_downs: number of stride-2 levels (8 for 256x256 inputs); H and W must be divisible by
       2**num_downs.
-    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method): 'asym' (or True),
+    fusion: a value of config.model.fusion (asymfusion_jax.fusion.method): 'asym',
       AsymFusion after the InstanceNorm of the encoder blocks `fusion_blocks`; 'concat',
       'average' or 'attention', that aggregation there instead (docs/method.md section 12);
-      'none' (or False), no fusion; 'late' (MMF), no fusion in the encoder and the plain mean
+      'none', no fusion; 'late' (MMF), no fusion in the encoder and the plain mean
       of the branch outputs as the ensemble. Fusion inside the network needs M >= 2 to have an
       effect (M = 1 runs without it).
     fusion_blocks: 1-based encoder blocks with fusion inside the network; only blocks
@@ -128,7 +128,7 @@ class UNetGenerator(nn.Module):
   num_modalities: int
   ngf: int = 64
   num_downs: int = 8
-  fusion: bool | str = 'asym'
+  fusion: str = 'asym'
   fusion_blocks: Sequence[int] = (2, 3, 4, 5, 6, 7)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32

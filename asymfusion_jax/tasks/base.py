@@ -87,3 +87,45 @@ class Task(abc.ABC):
   def best_metric(self, config) -> tuple[str, bool]:
     """('<branch>/<metric>' of the evaluation results, higher is better): what picks the best
     checkpoint."""
+
+  # The steps as programs, for timing and inspecting them (asymfusion_jax.step_program).
+
+  @abc.abstractmethod
+  def synthetic_batch(self, config, mode: str, seed: int = 0) -> dict:
+    """This process's rows of a batch of config.batch_size with the shapes and dtypes of the
+    pipeline's 'train' or 'eval' batches (the latter with their mask), random values."""
+
+  @abc.abstractmethod
+  def build_step(self, config, mesh, mode: str, batch: dict, abstract: bool = False):
+    """(jitted step, its arguments) of the 'train' step (state, batch) as training runs it, or
+    the 'eval' step as the evaluator runs it, on the global `batch`; abstract=True gives the
+    state or variables as shapes only (jax.eval_shape), enough to lower and compile."""
+
+  # What export.py asks of a task.
+
+  @abc.abstractmethod
+  def load_converted(self, config, checkpoint: str) -> dict:
+    """The variables that `inference` takes, read from a checkpoint that
+    `python -m asymfusion_jax.convert` wrote for the config's model; ValueError if it does
+    not fit the model."""
+
+  @abc.abstractmethod
+  def inference(self, config, variables: dict):
+    """The eval-mode forward pass that an export serialises: a function of the (M, B, H, W, 3)
+    float32 inputs, with `variables` (a checkpoint's, or load_converted's) baked in."""
+
+  @abc.abstractmethod
+  def export_sidecar(self, config) -> dict:
+    """The task's part of an export's sidecar: what the inputs are, what the outputs mean."""
+
+  def export_image_size(self, config) -> tuple[int, int]:
+    """(H, W) of an export's input when --height and --width are not given."""
+    return int(config.crop_size), int(config.crop_size)
+
+  def torch_state_dict(self, config, variables: dict) -> dict:
+    """The variables as a state_dict of the reference PyTorch implementation (export
+    --format=torch); ValueError where the model has none."""
+    del variables
+    raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
+                     f'is {config.model.name!r}, which has no PyTorch reference layout: use '
+                     '--format=jax')

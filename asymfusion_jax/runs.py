@@ -1,9 +1,10 @@
-"""What the functional experiments share: one training run per (variant, seed), run once.
+"""Resumable grids of training runs: one run per (variant, seed), run once.
 
-A run lives in WORKDIR/VARIANT/seed_S. Once finished it leaves its final evaluation in
-final_scores.json there, so rerunning an experiment skips finished runs, resumes an
-interrupted one from its last checkpoint (train.train_and_evaluate does), and retrains one that
-was written with another step budget.
+What the functional experiments (experiments/demo_fusion.py, translation_fusion.py,
+fusion_table.py) share. A run lives in WORKDIR/VARIANT/seed_S. Once finished it leaves its final
+evaluation in final_scores.json there, so rerunning an experiment skips finished runs, resumes
+an interrupted one from its last checkpoint (train.train_and_evaluate does), and retrains one
+that was written with another step budget.
 """
 
 import json

@@ -1,9 +1,10 @@
 """Colour-coded label maps and side-by-side prediction panels for eyeballing results."""
 
-import os
-
 import cv2
 import numpy as np
+
+from asymfusion_jax import drawing
+from asymfusion_jax.drawing import GAP, TITLE_HEIGHT
 
 IGNORE_LABEL = 255
 
@@ -59,14 +60,9 @@ NYUDV2_CLASS_NAMES = (
     'bathtub', 'bag', 'other structure', 'other furniture', 'other prop')
 
 # Panel layout, in pixels: tiles are scaled up (nearest neighbour, by a whole factor) to at least
-# MIN_TILE_HEIGHT; each has a title bar above it; GAP separates tiles and rows.
+# MIN_TILE_HEIGHT; each has a title bar above it (drawing.TITLE_HEIGHT); drawing.GAP separates
+# tiles and rows.
 MIN_TILE_HEIGHT = 256
-TITLE_HEIGHT = 30
-GAP = 8
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-_FONT_SCALE = 0.6
-_TEXT = (0, 0, 0)
-_BACKGROUND = 255
 
 
 def class_names(config) -> tuple[str, ...] | None:
@@ -77,22 +73,6 @@ def class_names(config) -> tuple[str, ...] | None:
   if config.model.num_classes == len(NYUDV2_CLASS_NAMES):
     return NYUDV2_CLASS_NAMES
   return None
-
-
-def _put_text(image: np.ndarray, text: str, x: int, y_bottom: int, max_width: int) -> None:
-  """Black text with its baseline at y_bottom, shrunk to fit max_width if needed."""
-  scale = _FONT_SCALE
-  width = cv2.getTextSize(text, _FONT, scale, 1)[0][0]
-  if width > max_width > 0:
-    scale *= max_width / width
-  cv2.putText(image, text, (x, y_bottom), _FONT, scale, _TEXT, 1, cv2.LINE_AA)
-
-
-def _titled(tile: np.ndarray, title: str) -> np.ndarray:
-  """The tile under a white bar with its title."""
-  bar = np.full((TITLE_HEIGHT, tile.shape[1], 3), _BACKGROUND, np.uint8)
-  _put_text(bar, title, 4, TITLE_HEIGHT - 9, tile.shape[1] - 8)
-  return np.concatenate([bar, tile], axis=0)
 
 
 def _pixel_accuracy(pred: np.ndarray, label: np.ndarray) -> float | None:
@@ -111,7 +91,8 @@ def _legend(classes, names, width: int) -> np.ndarray:
       text = f'{c} {names[c]}' if names is not None and c < len(names) else f'class {c}'
     entries.append((c, text))
   swatch, row_height, pad = 18, 28, 12
-  sizes = [swatch + 6 + cv2.getTextSize(t, _FONT, _FONT_SCALE, 1)[0][0] for _, t in entries]
+  sizes = [swatch + 6 + cv2.getTextSize(t, drawing.FONT, drawing.FONT_SCALE, 1)[0][0]
+           for _, t in entries]
   rows, row, used = [], [], 0
   for entry, size in zip(entries, sizes):
     if row and used + size > width - 2 * GAP:
@@ -121,14 +102,14 @@ def _legend(classes, names, width: int) -> np.ndarray:
     used += size + pad
   if row:
     rows.append(row)
-  legend = np.full((row_height * len(rows) + GAP, width, 3), _BACKGROUND, np.uint8)
+  legend = np.full((row_height * len(rows) + GAP, width, 3), drawing.BACKGROUND, np.uint8)
   for r, row in enumerate(rows):
     x, top = GAP, r * row_height + GAP // 2
     for (c, text), size in row:
       colour = tuple(int(v) for v in PALETTE[c])
       cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), colour, -1)
       cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), (96, 96, 96), 1)
-      _put_text(legend, text, x + swatch + 6, top + 4 + swatch - 3, width)
+      drawing.put_text(legend, text, x + swatch + 6, top + 4 + swatch - 3, width)
       x += size + pad
   return legend
 
@@ -174,11 +155,11 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
   tile_h, tile_w = label.shape[0] * factor, label.shape[1] * factor
 
   def row(tiles):
-    cells = [_titled(np.repeat(np.repeat(t, factor, axis=0), factor, axis=1), title)
+    cells = [drawing.titled(np.repeat(np.repeat(t, factor, axis=0), factor, axis=1), title)
              for title, t in tiles]
-    cells += [np.full((TITLE_HEIGHT + tile_h, tile_w, 3), _BACKGROUND, np.uint8)] * (
+    cells += [np.full((TITLE_HEIGHT + tile_h, tile_w, 3), drawing.BACKGROUND, np.uint8)] * (
         columns - len(tiles))
-    spacer = np.full((TITLE_HEIGHT + tile_h, GAP, 3), _BACKGROUND, np.uint8)
+    spacer = np.full((TITLE_HEIGHT + tile_h, GAP, 3), drawing.BACKGROUND, np.uint8)
     parts = [spacer]
     for cell in cells:
       parts += [cell, spacer]
@@ -191,7 +172,7 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
   classes = [int(c) for c in present if 0 <= c < IGNORE_LABEL]
   if IGNORE_LABEL in present:
     classes.append(IGNORE_LABEL)
-  gap = np.full((GAP, width, 3), _BACKGROUND, np.uint8)
+  gap = np.full((GAP, width, 3), drawing.BACKGROUND, np.uint8)
   parts = [gap]
   for r in rows:
     parts += [r, gap]
@@ -202,39 +183,4 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
 def save_prediction_panel(path: str, rgb_uint8, depth, label, predictions: dict,
                           names=None) -> np.ndarray:
   """Writes prediction_panel(...) as a PNG (creating its directory) and returns it."""
-  return _write(path, prediction_panel(rgb_uint8, depth, label, predictions, names))
-
-
-# Tiles narrower than this are enlarged (nearest neighbour) so that their titles stay legible.
-MIN_TILE_WIDTH = 128
-
-
-def image_row(tiles: dict) -> np.ndarray:
-  """Titled uint8 (H, W, 3) images side by side, {title: image} in order, a gap between them.
-
-  Small images (under MIN_TILE_WIDTH wide) are enlarged by a whole factor, pixels kept sharp.
-  """
-  def enlarged(image):
-    image = np.asarray(image, np.uint8)
-    factor = -(-MIN_TILE_WIDTH // image.shape[1])
-    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
-  titled = [_titled(enlarged(image), title) for title, image in tiles.items()]
-  gap = np.full((titled[0].shape[0], 4, 3), _BACKGROUND, np.uint8)
-  parts = [gap]
-  for tile in titled:
-    parts += [tile, gap]
-  return np.concatenate(parts, axis=1)
-
-
-def save_image_row(path: str, tiles: dict) -> np.ndarray:
-  """Writes image_row(tiles) as a PNG (creating its directory) and returns it."""
-  return _write(path, image_row(tiles))
-
-
-def _write(path: str, rgb: np.ndarray) -> np.ndarray:
-  """Writes an RGB uint8 image as a PNG, creating its directory; returns the image."""
-  if os.path.dirname(path):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-  if not cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-    raise IOError(f'cv2.imwrite could not write {path}')
-  return rgb
+  return drawing.write_png(path, prediction_panel(rgb_uint8, depth, label, predictions, names))

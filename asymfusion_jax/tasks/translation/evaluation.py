@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import fid, sharding, visualize
+from asymfusion_jax import drawing, fid, sharding
 from asymfusion_jax.data import translation_pipeline
-from asymfusion_jax.models import build_generator
+from asymfusion_jax.models import build_model
 
 # Images per call of the Inception network (rounded up to the local devices).
 FID_BATCH = 50
@@ -47,7 +47,7 @@ def eval_step(g_params, batch, *, generator):
 
 def jit_eval_step(config, mesh):
   """eval_step under jit; every process gets the whole batch's (small) results."""
-  return jax.jit(functools.partial(eval_step, generator=build_generator(config)),
+  return jax.jit(functools.partial(eval_step, generator=build_model(config)),
                  out_shardings=sharding.replicated(mesh))
 
 
@@ -133,7 +133,7 @@ class Evaluator:
       tiles = {f'in: {name}': out['inputs'][m, b] for m, name in enumerate(self.config.modalities)}
       tiles.update({name: out['outputs'][i, b] for i, name in enumerate(names)})
       tiles[f'target: {self.config.target}'] = out['target'][b]
-      visualize.save_image_row(
+      drawing.save_image_row(
           os.path.join(out_dir, 'predictions', f'{first + count:04d}.png'), tiles)
       count += 1
     return count

@@ -22,11 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import metrics, resize, sharding, visualize
+from asymfusion_jax import resize, sharding
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data import segmentation_pipeline
+from asymfusion_jax.tasks.segmentation import metrics, visualize
 
 
 def branch_names(config) -> list[str]:

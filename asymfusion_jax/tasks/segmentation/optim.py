@@ -1,6 +1,6 @@
 """The optimisers of the two recipes in optax, chosen by config.optim.schedule.
 
-'stages' (the default; the paper's NYUDv2 recipe, docs/method.md section 8): SGD with momentum
+'stages' (the paper's NYUDv2 recipe, docs/method.md section 8): SGD with momentum
 0.9 and weight decay added to the gradient as PyTorch does, separate learning rates for the
 encoder (params['backbone']) and the decoder (everything else, alpha included), and three stages
 of constant learning rates with a fresh optimiser (momentum) at every stage boundary.
@@ -53,13 +53,8 @@ def stage_boundaries(config, steps_per_epoch: int) -> list[int]:
 SCHEDULES = ('stages', 'poly')
 
 
-def schedule_name(config) -> str:
-  """config.optim.schedule, or 'stages' for configs without the key."""
-  return config.optim.get('schedule', 'stages')
-
-
 def total_steps(config, steps_per_epoch: int) -> int:
-  if schedule_name(config) == 'poly':
+  if config.optim.schedule == 'poly':
     full = int(config.optim.total_steps)
   else:
     full = sum(config.optim.epochs_per_stage) * steps_per_epoch
@@ -69,7 +64,7 @@ def total_steps(config, steps_per_epoch: int) -> int:
 def learning_rate_schedules(config, steps_per_epoch: int) -> dict[str, optax.Schedule]:
   """{'encoder': schedule, 'decoder': schedule}: constant within each stage ('stages'), or
   {'all': the poly schedule} ('poly')."""
-  if schedule_name(config) == 'poly':
+  if config.optim.schedule == 'poly':
     return {'all': poly_schedule(config)}
   starts = stage_boundaries(config, steps_per_epoch)
   if len(config.optim.lr_encoder) != len(starts) or len(config.optim.lr_decoder) != len(starts):
@@ -125,7 +120,7 @@ def make_poly_sgd(config) -> optax.GradientTransformation:
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """The optimiser of config.optim.schedule (see the module doc)."""
-  if schedule_name(config) == 'poly':
+  if config.optim.schedule == 'poly':
     return make_poly_sgd(config)
   return make_stages_sgd(config, steps_per_epoch)
 

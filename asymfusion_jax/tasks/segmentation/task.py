@@ -18,12 +18,24 @@ import functools
 from absl import logging
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from asymfusion_jax import evaluation, initialization, losses, optim, sharding, validation
+from asymfusion_jax import initialization, sharding, variables_io
+from asymfusion_jax.convert import refinenet as refinenet_convert
+from asymfusion_jax.data import modalities
 from asymfusion_jax.data import segmentation_pipeline
-from asymfusion_jax.models import build_model
+from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
+from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, validation
+
+# How a Cityscapes DeepLab's inputs are made from the raw files (docs/method.md section 13), for
+# the export sidecar.
+CITYSCAPES_INPUTS = {
+    'rgb': 'uint8 RGB x -> x / 127.5 - 1',
+    'depth': ('uint16 disparity d -> clip(max(d - 1, 0) / 256 / 128, 0, 1) * 2 - 1, repeated '
+              'to 3 channels (d = 0, invalid, reads as -1)'),
+}
 
 
 def init_variables(model, config, rng) -> dict:
@@ -137,3 +149,71 @@ class Segmentation(base.Task):
 
   def best_metric(self, config):
     return 'ensemble/miou', True
+
+  def synthetic_batch(self, config, mode, seed=0):
+    """Random normal images (not zeros, which can run faster than real data) and labels drawn
+    from the K classes with a tenth of the pixels set to the ignore label, as real crops
+    have."""
+    rng = np.random.default_rng([seed, jax.process_index()])
+    m, s = len(config.modalities), config.crop_size
+    b = config.batch_size // jax.process_count()
+    k, ignore = config.model.num_classes, config.data.ignore_label
+    label = rng.integers(0, k, size=(b, s, s), dtype=np.int32)
+    label[rng.random((b, s, s)) < 0.1] = ignore
+    batch = {'image': rng.standard_normal((m, b, s, s, 3), dtype=np.float32), 'label': label}
+    if mode == 'eval':
+      batch['mask'] = np.ones((b,), bool)
+    return batch
+
+  def build_step(self, config, mesh, mode, batch, abstract=False):
+    """The train step with the config's optimiser, or the eval step with the variables only
+    (no optimiser state in the device's peak memory)."""
+    model = build_model(config)
+    if mode == 'train':
+      # Steps per epoch only place the stage boundaries of the learning rate schedule, which
+      # a step never reaches: any value works.
+      tx = optim.make_optimizer(config, 1000)
+      make_state = functools.partial(create_train_state, model, tx, config, mesh)
+      state = jax.eval_shape(make_state) if abstract else make_state()
+      return jit_train_step(model, tx, config, mesh, state, batch), (state, batch)
+    make_variables = jax.jit(
+        lambda: init_variables(model, config, jax.random.PRNGKey(config.seed)),
+        out_shardings=sharding.replicated(mesh))
+    variables = jax.eval_shape(make_variables) if abstract else make_variables()
+    return evaluation.jit_eval_step(model, config, mesh), (variables, batch)
+
+  def load_converted(self, config, checkpoint):
+    model = build_model(config)
+    target = jax.eval_shape(lambda: init_variables(model, config, jax.random.key(0)))
+    return variables_io.load_variables(checkpoint, target)
+
+  def inference(self, config, variables):
+    model = build_model(config)
+    return lambda x: model.apply(variables, x, train=False)
+
+  def export_sidecar(self, config):
+    """How raw pixels become the inputs, and the logits' classes and stride."""
+    if config.data.get('name') == 'cityscapes':
+      inputs = {'modalities': list(config.modalities),
+                'formula': {name: CITYSCAPES_INPUTS[name] for name in config.modalities}}
+    else:
+      inputs = modalities.to_json(config.modalities)
+    return {
+        **inputs,
+        'num_classes': int(config.model.num_classes),
+        'ignore_label': int(config.data.ignore_label),
+        'output_stride': build_model(config).logits_stride,
+    }
+
+  def export_image_size(self, config):
+    """The synthetic dataset's image size (the config knows it), else the training crop. For
+    NYUDv2 evaluation at full resolution export with --height=480 --width=640."""
+    if config.data.get('synthetic', False):
+      height, width = config.data.synthetic_image_size
+      return int(height), int(width)
+    return int(config.crop_size), int(config.crop_size)
+
+  def torch_state_dict(self, config, variables):
+    if not isinstance(build_model(config), RefineNet):
+      return super().torch_state_dict(config, variables)
+    return refinenet_convert.refinenet_to_torch(variables)
