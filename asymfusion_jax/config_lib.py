@@ -138,6 +138,9 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.eval.output_stride = 16  # 16, or 8 (finer, slower; the same weights).
   c.eval.scales = (1.0,)  # Multi-scale inference: e.g. (0.75, 1.0, 1.25, 1.5, 1.75).
   c.eval.flip = False  # Also average the predictions of the mirrored images.
+  # Also write the ensemble's prediction of every val image as a Cityscapes label-id PNG, to
+  # WORKDIR/eval/step_N/label_ids/ under --mode=eval: what cityscapesscripts' evaluator reads.
+  c.eval.write_label_ids = False
 
   c.init = ml_collections.ConfigDict()
   c.init.torch_resnet = ''  # Unused by DeepLab; kept so that initialization reads the same keys.

@@ -205,6 +205,9 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str,
       'step': source.step,
       'source': source.origin,
       'model': config.model.to_dict(),
+      # The whole config, from which `python -m asymfusion_jax.predict --artifact` reads the
+      # dataset's input encoding and label convention.
+      'config': json.loads(config.to_json_best_effort()),
       'compute_dtype': compute_dtypes(config, exported.platforms, compute_dtype),
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,

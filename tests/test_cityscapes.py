@@ -1,6 +1,8 @@
 """Cityscapes RGB-D: layout and builder, the streaming pipeline, the poly recipe, training that
 resumes exactly, and evaluation at other strides and scales, on tiny synthetic scenes."""
 
+import fnmatch
+import glob
 import json
 import os
 import shutil
@@ -344,3 +346,72 @@ def test_synthetic_cli_writes_street_scenes_whose_disparity_follows_the_labels(t
     near += list(d[(label == 13) | (label == 11)])  # Cars and persons: near.
     far += list(d[label == 2])
   assert np.median(near) > 4 * np.median(far)
+
+
+def official_miou(predictions: str, root: str) -> float:
+  """The mIoU (percent) cityscapesscripts' evalPixelLevelSemanticLabeling gives the label-id
+  PNGs under `predictions` against root/gtFine/val: each ground truth's prediction is the one
+  file <city>_<seq>_<frame>*.png found under `predictions`; one confusion matrix over the label
+  ids; a class's false positives are counted on pixels whose ground truth is evaluated; the
+  mean is over the evaluated classes that have a score."""
+  found = [os.path.join(d, f) for d, _, files in os.walk(predictions) for f in files]
+  confusion = np.zeros((256, 256), np.int64)
+  gt_files = sorted(glob.glob(os.path.join(root, 'gtFine', 'val', '*', '*_gtFine_labelIds.png')))
+  for gt_file in gt_files:
+    prefix = os.path.basename(gt_file)[:-len('_gtFine_labelIds.png')]
+    match = [p for p in found if fnmatch.fnmatch(os.path.basename(p), prefix + '*.png')]
+    assert len(match) == 1, (gt_file, match)
+    gt, pred = (cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in (gt_file, match[0]))
+    assert pred.shape == gt.shape and pred.dtype == np.uint8
+    np.add.at(confusion, (gt.ravel(), pred.ravel()), 1)
+  scores = []
+  for label in cityscapes.TRAIN_LABEL_IDS:
+    tp = confusion[label, label]
+    fn = confusion[label].sum() - tp
+    fp = confusion[[i for i in cityscapes.TRAIN_LABEL_IDS if i != label], label].sum()
+    if tp + fp + fn:
+      scores.append(tp / (tp + fp + fn))
+  return 100 * float(np.mean(scores))
+
+
+def test_label_ids_of_eval_and_predict_score_as_the_evaluation(cs_run, cs_data, tmp_path):
+  """--mode=eval with eval.write_label_ids and predict write the same label-id PNGs, and the
+  official evaluator's formula gives them the evaluation's ensemble mIoU."""
+  from asymfusion_jax import predict  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(cs_run[0], workdir)
+  results = train.evaluate_checkpoint(tiny_config(cs_data, eval__write_label_ids=True), workdir)
+  written = os.path.join(workdir, 'eval', 'step_4', 'label_ids')
+  names = sorted(os.path.relpath(os.path.join(d, f), written)
+                 for d, _, files in os.walk(written) for f in files)
+  assert names == ['fakeburg/fakeburg_000000_000009_leftImg8bit.png',
+                   'synthville/synthville_000000_000008_leftImg8bit.png',
+                   'synthville/synthville_000000_000010_leftImg8bit.png']
+  synthetic = str(cs_data / 'synthetic')
+  assert official_miou(written, synthetic) == pytest.approx(results['ensemble']['miou'], abs=1e-9)
+
+  model = predict.from_workdir(workdir)
+  val = {'rgb': os.path.join(synthetic, 'leftImg8bit', 'val'),
+         'depth': os.path.join(synthetic, 'disparity', 'val')}
+  out = str(tmp_path / 'predicted')
+  predict.predict(model, predict.images(model.config, val), out)
+  for name in names:
+    np.testing.assert_array_equal(cv2.imread(os.path.join(out, 'ensemble', 'labels', name)),
+                                  cv2.imread(os.path.join(written, name)))
+
+  # Any size: label ids and the palette.
+  rgb, disparity, _ = synthetic_cityscapes.render_scene(np.random.default_rng(5), 97, 131)
+  odd = {m: str(tmp_path / 'odd' / m / 'city') for m in val}
+  for m, image, suffix in (('rgb', rgb, 'leftImg8bit'), ('depth', disparity, 'disparity')):
+    os.makedirs(odd[m])
+    layout.write_png(os.path.join(odd[m], f'city_000000_000001_{suffix}.png'), image)
+  odd = {m: os.path.dirname(folder) for m, folder in odd.items()}
+  out = str(tmp_path / 'odd_predicted')
+  done = predict.predict(model, predict.images(model.config, odd), out,
+                         predict.Options(batch_size=1))
+  assert done['compiled'] == [(2, 1, 97, 131, 3)]  # DeepLab takes any size unpadded.
+  name = os.path.join('city', 'city_000000_000001_leftImg8bit.png')
+  labels = cv2.imread(os.path.join(out, 'ensemble', 'labels', name), cv2.IMREAD_UNCHANGED)
+  colour = cv2.imread(os.path.join(out, 'ensemble', 'colour', name))[..., ::-1]
+  assert labels.shape == (97, 131) and set(np.unique(labels)) <= set(cityscapes.TRAIN_LABEL_IDS)
+  np.testing.assert_array_equal(colour, cityscapes.colorize(cityscapes.LABEL_TO_TRAIN_ID[labels]))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,7 @@ import optax
 import pytest
 
 from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
-from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax.data import predict_io, translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks.translation import evaluation as translation_eval
 from asymfusion_jax.tasks.translation import task as translation
@@ -326,3 +327,49 @@ def test_batch_1_runs_on_2_devices_with_the_losses_and_gradients_of_1(tmp_path):
   out = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=600, check=False, cwd=tiny.REPO)
   assert out.returncode == 0 and 'equal' in out.stdout, out.stderr[-3000:]
+
+
+def test_predict_writes_every_branch_at_any_size_from_workdir_and_artifact(run, data_dir,
+                                                                           tmp_path):
+  """72x72 runs padded to 128x128 (2**num_downs = 64) with the pad value 0 and cropped back;
+  61x70 padded to 64x128; in 64x64 tiles, from the workdir and from a 64x64 artifact."""
+  from asymfusion_jax import predict  # pylint: disable=g-import-not-at-top
+  folders = {m: str(tmp_path / m) for m in BRANCHES[:2]}
+  for m, folder in folders.items():
+    os.makedirs(folder)
+    shutil.copy(os.path.join(data_dir, 'synthetic', m, f'point_0_view_0_domain_{m}.png'), folder)
+    image = cv2.imread(os.path.join(data_dir, 'synthetic', m, f'point_1_view_0_domain_{m}.png'),
+                       cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(os.path.join(folder, f'odd_domain_{m}.png'), image[:61, :70])
+  model = predict.from_workdir(run[0])
+  images = predict.images(model.config, folders)
+  assert [im.stem for im in images] == ['odd', 'point_0_view_0']
+  out = str(tmp_path / 'whole')
+  done = predict.predict(model, images, out, predict.Options(branches=True, batch_size=1))
+  assert [s[2:4] for s in done['compiled']] == [(64, 128), (128, 128)]
+  got = {b: cv2.imread(os.path.join(out, b, 'rgb', 'point_0_view_0.png'))[..., ::-1]
+         for b in BRANCHES}
+  assert cv2.imread(os.path.join(out, 'ensemble', 'rgb', 'odd.png')).shape == (61, 70, 3)
+  arrays = predict.inputs.read(images[1], predict_io.get(model.config))
+  x = np.stack([arrays[m] for m in BRANCHES[:2]])[:, None]
+  padded = np.zeros((2, 1, 128, 128, 3), np.float32)
+  padded[:, :, :72, :72] = x
+  params = model.variables['params']['generator']
+  expected = translation_eval.to_uint8(generate(model.config, params, padded))[:, 0, :72, :72]
+  for i, branch in enumerate(BRANCHES):
+    assert np.abs(got[branch].astype(int) - np.asarray(expected[i])).max() <= 1, branch
+
+  tiled = str(tmp_path / 'tiled')
+  done = predict.predict(model, images, tiled, predict.Options(tile=(64, 64), batch_size=1))
+  assert done['compiled'] == [(2, 1, 64, 64, 3)]
+  artifact = str(tmp_path / 'generator.jax')
+  export.write_jax(export.from_workdir(run[0]), artifact, 64, 64, platforms=('cpu',))
+  exported = str(tmp_path / 'artifact')
+  predict.predict(predict.from_artifact(artifact), images, exported,
+                  predict.Options(batch_size=1))
+  for stem in ('odd', 'point_0_view_0'):
+    a, b = (cv2.imread(os.path.join(d, 'ensemble', 'rgb', stem + '.png')).astype(int)
+            for d in (tiled, exported))
+    assert np.abs(a - b).max() <= 1, stem
+  with pytest.raises(ValueError, match='--logits applies to segmentation models'):
+    predict.predict(model, images, tiled, predict.Options(logits=True))

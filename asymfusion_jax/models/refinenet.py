@@ -116,6 +116,12 @@ class RefineNet(nn.Module):
     """The input size over the logits' size: 4 (ceil(H / 4) x ceil(W / 4) logits)."""
     return 4
 
+  # How to run it on an image of any size (asymfusion_jax.predict): padded to a multiple of the
+  # backbone's stride, so that every feature map and the stride-4 logits cover the padded image
+  # exactly, with the logits brought to the input size as evaluation does (OpenCV's bicubic).
+  input_multiple = 32
+  output_resize = 'cubic_opencv'
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if x.ndim != 5 or x.shape[0] != self.num_modalities:

@@ -134,6 +134,14 @@ class UNetGenerator(nn.Module):
   dtype: Any = jnp.float32
   kernels: str = 'auto'
 
+  # How to run it on an image of any size (asymfusion_jax.predict): padded to the multiple of
+  # 2**num_downs it needs; its outputs are at the input size.
+  output_resize = None
+
+  @property
+  def input_multiple(self) -> int:
+    return 2 ** self.num_downs
+
   def _check(self, x: jax.Array) -> None:
     kernels_lib.check(self.kernels)
     if self.num_downs < 2:

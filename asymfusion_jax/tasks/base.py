@@ -11,6 +11,9 @@ from typing import Any, Iterator
 
 import flax
 import jax
+import numpy as np
+
+from asymfusion_jax.data import predict_io
 
 
 @flax.struct.dataclass
@@ -83,6 +86,11 @@ class Task(abc.ABC):
     """An object whose run(variables, out_dir, step) evaluates the whole validation set and
     returns {branch: {metric: value}}."""
 
+  def predictor(self, config, logits: bool = False) -> 'Predictor':
+    """What `python -m asymfusion_jax.predict` runs and writes for this task. logits: also
+    write the float outputs (segmentation only)."""
+    raise NotImplementedError(f'{type(self).__name__} has no predict support')
+
   @abc.abstractmethod
   def best_metric(self, config) -> tuple[str, bool]:
     """('<branch>/<metric>' of the evaluation results, higher is better): what picks the best
@@ -129,3 +137,47 @@ class Task(abc.ABC):
     raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
                      f'is {config.model.name!r}, which has no PyTorch reference layout: use '
                      '--format=jax')
+
+
+class Predictor(abc.ABC):
+  """What `python -m asymfusion_jax.predict` runs and writes for a task (Task.predictor).
+
+  Attributes:
+    config: the model's config.
+    model: the Flax module that predicts (the one evaluation runs); its input_multiple and
+      output_resize say how to run it at any size (asymfusion_jax.predict.windows.Geometry).
+    io: the dataset's predict I/O (data/predict_io.py): input encoding, pad values, label
+      convention and palette.
+  """
+
+  def __init__(self, config, model):
+    self.config, self.model, self.io = config, model, predict_io.get(config)
+
+  @property
+  def input_multiple(self) -> int:
+    return self.model.input_multiple
+
+  @property
+  def output_resize(self) -> str | None:
+    return self.model.output_resize
+
+  def apply(self, params, x: jax.Array) -> jax.Array:
+    """The eval forward pass: (M, B, H, W, 3) inputs -> (M + 1, B, h, w, C) outputs."""
+    return self.model.apply(params, x, train=False)
+
+  @abc.abstractmethod
+  def params(self, variables: dict):
+    """What apply takes of a checkpoint's {'params', 'batch_stats'}."""
+
+  @staticmethod
+  @abc.abstractmethod
+  def combine(passes: list[jax.Array]) -> jax.Array:
+    """One (M + 1, B, H, W, C) output of the passes of scales and mirroring."""
+
+  @abc.abstractmethod
+  def kinds(self) -> list[tuple[str, str]]:
+    """(folder, file extension) of every file written per image and branch."""
+
+  @abc.abstractmethod
+  def host_outputs(self, combined: jax.Array) -> dict[str, np.ndarray]:
+    """{folder: array (R, B, ...)}, the files' contents, of the rows R of `combined`."""

@@ -10,7 +10,9 @@ Cityscapes (config.data.name 'cityscapes') evaluates as TF-DeepLab: at config.ev
 image resized to ((H - 1) s + 1, (W - 1) s + 1) with align_corners) and mirrored
 (config.eval.flip), the softmax probabilities of every pass resized back to H x W and summed per
 branch before the argmax. It also writes eval_step_N.json (per-class IoU and the confusion
-matrices of every branch) and its predictions as PNGs in the Cityscapes palette.
+matrices of every branch) and its predictions as PNGs in the Cityscapes palette; with
+config.eval.write_label_ids, the ensemble's prediction of every val image as a label-id PNG,
+label_ids/<city>/<city>_<seq>_<frame>_leftImg8bit.png, which cityscapesscripts' evaluator reads.
 """
 
 import functools
@@ -26,6 +28,7 @@ from asymfusion_jax import resize, sharding
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.data import predict_io
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.tasks.segmentation import metrics, visualize
 
@@ -95,6 +98,7 @@ class Evaluator:
       logging.info('Evaluating %d images per batch: config.eval_batch_size=%d rounded up to a '
                    'multiple of the %d devices (the rows past the last image are masked).',
                    self.batch_size, config.eval_batch_size, jax.device_count())
+    self.label_ids = self.cityscapes and bool(config.eval.get('write_label_ids', False))
     if self.cityscapes:
       step = functools.partial(cityscapes_eval_step, model=model,
                                num_classes=config.model.num_classes,
@@ -130,6 +134,8 @@ class Evaluator:
         total += np.asarray(jax.device_get(confusion), np.int64)
         if drawn < to_draw and jax.process_index() == 0:
           drawn += _draw_cityscapes(preds, local, image_names, names, out_dir, to_draw - drawn)
+        if self.label_ids and out_dir:
+          _write_label_ids(config, preds, local, image_names, out_dir)
         continue
       total += np.asarray(jax.device_get(self._eval(variables, batch)), np.int64)
       # Every process has as many rows per batch, so all run the (collective) prediction of the
@@ -176,23 +182,38 @@ def _draw_cityscapes(preds: jax.Array, local: dict, image_names, branches, out_d
   """
   folder = os.path.join(out_dir, 'predictions')
   os.makedirs(folder, exist_ok=True)
+  count = 0
+  for local_row, pred in enumerate(_own_rows(preds)):
+    if count >= limit or not local['mask'][local_row]:
+      continue
+    stem = os.path.basename(image_names[local_row]).removesuffix('_leftImg8bit.png')
+    for b, branch in enumerate(branches):
+      layout.write_png(os.path.join(folder, f'{stem}_{branch}.png'), cityscapes.colorize(pred[b]))
+    count += 1
+  return count
+
+
+def _own_rows(preds: jax.Array) -> list[np.ndarray]:
+  """This process's rows (M + 1, H, W) of `preds` (M + 1, B, H, W), in the order of its local
+  rows 0, 1, ... of the global batch; only its own shards are read."""
   rows = {}
   for shard in preds.addressable_shards:
     start = shard.index[1].start or 0
     data = np.asarray(shard.data)
     for j in range(data.shape[1]):
       rows[start + j] = data[:, j]
-  # This process's rows of the global batch, in order, are its local rows 0, 1, ...
-  count = 0
-  for local_row, global_row in enumerate(sorted(rows)):
-    if count >= limit or not local['mask'][local_row]:
-      continue
-    stem = os.path.basename(image_names[local_row]).removesuffix('_leftImg8bit.png')
-    for b, branch in enumerate(branches):
-      layout.write_png(os.path.join(folder, f'{stem}_{branch}.png'),
-                       cityscapes.colorize(rows[global_row][b]))
-    count += 1
-  return count
+  return [rows[r] for r in sorted(rows)]
+
+
+def _write_label_ids(config, preds: jax.Array, local: dict, image_names, out_dir: str) -> None:
+  """Writes label_ids/<city>/<image file> (the ensemble's label ids, 0..33) of this process's
+  valid rows; every process writes its own."""
+  label_image = predict_io.get(config).label_image
+  for local_row, pred in enumerate(_own_rows(preds)):
+    if local['mask'][local_row]:
+      path = os.path.join(out_dir, 'label_ids', *image_names[local_row].split('/')[-2:])
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      layout.write_png(path, label_image(pred[-1]))
 
 
 def _write_cityscapes_json(path: str, config, total: np.ndarray, names, results: dict,

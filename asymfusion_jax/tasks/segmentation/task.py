@@ -27,7 +27,7 @@ from asymfusion_jax.data import modalities
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, validation
+from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, predict, validation
 
 # How a Cityscapes DeepLab's inputs are made from the raw files (docs/method.md section 13), for
 # the export sidecar.
@@ -217,3 +217,6 @@ class Segmentation(base.Task):
     if not isinstance(build_model(config), RefineNet):
       return super().torch_state_dict(config, variables)
     return refinenet_convert.refinenet_to_torch(variables)
+
+  def predictor(self, config, logits: bool = False):
+    return predict.SegmentationPredictor(config, logits)

@@ -119,6 +119,8 @@ def _check_deeplab(config) -> int:
   if not all(v.is_number(x) and x > 0 for x in eval_scales):
     v.fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
   v.boolean(config, 'eval.flip')
+  if 'write_label_ids' in config.eval:  # Workdir configs from before it existed lack it.
+    v.boolean(config, 'eval.write_label_ids')
   return num_classes
 
 

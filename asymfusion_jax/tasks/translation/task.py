@@ -30,7 +30,7 @@ from asymfusion_jax import initialization, sharding, variables_io
 from asymfusion_jax.data import translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.translation import evaluation, validation
+from asymfusion_jax.tasks.translation import evaluation, predict, validation
 
 # Train metrics (logged as train/<name>): the discriminator loss, the generator's total loss,
 # its adversarial part, and its L1 part before weighting (the sum over the M + 1 outputs).
@@ -283,3 +283,6 @@ class Translation(base.Task):
                     'resized to the input size; output in [-1, 1], as uint8 '
                     'round((output + 1) * 127.5)'),
     }
+
+  def predictor(self, config, logits: bool = False):
+    return predict.TranslationPredictor(config, logits)
