@@ -35,6 +35,9 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.model.decoder_width = 256
   c.model.dropout_rate = 0.5
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
+  # 'auto': the CPU-tuned 1x1 convolutions and max-pooling where lowered for a CPU, the stock
+  # XLA ops elsewhere; 'cpu' or 'xla': one of them everywhere (asymfusion_jax.models.kernels).
+  c.model.kernels = 'auto'
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
 
   c.data = ml_collections.ConfigDict()
@@ -102,6 +105,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
   c.model.upsample_logits = True  # Logits at the input size; False: at stride 4.
   c.model.bn_momentum = 0.9997  # BatchNorm running statistics (TF-DeepLab's decay).
+  c.model.kernels = 'auto'  # 'auto', 'xla' or 'cpu': DeepLab has no CPU rewrite, all run alike.
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
   c.frozen_bn = False  # TF-DeepLab trains BatchNorm over the global batch.
 
@@ -177,6 +181,9 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.model.fusion = fusion_lib.method(fusion)
   c.model.fusion_blocks = (2, 3, 4, 5, 6, 7)  # Encoder blocks, counted from 1.
   c.model.dropout_rate = 0.5  # On the innermost decoder blocks, training only.
+  # 'auto': the CPU-tuned transposed convolution where lowered for a CPU, the stock XLA op
+  # elsewhere; 'cpu' or 'xla': one of them everywhere (asymfusion_jax.models.kernels).
+  c.model.kernels = 'auto'
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
 
   c.data = ml_collections.ConfigDict()

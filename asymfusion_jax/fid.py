@@ -42,8 +42,8 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from asymfusion_jax import convert
 from asymfusion_jax import variables_io
+from asymfusion_jax.convert import inception as inception_convert
 # The distances are part of this module's interface (fid.frechet_distance, ...).
 from asymfusion_jax.fid_distances import (  # pylint: disable=unused-import
     KID_SCALE, KID_SUBSET_SIZE, KID_SUBSETS, frechet_distance, kernel_inception_distance,
@@ -76,7 +76,7 @@ def load_weights(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f'no FID Inception weights at {path}: give pytorch-fid\'s '
                             'pt_inception-2015-12-05-6726825d.pth or the directory converted '
                             'from it')
-  return convert.load_inception_file(path)
+  return inception_convert.load_inception_file(path)
 
 
 class FeatureExtractor:

@@ -15,6 +15,7 @@ import numbers
 
 from asymfusion_jax import data
 from asymfusion_jax import fusion as fusion_lib
+from asymfusion_jax.models import kernels as kernels_lib
 from asymfusion_jax.models import refinenet
 
 
@@ -115,6 +116,10 @@ def check_dataset(config):
                                         f'{data.for_model(model_name)}')
   dataset.check_config(config)
   return dataset
+
+
+def kernels(config) -> None:
+  choice(config, 'model.kernels', kernels_lib.KERNELS)
 
 
 def check_run(config) -> None:

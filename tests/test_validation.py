@@ -37,6 +37,7 @@ BAD_VALUES = [
     ('eval_batch_size', -1, r'a positive integer'),
     ('model.num_classes', 0, r'a positive integer'),
     ('model.dropout_rate', 1.0, r'in \[0, 1\)'),
+    ('model.kernels', 'gpu', r"one of \('auto', 'xla', 'cpu'\)"),
     ('modalities', ('rgb', 'normals'), r'known modalities'),
     ('modalities', ('rgb', 'rgb'), r'without repeats'),
     ('data.ignore_label', 3, r'outside the classes 0\.\.4'),

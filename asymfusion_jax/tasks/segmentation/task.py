@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asymfusion_jax import convert, data, initialization, sharding, variables_io
+from asymfusion_jax import data, initialization, sharding, variables_io
+from asymfusion_jax.convert import refinenet as refinenet_convert
 from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
 from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, predict, validation
@@ -193,7 +194,7 @@ class Segmentation(base.Task):
   def torch_state_dict(self, config, variables):
     if not isinstance(build_model(config), RefineNet):
       return super().torch_state_dict(config, variables)
-    return convert.refinenet_to_torch(variables)
+    return refinenet_convert.refinenet_to_torch(variables)
 
   def predictor(self, config, logits: bool = False):
     return predict.SegmentationPredictor(config, logits)

@@ -30,6 +30,7 @@ def check_config(config) -> None:
   num_classes = MODEL_CHECKS[model_name](config)
   v.check_dataset(config)
   v.compute_dtype(config)
+  v.kernels(config)
   v.boolean(config, 'frozen_bn')
 
   ignore = v.value(config, 'data.ignore_label')

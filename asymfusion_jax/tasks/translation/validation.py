@@ -23,6 +23,7 @@ def check_config(config) -> None:
                                           f'with an InstanceNorm for model.num_downs={num_downs})')
   v.number(config, 'model.dropout_rate', 0, 1, high_open=True)
   v.compute_dtype(config)
+  v.kernels(config)
 
   v.boolean(config, 'data.synthetic')
   for key in ('data.num_train', 'data.num_val'):
