@@ -217,6 +217,19 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   return c
 
 
+# The paper config of each dataset (config.data.name), whose values a config.json written before
+# a field existed gets for it (config_io.load_workdir_config).
+PAPER_CONFIGS = {'nyudv2': nyudv2_paper, 'cityscapes': cityscapes_deeplab,
+                 'taskonomy': taskonomy_paper}
+
+
+def paper_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper config of config's dataset (NYUDv2 for configs from before config.data.name);
+  an empty config for an unknown dataset."""
+  name = config.get('data', {}).get('name', 'nyudv2')
+  return PAPER_CONFIGS[name]() if name in PAPER_CONFIGS else ml_collections.ConfigDict()
+
+
 # Loading config files by path or by name, from any working directory.
 
 # The repository's configs/ folder. The package is meant to be installed editable from a clone

@@ -75,6 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asymfusion_jax import cli
 from asymfusion_jax import config_lib
 from asymfusion_jax import logger
 from asymfusion_jax import models
@@ -968,4 +969,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'convert')  # An error is one line.

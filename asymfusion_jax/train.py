@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import checkpointing, config_io, sharding, tasks, workdir_lock
+from asymfusion_jax import checkpointing, config_io, config_lib, sharding, tasks, workdir_lock
 from asymfusion_jax.logger import MetricLogger, Progress, eval_scalars, print_run_summary
 from asymfusion_jax.tasks import TrainState
 
@@ -88,6 +88,10 @@ class StoppedBySignal(Exception):
     self.step = step
 
 
+# What to do after a non-finite loss or update, the end of its error message.
+_NAN_ADVICE = 'To go on, lower the learning rate (or look for bad data) and run again.'
+
+
 class _LossWatch:
   """Collects the train step's metrics on device and checks them for NaN/Inf in one transfer.
 
@@ -115,7 +119,7 @@ class _LossWatch:
       step, name, value = bad[0]
       raise FloatingPointError(
           f'training {name} is {value} at step {step} (non-finite at steps '
-          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()}')
+          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()} {_NAN_ADVICE}')
     self._checked += checked
 
   def drain(self) -> dict[str, list[float]]:
@@ -149,7 +153,9 @@ def write_config(config, workdir: str, step: int = 0) -> None:
   path = os.path.join(workdir, config_io.CONFIG_FILE)
   if os.path.exists(path):
     try:
-      changed = config_io.differing_keys(config_io.load_workdir_config(workdir), config)
+      # As written: only the fields it predates count as their defaults.
+      written = config_io.read_workdir_config(workdir)
+      changed = config_io.differing_keys(written, config, config_lib.paper_defaults(written))
     except ValueError as e:  # Unreadable: keep it as it is, and record this run's beside it.
       changed = [f'(all: {e})']
     if not changed:
@@ -264,7 +270,7 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
     # The losses so far were finite, but the update after the last of them may not be.
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
-                               f'{ckpts.kept_note()}')
+                               f'{ckpts.kept_note()} {_NAN_ADVICE}')
     record = {'step': step, 'data_position': step,
               'best_metric': best[0] if best else None, 'best_value': best[1] if best else None}
     if also_best:
@@ -338,7 +344,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   config = resolve_data_paths(config, workdir)
   tasks.get(config).check_config(config)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist')
+    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist; '
+                            'check --workdir')
   with workdir_lock.WorkdirLock(workdir, 'evaluation'):
     return _evaluate_checkpoint(config, workdir, step)
 

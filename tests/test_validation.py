@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_io, sharding, train
+from asymfusion_jax import checkpointing, config_io, config_lib, sharding, train
 from asymfusion_jax.data import layout, pipeline, synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks.segmentation import evaluation
@@ -211,6 +211,27 @@ def test_a_resumed_run_with_another_config_keeps_config_json(tiny_data, tmp_path
   assert config_io.from_json((tmp_path / 'config.step_8.json').read_text()) == config
   lines = [r.getMessage() for r in caplog.records if 'config.step_8.json' in r.getMessage()]
   assert len(lines) == 1 and 'in log_every_steps, optim.lr_encoder;' in lines[0]
+
+
+@pytest.mark.parametrize('name', ['demo_translation', 'demo_cityscapes', 'demo'])
+def test_an_unchanged_resume_records_no_config_change(name, tmp_path, caplog):
+  """Compared as written: another dataset's defaults are no difference; a field that an older
+  config.json predates counts as its default."""
+  workdir = str(tmp_path)
+  config = train.resolve_data_paths(config_lib.get_config(name), workdir)
+  train.write_config(config, workdir, 0)
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  older = json.loads((tmp_path / 'config.json').read_text())
+  del older['keep_checkpoints']
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  assert os.listdir(tmp_path) == ['config.json']
+  assert not [r for r in caplog.records if 'another config' in r.getMessage()]
+  config.keep_checkpoints = 3  # Not the default: a change.
+  train.write_config(config, workdir, 8)
+  assert json.loads((tmp_path / 'config.step_8.json').read_text())['keep_checkpoints'] == 3
 
 
 # ------------------------------------------------------------------------------- --mode=eval

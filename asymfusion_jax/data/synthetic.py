@@ -27,12 +27,12 @@ disparity/, gtFine/; see `synthetic_cityscapes`), 64x128 by default:
   python -m asymfusion_jax.data.synthetic --kind=cityscapes --out /tmp/synthetic_cityscapes
 """
 
-import argparse
 import os
 
 import cv2
 import numpy as np
 
+from asymfusion_jax import cli
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import synthetic_cityscapes
 from asymfusion_jax.data import synthetic_taskonomy
@@ -175,7 +175,7 @@ def write_taskonomy(out_dir: os.PathLike | str, num_train: int = 200, num_val: i
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--kind', choices=('nyudv2', 'taskonomy', 'cityscapes'), default='nyudv2',
                       help='nyudv2 (default): RGB-D segmentation in the NYUDv2 layout; taskonomy: '
                       'rendered scenes in the Taskonomy layout, for image translation; '
@@ -213,4 +213,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main, 'synthetic')()  # An error is one line.
