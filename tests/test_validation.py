@@ -215,6 +215,13 @@ def test_a_resumed_run_with_another_config_keeps_config_json(tiny_data, tmp_path
   assert len(lines) == 1 and 'in log_every_steps, optim.lr_encoder;' in lines[0]
 
 
+def test_a_missing_key_is_named(tiny_data):
+  config = tiny.config(tiny_data)
+  del config.data['prefetch_to_device']
+  with pytest.raises(validation.ConfigError, match=r'config\.data\.prefetch_to_device is missing'):
+    validation.check_config(config)
+
+
 def test_a_crop_larger_than_synthetic_data_still_to_generate(tmp_path):
   """The demo's synthetic 96x128 images at scale 1.25: 120, known before anything is written."""
   config = train.resolve_data_paths(config_lib.get_config('demo'), str(tmp_path / 'run'))
