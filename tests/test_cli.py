@@ -123,7 +123,8 @@ def _garble_best(workdir: str) -> None:
 
 
 def test_every_cli_error_is_one_line(full_run, tiny_data, tmp_path):
-  """main, export, convert, fid and data.synthetic on bad paths, files, checkpoints and steps;
+  """main, export, convert, fid, predict and data.synthetic on bad paths, files, checkpoints and
+  steps;
   and main on a run whose loss turns NaN. No case compiles anything new."""
   a_file = str(tmp_path / 'a_file')
   open(a_file, 'w').close()
@@ -147,6 +148,7 @@ def test_every_cli_error_is_one_line(full_run, tiny_data, tmp_path):
              f'--out={tmp_path / "converted"}']
   fid = ['asymfusion_jax.fid', images, images]
   synthetic = ['asymfusion_jax.data.synthetic']
+  predict = ['asymfusion_jax.predict', f'--out={tmp_path / "predicted"}']
   cases = [
       (main + ['--workdir=/proc/x'], 'main', '/proc/x: No such file or directory'),
       (main + [f'--workdir={a_file}/run'], 'main', f'{a_file}/run: Not a directory'),
@@ -171,6 +173,10 @@ def test_every_cli_error_is_one_line(full_run, tiny_data, tmp_path):
        'not a readable torch checkpoint'),
       (fid + [f'--weights={tmp_path}/missing.pth'], 'asymfusion_jax.fid', 'missing.pth'),
       (fid + [f'--weights={garbage_pth}'], 'asymfusion_jax.fid', 'garbage.pth'),
+      (predict + [f'--workdir={full_run[0]}', f'--input=rgb={tmp_path}/missing',
+                  f'--input=depth={images}'], 'predict', f'rgb={tmp_path}/missing: no such folder'),
+      (predict + ['--workdir=/proc/x', f'--input=rgb={images}', f'--input=depth={images}'],
+       'predict', '/proc/x'),
       (synthetic + ['--out=/proc/x'], 'synthetic', '/proc/x: No such file or directory'),
       (synthetic + ['--out', f'{a_file}/data'], 'synthetic', 'Not a directory'),
       (synthetic + ['--out', str(tmp_path / 'syn'), '--num_train=-1'], 'synthetic',
@@ -184,7 +190,8 @@ def test_every_cli_error_is_one_line(full_run, tiny_data, tmp_path):
   for (args, prefix, *fragments), outcome in zip(cases, outcomes):
     assert_one_line(outcome, prefix, *fragments)
   # Nothing was written where a case failed.
-  assert not os.path.exists(tmp_path / 'model.jax') and not os.path.exists(tmp_path / 'converted')
+  for name in ('model.jax', 'converted', 'predicted'):
+    assert not os.path.exists(tmp_path / name), name
   assert os.listdir(empty) == []
   # --verbosity=1 adds the traceback before the same line.
   for (message, stderr), expected in zip(outcomes[len(cases):], ('main', 'synthetic')):
