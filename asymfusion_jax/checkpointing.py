@@ -94,7 +94,8 @@ class Checkpoints:
     """create=False only reads: a workdir without checkpoints is an error, and nothing is made."""
     if not create and not any(os.path.isdir(os.path.join(workdir, d))
                               for d in ('checkpoints', 'best')):
-      raise FileNotFoundError(f'no checkpoints in {workdir} (neither checkpoints/ nor best/)')
+      raise FileNotFoundError(f'no checkpoints in {workdir} (neither checkpoints/ nor best/); '
+                              'check --workdir, or train there first')
     self.workdir = workdir
     self.periodic = _manager(os.path.join(workdir, 'checkpoints'), keep, create)
     self.best = _manager(os.path.join(workdir, 'best'), 1, create)

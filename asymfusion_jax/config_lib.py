@@ -52,6 +52,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.data.scale_range = (0.5, 2.0)
   c.data.min_short_side = 350
   c.data.num_workers = 4
+  c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.batch_size = 6
   c.crop_size = 500
   c.eval_batch_size = 1
@@ -121,6 +122,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.data.scale_range = (0.5, 2.0)  # Random scales low, low + step, ..., high.
   c.data.scale_step = 0.25
   c.data.num_workers = 8  # Threads that read, decode and augment examples.
+  c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.batch_size = 8
   c.crop_size = 769
   c.eval_batch_size = 1
@@ -196,6 +198,7 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.data.num_val = 500
   c.data.load_size = 286  # Train images are resized to this, then cropped to crop_size.
   c.data.num_workers = 4
+  c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.crop_size = 256  # Train crop and validation size.
   c.batch_size = 1
   c.eval_batch_size = 1
@@ -222,6 +225,19 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
   return c
+
+
+# The paper config of each dataset (config.data.name), whose values a config.json written before
+# a field existed gets for it (config_io.load_workdir_config).
+PAPER_CONFIGS = {'nyudv2': nyudv2_paper, 'cityscapes': cityscapes_deeplab,
+                 'taskonomy': taskonomy_paper}
+
+
+def paper_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper config of config's dataset (NYUDv2 for configs from before config.data.name);
+  an empty config for an unknown dataset."""
+  name = config.get('data', {}).get('name', 'nyudv2')
+  return PAPER_CONFIGS[name]() if name in PAPER_CONFIGS else ml_collections.ConfigDict()
 
 
 # Loading config files by path or by name, from any working directory.

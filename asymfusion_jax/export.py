@@ -35,9 +35,9 @@ which are renamed at the end (the sidecar first, so an artifact never lacks its 
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
-import sys
 import tempfile
 from typing import Any, Iterator, Sequence
 
@@ -47,6 +47,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+from asymfusion_jax import cli
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
 from asymfusion_jax import config_lib
@@ -229,10 +230,16 @@ def _umask() -> int:
 
 
 def check_out(paths: Sequence[str]) -> None:
-  """Fails before any work if an output path cannot be a file (it is a folder)."""
+  """Fails before any work if an output path cannot be a file (it is a folder, or a file is
+  where one of its folders would be)."""
   for path in paths:
     if os.path.isdir(path):
       raise ValueError(f'cannot write {path}: it is a folder')
+    above = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(above):
+      above = os.path.dirname(above)
+    if not os.path.isdir(above):
+      raise NotADirectoryError(errno.ENOTDIR, f'{above} is a file, not a folder', path)
 
 
 def _make_parents(path: str) -> list[str]:
@@ -369,14 +376,12 @@ def main(argv):
   elif any(args[name].present for name in ('height', 'width', 'platforms', 'compute_dtype')):
     raise app.UsageError('--height, --width, --platforms and --compute_dtype only apply to '
                          '--format=jax')
-  try:
-    # Before the checkpoint is read, so that a typo fails at once.
-    check_platforms(args.platforms)
-    check_out([args.out] + ([sidecar_path(args.out)] if args.format == 'jax' else []))
-    source = _source_from_flags(args)
-    export(source, args.out, args.format, **options)
-  except (OSError, ValueError) as e:  # FileNotFoundError, PermissionError, ... included.
-    sys.exit(f'export failed, nothing written: {e}')
+  # Before the checkpoint is read, so that a typo fails at once. An error is one line
+  # (cli.run): the files go to temporaries renamed at the end, so nothing was written then.
+  check_platforms(args.platforms)
+  check_out([args.out] + ([sidecar_path(args.out)] if args.format == 'jax' else []))
+  source = _source_from_flags(args)
+  export(source, args.out, args.format, **options)
   logging.info('Exported the %s (step %s) as %s to %s.', source.origin, source.step,
                args.format, args.out)
 
@@ -407,4 +412,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'export failed, nothing written')

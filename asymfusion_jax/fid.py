@@ -29,7 +29,6 @@ Command line:
 import concurrent.futures
 import dataclasses
 import os
-import sys
 import tempfile
 import zipfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +41,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from asymfusion_jax import cli
 from asymfusion_jax import variables_io
 from asymfusion_jax.convert import inception as inception_convert
 # The distances are part of this module's interface (fid.frechet_distance, ...).
@@ -413,14 +413,12 @@ def evaluate(paths: Sequence[str], extractor: FeatureExtractor, save_stats: str 
 def main(argv):
   args = flags.FLAGS
   paths, save_stats = argv[1:], args['save-stats'].value
-  try:
-    check_inputs(paths, save_stats)  # Before the weights load and the network compiles.
-    extractor = FeatureExtractor(load_weights(args.weights), batch_size=args.batch_size,
-                                 dtype=jnp.dtype(args.dtype))
-    result = evaluate(paths, extractor, save_stats, args.kid_subsets, args.kid_subset_size,
-                      args.seed, args.num_workers)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'asymfusion_jax.fid: {e}')
+  # An error is one line (cli.run).
+  check_inputs(paths, save_stats)  # Before the weights load and the network compiles.
+  extractor = FeatureExtractor(load_weights(args.weights), batch_size=args.batch_size,
+                               dtype=jnp.dtype(args.dtype))
+  result = evaluate(paths, extractor, save_stats, args.kid_subsets, args.kid_subset_size,
+                    args.seed, args.num_workers)
   if save_stats is not None:
     print(f'wrote the statistics of {result["n"][0]} images to {save_stats}')
     return
@@ -451,4 +449,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'asymfusion_jax.fid')

@@ -7,7 +7,9 @@ per-example outputs from its own shards (process_rows). Host-side values of ever
 through process_allgather and process_sum, bit for bit whatever the dtype.
 """
 
+import collections
 import math
+from typing import Iterable, Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -182,3 +184,38 @@ def gather_rows(rows, keys) -> np.ndarray:
   if len(np.unique(keys)) != len(keys):
     raise ValueError('the keys of the gathered rows are not unique')
   return rows[np.argsort(keys, kind='stable')]
+def prefetch_to_device(local_batches: Iterable[dict], mesh: Mesh, size: int = 2
+                       ) -> Iterator[dict]:
+  """The global batches (global_batch) of `local_batches`, with `size` more already on the mesh.
+
+  flax.jax_utils.prefetch_to_device's idea, for global arrays sharded over a mesh: assembling a
+  batch (jax.make_array_from_process_local_data) starts its host-to-device transfers and returns,
+  so while the caller's step t runs on the devices, batches t + 1 .. t + size are already being
+  transferred; each call tops the queue up before it hands out the next batch, i.e. after the
+  caller has dispatched the previous step. The batches and their order are those of
+  `local_batches`, so batch t stays a function of (seed, t) and a resumed run sees the same
+  ones. An error of `local_batches` is raised when the batch it stopped at is due, after the
+  batches before it; closing this iterator (or its end) closes `local_batches` (its workers).
+  size 0 assembles each batch only when it is asked for.
+  """
+  source = iter(local_batches)
+  queue = collections.deque()
+  ended, failure = False, None
+  try:
+    while True:
+      while not ended and len(queue) <= max(size, 0):
+        try:
+          queue.append(global_batch(mesh, next(source)))
+        except StopIteration:
+          ended = True
+        except Exception as e:  # pylint: disable=broad-except  # Raised when its batch is due.
+          ended, failure = True, e
+      if not queue:
+        if failure is not None:
+          raise failure
+        return
+      yield queue.popleft()
+  finally:
+    close = getattr(source, 'close', None)
+    if close is not None:
+      close()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import checkpointing, config_io, sharding, tasks, workdir_lock
+from asymfusion_jax import checkpointing, config_io, config_lib, sharding, tasks, workdir_lock
 from asymfusion_jax.logger import MetricLogger, Progress, eval_scalars, print_run_summary
 from asymfusion_jax.tasks import TrainState
 
@@ -64,28 +64,42 @@ class _Termination:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def agreed(self, done: int) -> bool:
+  def agreed(self, done: int, now: bool = False) -> bool:
     """Whether to stop after step `done`, the same answer on every process.
 
     A signal may reach one host of a cluster before (or without) the others; if that host
     stopped alone, the others would wait for it in the next step's collectives. So processes
     compare their flags every _TERMINATION_SYNC_STEPS steps (one small collective), and all stop
-    at the same step. A single process checks its own flag after every step.
+    at the same step; now=True compares them at this step whatever its number (every process
+    must then ask too). A single process checks its own flag after every step.
     """
     if jax.process_count() == 1:
       return self.requested
-    if done % _TERMINATION_SYNC_STEPS:
+    if done % _TERMINATION_SYNC_STEPS and not now:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
 class StoppedBySignal(Exception):
-  """Training stopped on SIGTERM before its last step, after saving a checkpoint of `step`."""
+  """Training stopped on SIGTERM before its last step, after saving a checkpoint of `step`.
 
-  def __init__(self, step: int, total: int):
-    super().__init__(f'stopped by SIGTERM after step {step} of {total}; checkpoint saved')
+  saved=False: it stopped before its first step (SIGTERM while the step compiled), with
+  nothing new to save: the workdir's latest checkpoint (if any) is `step`.
+  """
+
+  def __init__(self, step: int, total: int, saved: bool = True):
+    super().__init__(f'stopped by SIGTERM after step {step} of {total}; checkpoint saved' if saved
+                     else f'stopped by SIGTERM before step {step + 1} of {total}, while the '
+                     'train step compiled; nothing new to save')
     self.step = step
+
+
+# The checkpoint record's key for the train metrics of the steps since the last logged one.
+_UNLOGGED_KEY = 'unlogged_train_metrics'
+
+# What to do after a non-finite loss or update, the end of its error message.
+_NAN_ADVICE = 'To go on, lower the learning rate (or look for bad data) and run again.'
 
 
 class _LossWatch:
@@ -115,7 +129,7 @@ class _LossWatch:
       step, name, value = bad[0]
       raise FloatingPointError(
           f'training {name} is {value} at step {step} (non-finite at steps '
-          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()}')
+          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()} {_NAN_ADVICE}')
     self._checked += checked
 
   def drain(self) -> dict[str, list[float]]:
@@ -127,6 +141,16 @@ class _LossWatch:
         out.setdefault(name, []).append(value)
     self._checked = []
     return out
+
+  def undrained(self) -> list:
+    """The checked values not logged yet, [[step, {name: value}], ...], for a checkpoint's
+    record: a run resumed from it logs the same means as one that never stopped."""
+    return [[step, dict(metrics)] for step, metrics in self._checked]
+
+  def resume(self, undrained: list, start: int) -> None:
+    """Takes back a checkpoint's undrained() values, of the steps up to `start`."""
+    self._checked = [(int(step), {k: float(v) for k, v in metrics.items()})
+                     for step, metrics in undrained if int(step) <= start]
 
 
 @jax.jit
@@ -149,7 +173,9 @@ def write_config(config, workdir: str, step: int = 0) -> None:
   path = os.path.join(workdir, config_io.CONFIG_FILE)
   if os.path.exists(path):
     try:
-      changed = config_io.differing_keys(config_io.load_workdir_config(workdir), config)
+      # As written: only the fields it predates count as their defaults.
+      written = config_io.read_workdir_config(workdir)
+      changed = config_io.differing_keys(written, config, config_lib.paper_defaults(written))
     except ValueError as e:  # Unreadable: keep it as it is, and record this run's beside it.
       changed = [f'(all: {e})']
     if not changed:
@@ -173,10 +199,13 @@ def resolve_data_paths(config, workdir: str):
 
 
 def prepare_data(task: tasks.Task, config) -> int:
-  """Prepares the data (process 0) and returns the train steps per epoch."""
+  """Prepares the data (process 0), checks the config against it, returns steps per epoch."""
   if jax.process_index() == 0:
     task.prepare_data(config)
   sync('data prepared')
+  # Again, on every process: what depends on data that was not built before (the train images'
+  # size, say) is known now.
+  task.check_training(config)
   return task.steps_per_epoch(config)
 
 
@@ -252,9 +281,12 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
 
   start = int(state.step)
   logger = MetricLogger(workdir, resume_step=start)
-  batches = task.train_batches(config, start)
+  batches = sharding.prefetch_to_device(task.train_batches(config, start), mesh,
+                                        config.data.prefetch_to_device)
   evaluator = task.evaluator(config, mesh)
   metrics_seen = _LossWatch(ckpts.kept_note)
+  if restored is not None:  # The losses of the steps since the last logged one.
+    metrics_seen.resume(record.get(_UNLOGGED_KEY, []), start)
   progress = Progress(total, eval_every)
   step_fn = None
   results = {}
@@ -264,9 +296,10 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
     # The losses so far were finite, but the update after the last of them may not be.
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
-                               f'{ckpts.kept_note()}')
+                               f'{ckpts.kept_note()} {_NAN_ADVICE}')
     record = {'step': step, 'data_position': step,
-              'best_metric': best[0] if best else None, 'best_value': best[1] if best else None}
+              'best_metric': best[0] if best else None, 'best_value': best[1] if best else None,
+              _UNLOGGED_KEY: metrics_seen.undrained()}
     if also_best:
       ckpts.save(state, record, best=True)
     ckpts.save(state, record)
@@ -275,13 +308,18 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
                  workdir, start, total)
     results = evaluator.run(state.variables(), workdir, step=start)
-  stopped = None
+  stopped, saved = None, True
   with _Termination() as term:
     for step in range(start, total):
-      batch = sharding.global_batch(mesh, next(batches))
+      batch = next(batches)
       if step_fn is None:
-        step_fn = task.jit_train_step(config, mesh, per_epoch, state, batch)
-        progress.compiling()  # The first call below compiles it.
+        progress.compiling()
+        step_fn = _compiled(task.jit_train_step(config, mesh, per_epoch, state, batch), state,
+                            batch)
+        if term.agreed(step, now=True):  # SIGTERM while it compiled: no step yet.
+          logging.warning('Stopped by SIGTERM before step %d; nothing new to save.', step + 1)
+          stopped, saved = step, False
+          break
       state, metrics = step_fn(state, batch)
       done = step + 1  # Steps are counted from 1, as in metrics.jsonl and checkpoints.
       metrics_seen.add(done, metrics)
@@ -314,12 +352,22 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
         stopped = done if done < total else None
         break
+  batches.close()
   ckpts.close()
   logger.close()
   print_run_summary(workdir, task.best_metric(config))
   if stopped is not None:
-    raise StoppedBySignal(stopped, total)
+    raise StoppedBySignal(stopped, total, saved)
   return results
+
+
+def _compiled(step_fn, state, batch):
+  """The jitted step compiled ahead of its first call, so that a SIGTERM received while it
+  compiled is seen before the first step (which may take long too); a step function that is
+  not a jax.jit (a test's wrapper) as it is."""
+  if not hasattr(step_fn, 'lower'):
+    return step_fn
+  return step_fn.lower(state, batch).compile()
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
@@ -338,7 +386,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   config = resolve_data_paths(config, workdir)
   tasks.get(config).check_config(config)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist')
+    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist; '
+                            'check --workdir')
   with workdir_lock.WorkdirLock(workdir, 'evaluation'):
     return _evaluate_checkpoint(config, workdir, step)
 

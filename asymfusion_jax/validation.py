@@ -27,7 +27,11 @@ def value(config, key: str):
   """config's value at the dotted `key`."""
   node = config
   for part in key.split('.'):
-    node = node[part]
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config.{key} is missing; asymfusion_jax/config_lib.py has the keys '
+                        'of each config and their defaults') from None
   return node
 
 

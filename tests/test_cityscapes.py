@@ -196,6 +196,18 @@ def test_deeplab_configs_check_their_keys():
       segmentation_validation.check_config(bad)
 
 
+def test_a_crop_larger_than_the_scenes_is_refused(cs_data, tmp_path):
+  """Against the build's image size (32x64 at the largest scale 2: 64), and against the
+  configured size of synthetic scenes still to generate (the demo's 64x128: 128)."""
+  segmentation_validation.check_crop(tiny_config(cs_data, crop_size=64))
+  with pytest.raises(validation.ConfigError, match=r'crop_size=65 .* 32x64 .* at most 64$'):
+    segmentation_validation.check_crop(tiny_config(cs_data, crop_size=65))
+  planned = tiny_config(tmp_path, crop_size=1000, data__synthetic_image_size=(64, 128))
+  with pytest.raises(validation.ConfigError, match=r'crop_size=1000 .* 64x128 .* at most 128$'):
+    segmentation_validation.check_training(planned)
+  assert os.listdir(tmp_path) == []
+
+
 _BN_SCRIPT = textwrap.dedent('''
   import jax, jax.numpy as jnp, numpy as np
   from asymfusion_jax import sharding

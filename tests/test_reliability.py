@@ -263,3 +263,32 @@ def test_lock_from_another_host_is_kept_until_its_heartbeat_stops(tmp_path, capl
     pass
   [warning] = warnings_about(caplog, 'Taking over the lock')
   assert 'heartbeat stopped' in warning
+
+
+@pytest.mark.parametrize('text', ['', '{"host": "a', '[1, 2]'])
+def test_an_unparseable_lock_is_taken_over(tmp_path, caplog, monkeypatch, text):
+  """An empty or garbled lock names no holder: taken over, once it is not being written."""
+  monkeypatch.setattr(workdir_lock, 'UNPARSEABLE_GRACE_SECONDS', 0.3)
+  with open(lock_path(str(tmp_path)), 'w') as f:
+    f.write(text)  # Fresh: the run waits out the grace period, then takes it over.
+  start = time.monotonic()
+  with workdir_lock.WorkdirLock(str(tmp_path), 'training'):
+    with open(lock_path(str(tmp_path))) as f:
+      assert json.load(f)['pid'] == os.getpid()
+  assert time.monotonic() - start >= 0.2
+  [warning] = warnings_about(caplog, 'Taking over the lock')
+  assert 'cannot be parsed' in warning
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_is_never_left_half_written(tmp_path, monkeypatch):
+  """A run that dies while writing its lock leaves no lock (it was written beside, then linked)."""
+  def dump(record, f):
+    f.write('{"host": ')
+    raise OSError('killed while writing')
+
+  monkeypatch.setattr(workdir_lock.json, 'dump', dump)
+  with pytest.raises(OSError, match='killed while writing'):
+    with workdir_lock.WorkdirLock(str(tmp_path), 'training'):
+      pass
+  assert os.listdir(tmp_path) == []

@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_io, running_sums, sharding, train
+from asymfusion_jax import (checkpointing, config_io, config_lib, running_sums, sharding, train,
+                            validation)
 from asymfusion_jax.data import layout
 from asymfusion_jax.data.nyudv2 import pipeline, synthetic
 from asymfusion_jax.models import build_model
@@ -45,6 +46,8 @@ BAD_VALUES = [
     ('seed', -1, r'an integer >= 0'),
     ('num_prediction_images', -1, r'an integer >= 0'),
     ('batch_size', 17, r'larger than the 16 training examples'),
+    # The build's 48x64 images at the largest scale 1.25 of the tiny config: 60.
+    ('crop_size', 61, r'larger than the training data: .*48x64.* at most 60$'),
 ]
 
 
@@ -223,6 +226,45 @@ def test_a_resumed_run_with_another_config_keeps_config_json(tiny_data, tmp_path
   assert config_io.from_json((tmp_path / 'config.step_8.json').read_text()) == config
   lines = [r.getMessage() for r in caplog.records if 'config.step_8.json' in r.getMessage()]
   assert len(lines) == 1 and 'in log_every_steps, optim.lr_encoder;' in lines[0]
+
+
+def test_a_missing_key_is_named(tiny_data):
+  config = tiny.config(tiny_data)
+  del config.data['prefetch_to_device']
+  with pytest.raises(validation.ConfigError, match=r'config\.data\.prefetch_to_device is missing'):
+    validation.check_config(config)
+
+
+def test_a_crop_larger_than_synthetic_data_still_to_generate(tmp_path):
+  """The demo's synthetic 96x128 images at scale 1.25: 120, known before anything is written."""
+  config = train.resolve_data_paths(config_lib.get_config('demo'), str(tmp_path / 'run'))
+  config.crop_size = 120
+  segmentation_validation.check_training(config)
+  config.crop_size = 1000
+  with pytest.raises(validation.ConfigError, match=r'crop_size=1000 .*96x128.* at most 120$'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('name', ['demo_translation', 'demo_cityscapes', 'demo'])
+def test_an_unchanged_resume_records_no_config_change(name, tmp_path, caplog):
+  """Compared as written: another dataset's defaults are no difference; a field that an older
+  config.json predates counts as its default."""
+  workdir = str(tmp_path)
+  config = train.resolve_data_paths(config_lib.get_config(name), workdir)
+  train.write_config(config, workdir, 0)
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  older = json.loads((tmp_path / 'config.json').read_text())
+  del older['keep_checkpoints']
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  assert os.listdir(tmp_path) == ['config.json']
+  assert not [r for r in caplog.records if 'another config' in r.getMessage()]
+  config.keep_checkpoints = 3  # Not the default: a change.
+  train.write_config(config, workdir, 8)
+  assert json.loads((tmp_path / 'config.step_8.json').read_text())['keep_checkpoints'] == 3
 
 
 # ------------------------------------------------------------------------------- --mode=eval

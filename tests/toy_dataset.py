@@ -147,3 +147,9 @@ def predict_io(config):
   """New images are read as NYUDv2's: the same modalities and normalisation."""
   from asymfusion_jax.data.nyudv2 import prediction  # pylint: disable=g-import-not-at-top
   return prediction.PredictIO(config)
+
+
+def largest_crop(config):
+  """The toy images' short side: crops up to it are all image."""
+  del config
+  return min(HEIGHT, WIDTH), f'the toy images are {HEIGHT}x{WIDTH}'

@@ -12,6 +12,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from asymfusion_jax import cli
 from asymfusion_jax import config_lib
 from asymfusion_jax import logger
 from asymfusion_jax.convert.deeplab import convert_tf_file
@@ -67,4 +68,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'convert')  # An error is one line.

@@ -109,6 +109,11 @@ class SegmentationDataset(Dataset, Protocol):
     """uint8 (256, 3): the RGB colour of each label value for prediction images (the ignore
     label's black), or None for visualize's default palette."""
 
+  def largest_crop(self, config: Config) -> tuple[int, str] | None:
+    """(the largest config.crop_size the planned train images fill, a phrase saying why) before
+    anything is written, or None when their size is not known yet (checked again after
+    prepare). The config checks refuse a larger crop: it would train on padding."""
+
   def image_id(self, name: str) -> str:
     """The short id of the eval image whose batch 'name' is `name`, that prediction files are
     named after."""

@@ -17,6 +17,7 @@ import numpy as np
 from asymfusion_jax.data import common
 from asymfusion_jax.data.cityscapes import layout
 from asymfusion_jax.data.cityscapes.pipeline import eval_batches
+from asymfusion_jax.data.cityscapes.pipeline import largest_crop
 from asymfusion_jax.data.cityscapes.pipeline import num_examples
 from asymfusion_jax.data.cityscapes.pipeline import planned_num_examples
 from asymfusion_jax.data.cityscapes.pipeline import prepare

@@ -18,6 +18,7 @@ from asymfusion_jax.data.nyudv2 import layout
 from asymfusion_jax.data.nyudv2 import synthetic
 from asymfusion_jax.data.nyudv2.pipeline import check_labels
 from asymfusion_jax.data.nyudv2.pipeline import eval_batches
+from asymfusion_jax.data.nyudv2.pipeline import largest_crop
 from asymfusion_jax.data.nyudv2.pipeline import num_examples
 from asymfusion_jax.data.nyudv2.pipeline import planned_num_examples
 from asymfusion_jax.data.nyudv2.pipeline import prepare

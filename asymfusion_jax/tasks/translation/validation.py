@@ -29,6 +29,7 @@ def check_config(config) -> None:
   for key in ('data.num_train', 'data.num_val'):
     v.integer(config, key, 1)
   v.integer(config, 'data.num_workers', 0)
+  v.integer(config, 'data.prefetch_to_device', 0)
   crop = v.integer(config, 'crop_size', 1)
   if crop % 2 ** num_downs:
     v.fail('crop_size', crop, f'a multiple of 2**model.num_downs = {2 ** num_downs}')
