@@ -107,7 +107,7 @@ def main(argv):
     logging.warning('Exiting with status %d: %s.', EXIT_STOPPED_BY_SIGTERM, e)
     return EXIT_STOPPED_BY_SIGTERM
   except (validation.ConfigError, layout.LayoutError, checkpointing.CheckpointMismatchError,
-          workdir_lock.WorkdirLockedError) as e:
+          checkpointing.CheckpointSaveError, workdir_lock.WorkdirLockedError) as e:
     # The message names the key, file, checkpoint or lock at fault; a traceback would bury it.
     sys.exit(f'main: {e}')
 
