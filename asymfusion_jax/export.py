@@ -92,10 +92,11 @@ def from_workdir(workdir: str, step: int | None = None) -> Source:
   config = config_io.load_workdir_config(workdir)
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
-    state, record = ckpts.restore(train.abstract_train_state(config, sharding.make_mesh()), step)
+    variables, record = ckpts.restore_variables(
+        train.abstract_train_state(config, sharding.make_mesh()), step)
   finally:
     ckpts.close()
-  return Source(config, jax.device_get(state.variables()), int(record['step']),
+  return Source(config, jax.device_get(variables), int(record['step']),
                 f'workdir {os.path.abspath(workdir)}')
 
 

@@ -232,7 +232,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with workdir_lock.WorkdirLock(workdir, 'training'):
       per_epoch = prepare_data(task, config)
       data_ready = True
-      return _train_and_evaluate(task, config, workdir, per_epoch)
+      # Closed on any exit: a pending checkpoint save is finished before the lock goes.
+      with checkpointing.Checkpoints(workdir, config.keep_checkpoints) as ckpts:
+        return _train_and_evaluate(task, config, workdir, per_epoch, ckpts)
   except Exception:
     if created and not data_ready and jax.process_index() == 0:
       shutil.rmtree(workdir, ignore_errors=True)  # After the lock is released.
@@ -261,12 +263,12 @@ def _improves(task: tasks.Task, config, score: tuple[str, float],
   return score[1] > best[1] if higher else score[1] < best[1]
 
 
-def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) -> dict:
-  """train_and_evaluate with the workdir locked and the data prepared."""
+def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int,
+                        ckpts: checkpointing.Checkpoints) -> dict:
+  """train_and_evaluate with the workdir locked, the data prepared and its checkpoints open."""
   mesh = sharding.make_mesh()
   total = task.total_steps(config, per_epoch)
   eval_every = config.eval_every_epochs * per_epoch
-  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
   logging.info('initialising the model (its initialisation compiles first)...')
   state = task.create_train_state(config, mesh, per_epoch)
 
@@ -300,9 +302,7 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
     record = {'step': step, 'data_position': step,
               'best_metric': best[0] if best else None, 'best_value': best[1] if best else None,
               _UNLOGGED_KEY: metrics_seen.undrained()}
-    if also_best:
-      ckpts.save(state, record, best=True)
-    ckpts.save(state, record)
+    ckpts.save(state, record, also_best=also_best)
 
   if start >= total:
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
@@ -398,7 +398,7 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
   mesh = sharding.make_mesh()
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
-    state, record = ckpts.restore(abstract_train_state(config, mesh), step)
+    variables, record = ckpts.restore_variables(abstract_train_state(config, mesh), step)
   finally:
     ckpts.close()
   logging.info('Evaluating the checkpoint of step %d.', record['step'])
@@ -406,7 +406,7 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
     task.prepare_data(config)
   sync('data prepared')
   out_dir = os.path.join(workdir, 'eval', f'step_{record["step"]}')
-  results = task.evaluator(config, mesh).run(state.variables(), out_dir, step=record['step'])
+  results = task.evaluator(config, mesh).run(variables, out_dir, step=record['step'])
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:

@@ -244,10 +244,10 @@ def read_params(workdir, step):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
   ckpts = checkpointing.Checkpoints(workdir, 2, create=False)
   try:
-    state, _ = ckpts.restore(train.abstract_train_state(config, mesh), step)
+    variables, _ = ckpts.restore_variables(train.abstract_train_state(config, mesh), step)
   finally:
     ckpts.close()
-  return jax.device_get(state.params)
+  return jax.device_get(variables['params'])
 
 
 def test_training_writes_evaluation_and_palette_predictions(cs_run):
@@ -274,9 +274,10 @@ HANG_AFTER_STEP_2 = textwrap.dedent("""
     from absl import app
     from asymfusion_jax import checkpointing, main
     save = checkpointing.Checkpoints.save
-    def save_then_hang(self, state, record, best=False):
-      save(self, state, record, best)
-      if int(record['step']) == 2 and not best:
+    def save_then_hang(self, state, record, also_best=False):
+      save(self, state, record, also_best)
+      if int(record['step']) == 2:
+        self.wait()  # Written and verified: the kill comes after the save.
         open(os.environ['HANG_MARKER'], 'w').close()
         time.sleep(600)
     checkpointing.Checkpoints.save = save_then_hang

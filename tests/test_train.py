@@ -32,7 +32,7 @@ def final_params(workdir):
   step = ckpts.periodic.latest_step()
   restored = ckpts.periodic.restore(step)
   ckpts.close()
-  return step, jax.tree.map(np.asarray, restored['state']['params'])
+  return step, jax.tree.map(np.asarray, restored['variables']['params'])
 
 
 def test_logs_checkpoints_and_predictions(full_run):
@@ -138,14 +138,15 @@ def test_corrupt_latest_checkpoint_is_skipped(full_run, tiny_data, tmp_path, cap
   import shutil
   workdir = str(tmp_path / 'copy')
   shutil.copytree(full_run[0], workdir)
-  latest = os.path.join(workdir, 'checkpoints', '12', 'state')
+  latest = os.path.join(workdir, 'checkpoints', '12', 'variables')
   for root, _, files in os.walk(latest):
     for name in files:
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'garbage')
   ckpts = checkpointing.Checkpoints(workdir)
   target = checkpointing.Checkpoints(full_run[0])
-  reference = target.periodic.restore(8)['state']
+  reference = target.periodic.restore(8)
+  reference = {**reference['variables'], **reference['train']}
   target.close()
   state, record = ckpts.restore_latest(checkpointing.abstract(reference))
   assert record['step'] == 8
@@ -253,7 +254,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
   ckpts = checkpointing.Checkpoints(str(tmp_path))
   steps = ckpts.periodic.all_steps()
   assert steps == [4]
-  params = ckpts.periodic.restore(4)['state']['params']
+  params = ckpts.periodic.restore(4)['variables']['params']
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
   ckpts.close()
 

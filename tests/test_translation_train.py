@@ -58,7 +58,8 @@ def read_metrics(workdir):
 def restore(workdir, step):
   ckpts = checkpointing.Checkpoints(workdir)
   try:
-    return jax.tree.map(np.asarray, ckpts.periodic.restore(step)['state'])
+    restored = ckpts.periodic.restore(step)
+    return jax.tree.map(np.asarray, {**restored['variables'], **restored['train']})
   finally:
     ckpts.close()
 

@@ -166,9 +166,9 @@ def test_padded_rows_change_no_metric(full_run, tiny_data):
   config.eval_batch_size = 6
   mesh = sharding.make_mesh()
   ckpts = checkpointing.Checkpoints(full_run[0], create=False)
-  state, _ = ckpts.restore(train.abstract_train_state(config, mesh), 12)
+  variables, _ = ckpts.restore_variables(train.abstract_train_state(config, mesh), 12)
   ckpts.close()
-  results = evaluation.Evaluator(build_model(config), config, mesh).run(state.variables())
+  results = evaluation.Evaluator(build_model(config), config, mesh).run(variables)
   assert results == full_run[1]
 
   padded = evaluation.Evaluator(build_model(config), tiny.config(tiny_data), mesh)
