@@ -45,9 +45,11 @@ def eval_step(g_params, batch, *, generator):
           'inputs': to_uint8(batch['inputs']), 'mask': batch['mask']}
 
 
-def jit_eval_step(config, mesh):
-  """eval_step under jit; every process gets the whole batch's (small) results."""
-  return jax.jit(functools.partial(eval_step, generator=build_model(config)),
+def jit_eval_step(config, mesh, wrap=None):
+  """eval_step under jit; every process gets the whole batch's (small) results. wrap: generator
+  -> the generator evaluated (missing.MissingModel), or None."""
+  generator = build_model(config)
+  return jax.jit(functools.partial(eval_step, generator=wrap(generator) if wrap else generator),
                  out_shardings=sharding.replicated(mesh))
 
 
@@ -65,12 +67,12 @@ def format_table(results: dict, title: str | None = None) -> str:
 class Evaluator:
   """Runs the validation pass; compiled functions and the real images' features are cached."""
 
-  def __init__(self, config, mesh):
+  def __init__(self, config, mesh, wrap=None):
     self.config, self.mesh = config, mesh
     self.batch_size = sharding.padded_batch_size(config.eval_batch_size)
     # Every process gets the whole batch's results, so every process computes the same scores
     # and agrees on the best checkpoint without another collective.
-    self._step = jit_eval_step(config, mesh)
+    self._step = jit_eval_step(config, mesh, wrap)
     self._extractor = None
     self._real = None  # fid.FeatureStats of the real val images, after the first run.
     weights = config.eval.get('inception_weights', '')
