@@ -69,8 +69,9 @@ def subsets(modalities) -> list[str]:
 
 
 def main_metric(record: dict) -> tuple[str, bool]:
-  """(metric, higher is better) of a run's scores: mIoU for segmentation, else L1."""
-  ensemble = next(iter(record.values()))['ensemble']
+  """(metric, higher is better) of a run's {fill: {subset: {branch: scores}}}: mIoU for
+  segmentation, else L1."""
+  ensemble = next(iter(record.values()))['none']['ensemble']
   return ('miou', True) if 'miou' in ensemble else ('l1', False)
 
 
