@@ -77,7 +77,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
-  return c
+  return _missing_modality_keys(c)
 
 
 def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
@@ -156,7 +156,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
-  return c
+  return _missing_modality_keys(c)
 
 
 def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
@@ -224,7 +224,7 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
-  return c
+  return _missing_modality_keys(c)
 
 
 # The paper config of each dataset (config.data.name), whose values a config.json written before
@@ -246,6 +246,19 @@ def paper_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 # (`pip install -e .`), so this is the clone's configs/; a regular (non-editable) install does
 # not ship configs/, and then only load() with a path to a config file works.
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+
+def _missing_modality_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The keys of missing-modality evaluation and modality dropout (asymfusion_jax/missing.py)."""
+  if 'eval' not in c:
+    c.eval = ml_collections.ConfigDict()
+  # '+'-joined modality subsets that --mode=eval also evaluates without, e.g. ('depth',).
+  c.eval.missing = ()
+  c.eval.missing_fill = 'pad'  # What replaces a missing modality: 'pad', 'mean' or 'drop'.
+  c.train = ml_collections.ConfigDict()
+  # Per example and step, the probability that one modality is replaced by the fill.
+  c.train.modality_dropout = 0.0
+  return c
 
 
 def available_configs() -> list:

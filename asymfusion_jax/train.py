@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import checkpointing, config_io, config_lib, sharding, tasks, workdir_lock
+from asymfusion_jax import (checkpointing, config_io, config_lib, missing, sharding, tasks,
+                            workdir_lock)
 from asymfusion_jax.logger import MetricLogger, Progress, eval_scalars, print_run_summary
 from asymfusion_jax.tasks import TrainState
 
@@ -283,7 +284,7 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int,
 
   start = int(state.step)
   logger = MetricLogger(workdir, resume_step=start)
-  batches = sharding.prefetch_to_device(task.train_batches(config, start), mesh,
+  batches = sharding.prefetch_to_device(missing.train_batches(task, config, start), mesh,
                                         config.data.prefetch_to_device)
   evaluator = task.evaluator(config, mesh)
   metrics_seen = _LossWatch(ckpts.kept_note)
@@ -411,6 +412,8 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
+  if missing.subsets(config):
+    missing.evaluate(task, config, mesh, state.variables(), results, out_dir, record['step'])
   return results
 
 

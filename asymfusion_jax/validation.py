@@ -133,3 +133,5 @@ def check_run(config) -> None:
               'keep_checkpoints'):
     integer(config, key, 1)
   integer(config, 'num_prediction_images', 0)
+  from asymfusion_jax import missing  # pylint: disable=g-import-not-at-top (it imports this)
+  missing.check_config(config)

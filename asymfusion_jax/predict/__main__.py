@@ -49,6 +49,12 @@ flags.DEFINE_bool('logits', False, 'Also write the float logits as .npy (segment
 flags.DEFINE_bool('overwrite', False, 'Predict images whose outputs exist again.')
 flags.DEFINE_integer('batch_size', None, 'Images of one size per batch (default: '
                      'config.eval_batch_size).', lower_bound=1)
+flags.DEFINE_list('missing', [], 'Modalities the images lack (no --input for them): each is '
+                  'replaced by --missing_fill.')
+flags.DEFINE_enum('missing_fill', None, ['pad', 'mean', 'drop'], "What replaces a missing "
+                  "modality (default: config.eval.missing_fill, else 'pad'): its normalised pad "
+                  "value, its training-set mean (needs the training data), or 'drop' (pad value, "
+                  'its branch not written, the ensemble over the others).')
 flags.mark_flags_as_required(['out'])
 
 
@@ -119,12 +125,13 @@ def main(argv):
       tile=_pair(FLAGS.tile), tile_stride=_pair(FLAGS.tile_stride),
       scales=_scales(FLAGS.scales),
       flip=FLAGS.flip, branches=FLAGS.branches, logits=FLAGS.logits,
-      overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size)
+      overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size,
+      missing=tuple(FLAGS.missing), missing_fill=FLAGS.missing_fill)
   folders = _folders(FLAGS.input)  # Before the model loads, so that a typo fails at once.
   if FLAGS.list and not os.path.isfile(FLAGS.list):
     raise predict_lib.InputError(f'--list={FLAGS.list}: no such file')
   model = _model()
-  images = predict_lib.images(model.config, folders, FLAGS.list)
+  images = predict_lib.images(model.config, folders, FLAGS.list, FLAGS.missing)
   logging.info('Predicting %d images with the %s (step %s) into %s.', len(images),
                model.origin, model.step, FLAGS.out)
   done = predict_lib.predict(model, images, FLAGS.out, options)

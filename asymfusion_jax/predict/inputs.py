@@ -128,9 +128,12 @@ def from_list(list_file: str, dataset, names: Sequence[str]) -> list[Image]:
   return images
 
 
-def images(config, folders: dict | None = None, list_file: str | None = None) -> list[Image]:
-  """The images of `folders` ({modality: folder}) or of `list_file` for a model of `config`."""
-  dataset, names = predict_io.get(config), tuple(config.modalities)
+def images(config, folders: dict | None = None, list_file: str | None = None,
+           missing: Sequence[str] = ()) -> list[Image]:
+  """The images of `folders` ({modality: folder}) or of `list_file` for a model of `config`;
+  the `missing` modalities are not read (predict fills them)."""
+  dataset = predict_io.get(config)
+  names = tuple(n for n in config.modalities if n not in missing)
   if folders:
     return from_folders(folders, dataset, names)
   return from_list(list_file, dataset, names)

@@ -40,6 +40,8 @@ class Task(abc.ABC):
 
   # Values of the training metrics (train step outputs) that the progress line shows.
   progress_metric = 'loss'
+  # The batch key of the (M, B, H, W, C) network inputs (what missing modalities replace).
+  input_key = 'image'
 
   @abc.abstractmethod
   def check_config(self, config) -> None:
@@ -84,9 +86,10 @@ class Task(abc.ABC):
     return {}
 
   @abc.abstractmethod
-  def evaluator(self, config, mesh):
+  def evaluator(self, config, mesh, wrap=None):
     """An object whose run(variables, out_dir, step) evaluates the whole validation set and
-    returns {branch: {metric: value}}."""
+    returns {branch: {metric: value}}. wrap: model -> the model evaluated (missing.py's
+    MissingModel), or None."""
 
   def predictor(self, config, logits: bool = False) -> 'Predictor':
     """What `python -m asymfusion_jax.predict` runs and writes for this task. logits: also

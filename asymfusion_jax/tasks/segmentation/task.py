@@ -134,8 +134,9 @@ class Segmentation(base.Task):
     return {'train/lr_encoder': float(lr['encoder'](step)),
             'train/lr_decoder': float(lr['decoder'](step))}
 
-  def evaluator(self, config, mesh):
-    return evaluation.Evaluator(build_model(config), config, mesh)
+  def evaluator(self, config, mesh, wrap=None):
+    model = build_model(config)
+    return evaluation.Evaluator(wrap(model) if wrap else model, config, mesh)
 
   def best_metric(self, config):
     return 'ensemble/miou', True

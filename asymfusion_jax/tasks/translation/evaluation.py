@@ -75,11 +75,13 @@ def zero_totals(num_outputs: int) -> dict:
 IMAGE_BATCH_AXES = {'outputs': 1, 'target': 0, 'inputs': 1}
 
 
-def jit_eval_step(config, mesh):
+def jit_eval_step(config, mesh, wrap=None):
   """eval_step under jit: the totals replicated (every process reads the same scores and agrees
-  on the best checkpoint), the images sharded along the batch."""
+  on the best checkpoint), the images sharded along the batch. wrap: generator -> the generator
+  evaluated (missing.MissingModel), or None."""
+  generator = build_model(config)
   images = {k: sharding.batch_sharding(mesh, axis) for k, axis in IMAGE_BATCH_AXES.items()}
-  return jax.jit(functools.partial(eval_step, generator=build_model(config)),
+  return jax.jit(functools.partial(eval_step, generator=wrap(generator) if wrap else generator),
                  out_shardings=(sharding.replicated(mesh), images))
 
 
@@ -97,10 +99,10 @@ def format_table(results: dict, title: str | None = None) -> str:
 class Evaluator:
   """Runs the validation pass; compiled functions and the real images' features are cached."""
 
-  def __init__(self, config, mesh):
+  def __init__(self, config, mesh, wrap=None):
     self.config, self.mesh = config, mesh
     self.batch_size = sharding.padded_batch_size(config.eval_batch_size)
-    self._step = jit_eval_step(config, mesh)
+    self._step = jit_eval_step(config, mesh, wrap)
     self._zeros = jax.jit(functools.partial(zero_totals, len(branch_names(config))),
                           out_shardings=sharding.replicated(mesh))
     self._extractor = None
