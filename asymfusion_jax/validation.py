@@ -15,6 +15,7 @@ import numbers
 
 from asymfusion_jax import data
 from asymfusion_jax import fusion as fusion_lib
+from asymfusion_jax.models import kernels as kernels_lib
 from asymfusion_jax.models import refinenet
 
 
@@ -26,7 +27,11 @@ def value(config, key: str):
   """config's value at the dotted `key`."""
   node = config
   for part in key.split('.'):
-    node = node[part]
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config.{key} is missing; asymfusion_jax/config_lib.py has the keys '
+                        'of each config and their defaults') from None
   return node
 
 
@@ -117,6 +122,10 @@ def check_dataset(config):
   return dataset
 
 
+def kernels(config) -> None:
+  choice(config, 'model.kernels', kernels_lib.KERNELS)
+
+
 def check_run(config) -> None:
   """The keys of the training loop every task has: its length, logging and checkpoints."""
   integer(config, 'max_steps', -1)
@@ -124,3 +133,5 @@ def check_run(config) -> None:
               'keep_checkpoints'):
     integer(config, key, 1)
   integer(config, 'num_prediction_images', 0)
+  from asymfusion_jax import missing  # pylint: disable=g-import-not-at-top (it imports this)
+  missing.check_config(config)

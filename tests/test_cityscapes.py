@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import models, train, validation
+from asymfusion_jax import data, models, train, validation
 from asymfusion_jax.data import layout
 from asymfusion_jax.data.cityscapes import layout as cityscapes
 from asymfusion_jax.data.cityscapes import pipeline as cityscapes_pipeline
@@ -196,6 +196,18 @@ def test_deeplab_configs_check_their_keys():
       segmentation_validation.check_config(bad)
 
 
+def test_a_crop_larger_than_the_scenes_is_refused(cs_data, tmp_path):
+  """Against the build's image size (32x64 at the largest scale 2: 64), and against the
+  configured size of synthetic scenes still to generate (the demo's 64x128: 128)."""
+  segmentation_validation.check_crop(tiny_config(cs_data, crop_size=64))
+  with pytest.raises(validation.ConfigError, match=r'crop_size=65 .* 32x64 .* at most 64$'):
+    segmentation_validation.check_crop(tiny_config(cs_data, crop_size=65))
+  planned = tiny_config(tmp_path, crop_size=1000, data__synthetic_image_size=(64, 128))
+  with pytest.raises(validation.ConfigError, match=r'crop_size=1000 .* 64x128 .* at most 128$'):
+    segmentation_validation.check_training(planned)
+  assert os.listdir(tmp_path) == []
+
+
 _BN_SCRIPT = textwrap.dedent('''
   import jax, jax.numpy as jnp, numpy as np
   from asymfusion_jax import sharding
@@ -232,10 +244,10 @@ def read_params(workdir, step):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
   ckpts = checkpointing.Checkpoints(workdir, 2, create=False)
   try:
-    state, _ = ckpts.restore(train.abstract_train_state(config, mesh), step)
+    variables, _ = ckpts.restore_variables(train.abstract_train_state(config, mesh), step)
   finally:
     ckpts.close()
-  return jax.device_get(state.params)
+  return jax.device_get(variables['params'])
 
 
 def test_training_writes_evaluation_and_palette_predictions(cs_run):
@@ -262,9 +274,10 @@ HANG_AFTER_STEP_2 = textwrap.dedent("""
     from absl import app
     from asymfusion_jax import checkpointing, main
     save = checkpointing.Checkpoints.save
-    def save_then_hang(self, state, record, best=False):
-      save(self, state, record, best)
-      if int(record['step']) == 2 and not best:
+    def save_then_hang(self, state, record, also_best=False):
+      save(self, state, record, also_best)
+      if int(record['step']) == 2:
+        self.wait()  # Written and verified: the kill comes after the save.
         open(os.environ['HANG_MARKER'], 'w').close()
         time.sleep(600)
     checkpointing.Checkpoints.save = save_then_hang
@@ -417,4 +430,5 @@ def test_label_ids_of_eval_and_predict_score_as_the_evaluation(cs_run, cs_data, 
   labels = cv2.imread(os.path.join(out, 'ensemble', 'labels', name), cv2.IMREAD_UNCHANGED)
   colour = cv2.imread(os.path.join(out, 'ensemble', 'colour', name))[..., ::-1]
   assert labels.shape == (97, 131) and set(np.unique(labels)) <= set(cityscapes.TRAIN_LABEL_IDS)
-  np.testing.assert_array_equal(colour, cityscapes.colorize(cityscapes.LABEL_TO_TRAIN_ID[labels]))
+  palette = data.get('cityscapes').palette(None)
+  np.testing.assert_array_equal(colour, palette[cityscapes.LABEL_TO_TRAIN_ID[labels]])

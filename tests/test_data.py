@@ -477,3 +477,67 @@ def test_eval_sees_every_image_once_at_full_resolution(marker, process_count):
           np.testing.assert_array_equal(batch['image'][m, row][padding],
                                         np.broadcast_to(pads[m], (padding.sum(), 3)))
   assert sorted(seen) == list(range(len(VAL_SIZES)))
+
+
+_PREFETCH_SCRIPT = '''
+import jax, numpy as np, pytest
+from asymfusion_jax import sharding
+assert jax.device_count() == 2
+mesh = sharding.make_mesh()
+rng = np.random.default_rng(0)
+local = [{'image': rng.random((2, 4, 3, 3, 3), np.float32),
+          'label': rng.integers(0, 5, (4, 3, 3)).astype(np.int32)} for _ in range(5)]
+taken, closed = [], []
+
+def source(fail_at=None):
+  try:
+    for i, batch in enumerate(local):
+      if i == fail_at:
+        raise ValueError(f'a bad example in batch {i}')
+      taken.append(i)
+      yield batch
+  finally:
+    closed.append(True)
+
+for size in (0, 1, 2):
+  taken.clear()
+  batches = sharding.prefetch_to_device(source(), mesh, size)
+  for t, expected in enumerate(local):
+    batch = next(batches)
+    assert len(taken) == min(t + 1 + size, len(local)), (size, t, taken)  # size ahead, no more
+    for key, value in expected.items():
+      assert batch[key].sharding == sharding.batch_shardings(mesh, expected)[key]
+      np.testing.assert_array_equal(batch[key], value)
+      axis = sharding.batch_axis(key)
+      for shard in batch[key].addressable_shards:  # Each device holds its half of the rows.
+        rows = shard.index[axis]
+        assert (rows.stop - rows.start) == 2
+        np.testing.assert_array_equal(shard.data, value[shard.index])
+  with pytest.raises(StopIteration):
+    next(batches)
+  assert closed.pop()
+# An error of the source comes when its batch is due, after the batches before it.
+batches = sharding.prefetch_to_device(source(fail_at=3), mesh, 2)
+for expected in local[:3]:
+  np.testing.assert_array_equal(next(batches)['label'], expected['label'])
+with pytest.raises(ValueError, match='batch 3'):
+  next(batches)
+# Closing it early (a run stopped by SIGTERM) closes the source and its workers.
+closed.clear()
+batches = sharding.prefetch_to_device(source(), mesh, 2)
+next(batches)
+batches.close()
+assert closed == [True]
+print('prefetched')
+'''
+
+
+def test_prefetch_to_device_yields_the_same_batches_sharded_and_stops_cleanly():
+  """sharding.prefetch_to_device on 2 simulated devices: the global batches of the source, in
+  order, sharded along the batch, `size` ahead and no more; errors when due; close closes."""
+  flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
+  env = {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu',
+         'PYTHONPATH': str(pathlib.Path(__file__).resolve().parent.parent)}
+  out = subprocess.run([sys.executable, '-c', _PREFETCH_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode == 0 and 'prefetched' in out.stdout, out.stderr[-3000:]

@@ -17,7 +17,6 @@ import numpy as np
 from asymfusion_jax.data import augment
 from asymfusion_jax.data import batching
 from asymfusion_jax.data import modalities
-from asymfusion_jax.data.nyudv2 import prediction
 
 MODELS = ('refinenet',)
 EVALUATION = 'single_scale'
@@ -140,10 +139,17 @@ def palette(config) -> None:
   del config
 
 
+def image_id(name: str) -> str:
+  return name.rsplit('/', 1)[-1].removesuffix('.png')
+
+
 def predict_io(config):
-  """Files read and normalised as NYUDv2's (data/modalities.py), labels as class indices."""
+  """New images are read as NYUDv2's: the same modalities and normalisation."""
+  from asymfusion_jax.data.nyudv2 import prediction  # pylint: disable=g-import-not-at-top
   return prediction.PredictIO(config)
 
 
-def image_id(name: str) -> str:
-  return name.rsplit('/', 1)[-1].removesuffix('.png')
+def largest_crop(config):
+  """The toy images' short side: crops up to it are all image."""
+  del config
+  return min(HEIGHT, WIDTH), f'the toy images are {HEIGHT}x{WIDTH}'

@@ -91,10 +91,9 @@ class Dataset(Protocol):
     modality, or 'formula')."""
 
   def predict_io(self, config: Config):
-    """What `python -m asymfusion_jax.predict` (and evaluation's label files) ask of the
-    dataset's files: pairing a folder's files by image, the input encoding and pad value of
-    each modality, and for segmentation the label convention and palette of the written
-    predictions. data/predict_io.py lists the object's methods."""
+    """What `python -m asymfusion_jax.predict` needs to read new images of this dataset and
+    write predictions in its own convention (data/predict_io.py lists the methods: pairing_key,
+    output_stem, network_input, pad_value; for segmentation label_image and colour_image)."""
 
 
 class SegmentationDataset(Dataset, Protocol):
@@ -109,6 +108,11 @@ class SegmentationDataset(Dataset, Protocol):
   def palette(self, config: Config) -> np.ndarray | None:
     """uint8 (256, 3): the RGB colour of each label value for prediction images (the ignore
     label's black), or None for visualize's default palette."""
+
+  def largest_crop(self, config: Config) -> tuple[int, str] | None:
+    """(the largest config.crop_size the planned train images fill, a phrase saying why) before
+    anything is written, or None when their size is not known yet (checked again after
+    prepare). The config checks refuse a larger crop: it would train on padding."""
 
   def image_id(self, name: str) -> str:
     """The short id of the eval image whose batch 'name' is `name`, that prediction files are

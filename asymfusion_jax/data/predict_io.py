@@ -1,25 +1,20 @@
-"""What `python -m asymfusion_jax.predict` asks of a dataset, and the file decoding it shares.
+"""What `python -m asymfusion_jax.predict` asks of a dataset: how a file of one modality becomes
+network input, the pad value of each modality, how the files of one image are paired across the
+modality folders, and how predicted classes are written in the dataset's own label convention
+and palette.
 
-A dataset's predict_io(config) (data/base.py) returns an object with
-  pairing_key(modality, stem) -> str: the part of a file's stem (relative path, no extension)
-    that the files of one image share across the modality folders;
-  output_stem(key) -> str: the stem of an image's output files;
-  network_input(modality, image) -> float32 (H, W, 3): a decoded file (`decode`) as network input;
-  pad_value(modality) -> float32 (3,): a padded pixel of `modality`, after the encoding;
-and, for segmentation,
-  label_image(classes) -> (H, W): predicted classes in the dataset's own label convention;
-  colour_image(classes) -> uint8 (H, W, 3): in the dataset's palette.
-The built-in ones (data/<dataset>/prediction.py):
+Each dataset gives its own through its predict_io(config) member (data/base.py), defined in
+its prediction.py; get(config) asks the dataset. The built-in ones:
 
   nyudv2      rgb and depth PNGs normalised as in training (data/modalities.py), padded with the
               training pad pixel; labels are the class indices 0..K-1 of the masks (no offset),
               coloured with the VOC-style palette of tasks/segmentation/visualize.py.
-  cityscapes  leftImg8bit RGB and 16-bit disparity encoded as in training (cityscapes/layout.py),
+  cityscapes  leftImg8bit RGB and 16-bit disparity encoded as in training (data/cityscapes/layout.py),
               padded with the mean pixel and invalid disparity; files pair by the stem before
               _leftImg8bit / _disparity; labels are written as the 34 Cityscapes label ids (train
               ids mapped back), named <city>_<seq>_<frame>_leftImg8bit.png, in the Cityscapes
               palette: what cityscapesscripts' evaluator and the benchmark server read.
-  taskonomy   domain images decoded as in training (taskonomy/layout.py) and mapped to [-1, 1];
+  taskonomy   domain images decoded as in training (data/taskonomy/layout.py) and mapped to [-1, 1];
               files pair by the stem before _domain_<domain>; padded with 0 (mid-grey). The
               U-Net's InstanceNorm sees padded pixels, so give images at a multiple of
               2**model.num_downs, or tile them (predict --tile) at the training size.
@@ -30,6 +25,7 @@ the file's path.
 
 import cv2
 import numpy as np
+
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -77,3 +73,9 @@ def single_channel(image: np.ndarray, dtypes, what: str) -> np.ndarray:
 
 def strip_suffix(stem: str, suffix: str) -> str:
   return stem[:-len(suffix)] if suffix and stem.endswith(suffix) else stem
+
+
+def get(config):
+  """The predict I/O of the dataset of config.data.name (its predict_io(config))."""
+  from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
+  return data.get(config).predict_io(config)

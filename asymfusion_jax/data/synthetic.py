@@ -25,7 +25,6 @@ A kind is one line of KINDS: the module of its generator, which provides
 and optionally DEFAULT_HEIGHT, and add_flags(parser), which adds the flags only it reads.
 """
 
-import argparse
 import importlib
 
 KINDS = {
@@ -34,6 +33,7 @@ KINDS = {
     'cityscapes': 'asymfusion_jax.data.cityscapes.synthetic',
 }
 DEFAULT_KIND = 'nyudv2'
+from asymfusion_jax import cli
 
 
 def generators() -> dict:
@@ -41,11 +41,11 @@ def generators() -> dict:
   return {kind: importlib.import_module(module) for kind, module in KINDS.items()}
 
 
-def parser() -> argparse.ArgumentParser:
+def parser() -> cli.ArgumentParser:
   modules = generators()
   kinds = '; '.join(f'{kind}{" (default)" if kind == DEFAULT_KIND else ""}: {m.DESCRIPTION}'
                     for kind, m in modules.items())
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--kind', choices=tuple(KINDS), default=DEFAULT_KIND, help=kinds + '.')
   p.add_argument('--out', required=True, help='Folder to write the dataset to.')
   # Underscores, as every other CLI here spells its flags; the dashed spellings still work.
@@ -73,4 +73,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main, 'synthetic')()  # An error is one line.

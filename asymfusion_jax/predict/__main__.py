@@ -12,12 +12,12 @@ fault otherwise (the images predicted before a bad file are kept, and a rerun sk
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 
+from asymfusion_jax import cli
 from asymfusion_jax import config_io
 from asymfusion_jax import config_lib
 from asymfusion_jax import logger
@@ -49,6 +49,12 @@ flags.DEFINE_bool('logits', False, 'Also write the float logits as .npy (segment
 flags.DEFINE_bool('overwrite', False, 'Predict images whose outputs exist again.')
 flags.DEFINE_integer('batch_size', None, 'Images of one size per batch (default: '
                      'config.eval_batch_size).', lower_bound=1)
+flags.DEFINE_list('missing', [], 'Modalities the images lack (no --input for them): each is '
+                  'replaced by --missing_fill.')
+flags.DEFINE_enum('missing_fill', None, ['pad', 'mean', 'drop'], "What replaces a missing "
+                  "modality (default: config.eval.missing_fill, else 'pad'): its normalised pad "
+                  "value, its training-set mean (needs the training data), or 'drop' (pad value, "
+                  'its branch not written, the ensemble over the others).')
 flags.mark_flags_as_required(['out'])
 
 
@@ -114,25 +120,24 @@ def main(argv):
   if bool(FLAGS.input) == bool(FLAGS.list):
     raise app.UsageError('pass the images as --input MODALITY=FOLDER (once per modality) or '
                          'as --list=FILE, not both')
-  try:
-    options = predict_lib.Options(
-        tile=_pair(FLAGS.tile), tile_stride=_pair(FLAGS.tile_stride),
-        scales=_scales(FLAGS.scales),
-        flip=FLAGS.flip, branches=FLAGS.branches, logits=FLAGS.logits,
-        overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size)
-    folders = _folders(FLAGS.input)  # Before the model loads, so that a typo fails at once.
-    if FLAGS.list and not os.path.isfile(FLAGS.list):
-      raise predict_lib.InputError(f'--list={FLAGS.list}: no such file')
-    model = _model()
-    images = predict_lib.images(model.config, folders, FLAGS.list)
-    logging.info('Predicting %d images with the %s (step %s) into %s.', len(images),
-                 model.origin, model.step, FLAGS.out)
-    done = predict_lib.predict(model, images, FLAGS.out, options)
-  except (OSError, ValueError) as e:  # InputError, checkpoint and config errors included.
-    sys.exit('predict: ' + ' '.join(str(e).split('\n')))
+  # An error (InputError, checkpoint and config errors included) is one line (cli.run).
+  options = predict_lib.Options(
+      tile=_pair(FLAGS.tile), tile_stride=_pair(FLAGS.tile_stride),
+      scales=_scales(FLAGS.scales),
+      flip=FLAGS.flip, branches=FLAGS.branches, logits=FLAGS.logits,
+      overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size,
+      missing=tuple(FLAGS.missing), missing_fill=FLAGS.missing_fill)
+  folders = _folders(FLAGS.input)  # Before the model loads, so that a typo fails at once.
+  if FLAGS.list and not os.path.isfile(FLAGS.list):
+    raise predict_lib.InputError(f'--list={FLAGS.list}: no such file')
+  model = _model()
+  images = predict_lib.images(model.config, folders, FLAGS.list, FLAGS.missing)
+  logging.info('Predicting %d images with the %s (step %s) into %s.', len(images),
+               model.origin, model.step, FLAGS.out)
+  done = predict_lib.predict(model, images, FLAGS.out, options)
   logging.info('Predicted %d images into %s (%d already there).', done['predicted'], FLAGS.out,
                done['skipped'])
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, 'predict')

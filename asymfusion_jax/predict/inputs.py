@@ -23,7 +23,6 @@ from typing import Sequence
 
 import numpy as np
 
-from asymfusion_jax import data
 from asymfusion_jax.data import predict_io
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -129,9 +128,12 @@ def from_list(list_file: str, dataset, names: Sequence[str]) -> list[Image]:
   return images
 
 
-def images(config, folders: dict | None = None, list_file: str | None = None) -> list[Image]:
-  """The images of `folders` ({modality: folder}) or of `list_file` for a model of `config`."""
-  dataset, names = data.get(config).predict_io(config), tuple(config.modalities)
+def images(config, folders: dict | None = None, list_file: str | None = None,
+           missing: Sequence[str] = ()) -> list[Image]:
+  """The images of `folders` ({modality: folder}) or of `list_file` for a model of `config`;
+  the `missing` modalities are not read (predict fills them)."""
+  dataset = predict_io.get(config)
+  names = tuple(n for n in config.modalities if n not in missing)
   if folders:
     return from_folders(folders, dataset, names)
   return from_list(list_file, dataset, names)
@@ -143,11 +145,11 @@ def read(image: Image, dataset) -> dict[str, np.ndarray]:
   for name, path in image.files.items():
     try:
       with open(path, 'rb') as f:
-        content = f.read()
+        data = f.read()
     except OSError as e:
       raise InputError(f'unreadable file {path}: {e.strerror or e}') from e
     try:
-      out[name] = dataset.network_input(name, predict_io.decode(content))
+      out[name] = dataset.network_input(name, predict_io.decode(data))
     except ValueError as e:
       raise InputError(f'{path}: {e}') from e
     if first is None:

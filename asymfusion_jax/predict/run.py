@@ -14,6 +14,7 @@ import dataclasses
 from absl import logging
 import numpy as np
 
+from asymfusion_jax import missing as missing_lib
 from asymfusion_jax import tasks
 from asymfusion_jax.predict import inputs as inputs_lib
 from asymfusion_jax.predict import outputs as outputs_lib
@@ -36,6 +37,10 @@ class Options:
   logits: bool = False
   overwrite: bool = False
   batch_size: int | None = None
+  # Modalities the images lack, replaced by missing_fill (default config.eval.missing_fill, else
+  # 'pad'; see asymfusion_jax/missing.py): no input is read for them.
+  missing: tuple[str, ...] = ()
+  missing_fill: str | None = None
 
 
 def resolve(options: Options, config) -> Options:
@@ -44,8 +49,18 @@ def resolve(options: Options, config) -> Options:
   batch = options.batch_size or int(config.get('eval_batch_size', 1))
   if batch < 1:
     raise ValueError(f'--batch_size must be positive, got {batch}')
+  fill = options.missing_fill or evaluation.get('missing_fill', 'pad')
+  names = tuple(config.modalities)
+  if fill not in missing_lib.FILLS:
+    raise ValueError(f'--missing_fill={fill}: choose one of {missing_lib.FILLS}')
+  for name in options.missing:
+    if name not in names:
+      raise ValueError(f'--missing={name}: not a modality of the model {names}')
+  if options.missing and set(options.missing) >= set(names):
+    raise ValueError(f'--missing={",".join(options.missing)} leaves no modality to predict from')
   return dataclasses.replace(
-      options, batch_size=batch,
+      options, batch_size=batch, missing_fill=fill,
+      missing=tuple(n for n in names if n in options.missing),
       scales=tuple(float(s) for s in (options.scales or evaluation.get('scales', (1.0,)))),
       flip=bool(evaluation.get('flip', False) if options.flip is None else options.flip))
 
@@ -54,7 +69,9 @@ def record(model, options: Options) -> dict:
   """What decides the values written (outputs.check_record)."""
   return {'model': model.origin, 'step': model.step, 'scales': list(options.scales),
           'flip': options.flip, 'tile': list(options.tile) if options.tile else None,
-          'tile_stride': list(options.tile_stride) if options.tile_stride else None}
+          'tile_stride': list(options.tile_stride) if options.tile_stride else None,
+          **({'missing': list(options.missing), 'missing_fill': options.missing_fill}
+             if options.missing else {})}
 
 
 def predict(model, images: list, out_dir: str, options: Options | None = None,
@@ -73,12 +90,23 @@ def predict(model, images: list, out_dir: str, options: Options | None = None,
   predictor = tasks.get(config).predictor(config, options.logits)
   names = list(config.modalities)
   geometry = windows.Geometry(predictor.input_multiple, model.fixed_size, predictor.output_resize)
+  drop = bool(options.missing) and options.missing_fill == 'drop'
   if model.call is not None:
+    if drop:
+      raise ValueError("--missing_fill=drop reweighs the ensemble with the model's alpha, which "
+                       'an artifact does not expose: use --workdir or --checkpoint, or '
+                       '--missing_fill=pad')
     apply, params = (lambda _, x: model.call(x)), None
   else:
     apply, params = predictor.apply, predictor.params(model.variables)
+  if drop:
+    apply = _dropping(apply, [n not in options.missing for n in names])
   branches = names + ['ensemble']
   rows = list(range(len(branches))) if options.branches else [len(names)]
+  if drop:  # Removed branches are not written.
+    rows = [r for r in rows if r == len(names) or names[r] not in options.missing]
+  fills = (missing_lib.fill_values(config, 'pad' if drop else options.missing_fill)
+           if options.missing else None)
   outputs = outputs_lib.Outputs(out_dir, [branches[r] for r in rows], predictor.kinds())
   pad_values = np.stack([predictor.io.pad_value(n) for n in names])
 
@@ -101,11 +129,12 @@ def predict(model, images: list, out_dir: str, options: Options | None = None,
   def run(batch):
     """Predicts and writes a list of (image, {modality: array}) of one size."""
     nonlocal written
-    x = np.empty((len(names), options.batch_size) + batch[0][1][names[0]].shape, np.float32)
+    shape = next(iter(batch[0][1].values())).shape
+    x = np.empty((len(names), options.batch_size) + shape, np.float32)
     x[...] = pad_values[:, None, None, None, :]  # Padding rows.
     for b, (_, arrays) in enumerate(batch):
       for m, name in enumerate(names):
-        x[m, b] = arrays[name]
+        x[m, b] = fills[m] if name in options.missing else arrays[name]
     host = predictor.host_outputs(runner(x)[np.asarray(rows)])
     for b, (image, _) in enumerate(batch):
       outputs.write(image.stem, host, b)
@@ -132,7 +161,7 @@ def predict(model, images: list, out_dir: str, options: Options | None = None,
           break
         image, future = ahead.popleft()
         arrays = future.result()
-        size = arrays[names[0]].shape[:2]
+        size = next(iter(arrays.values())).shape[:2]
         pending.setdefault(size, []).append((image, arrays))
         if len(pending[size]) == options.batch_size:
           run(pending.pop(size))
@@ -149,3 +178,12 @@ def predict(model, images: list, out_dir: str, options: Options | None = None,
     progress.finish()
   return {'predicted': written, 'skipped': len(images) - len(todo),
           'compiled': runner.compiled_shapes}
+
+
+def _dropping(apply, keep):
+  """apply, its ensemble recomputed over the kept branches (alpha renormalised)."""
+  def dropped(params, x):
+    out = apply(params, x)
+    ensemble = missing_lib.renormalised_ensemble(out, params.get('params', {}), keep)
+    return out.at[-1].set(ensemble.astype(out.dtype))
+  return dropped

@@ -13,6 +13,8 @@ import flax
 import jax
 import numpy as np
 
+from asymfusion_jax.data import predict_io
+
 from asymfusion_jax import data
 
 
@@ -38,6 +40,8 @@ class Task(abc.ABC):
 
   # Values of the training metrics (train step outputs) that the progress line shows.
   progress_metric = 'loss'
+  # The batch key of the (M, B, H, W, C) network inputs (what missing modalities replace).
+  input_key = 'image'
 
   @abc.abstractmethod
   def check_config(self, config) -> None:
@@ -82,9 +86,10 @@ class Task(abc.ABC):
     return {}
 
   @abc.abstractmethod
-  def evaluator(self, config, mesh):
+  def evaluator(self, config, mesh, wrap=None):
     """An object whose run(variables, out_dir, step) evaluates the whole validation set and
-    returns {branch: {metric: value}}."""
+    returns {branch: {metric: value}}. wrap: model -> the model evaluated (missing.py's
+    MissingModel), or None."""
 
   def predictor(self, config, logits: bool = False) -> 'Predictor':
     """What `python -m asymfusion_jax.predict` runs and writes for this task. logits: also
@@ -149,12 +154,12 @@ class Predictor(abc.ABC):
     config: the model's config.
     model: the Flax module that predicts (the one evaluation runs); its input_multiple and
       output_resize say how to run it at any size (asymfusion_jax.predict.windows.Geometry).
-    io: the dataset's predict_io(config) (data/predict_io.py): input encoding, pad values, label
+    io: the dataset's predict I/O (data/predict_io.py): input encoding, pad values, label
       convention and palette.
   """
 
   def __init__(self, config, model):
-    self.config, self.model, self.io = config, model, data.get(config).predict_io(config)
+    self.config, self.model, self.io = config, model, predict_io.get(config)
 
   @property
   def input_multiple(self) -> int:

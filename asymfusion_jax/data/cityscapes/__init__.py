@@ -16,8 +16,8 @@ import numpy as np
 
 from asymfusion_jax.data import common
 from asymfusion_jax.data.cityscapes import layout
-from asymfusion_jax.data.cityscapes import prediction
 from asymfusion_jax.data.cityscapes.pipeline import eval_batches
+from asymfusion_jax.data.cityscapes.pipeline import largest_crop
 from asymfusion_jax.data.cityscapes.pipeline import num_examples
 from asymfusion_jax.data.cityscapes.pipeline import planned_num_examples
 from asymfusion_jax.data.cityscapes.pipeline import prepare
@@ -32,8 +32,7 @@ eval_image_size = common.synthetic_image_size
 
 
 def check_config(config) -> None:
-  """The modalities (rgb, depth), the 19 classes, data.scale_step and the evaluation's keys
-  (eval.scales, eval.flip, eval.write_label_ids)."""
+  """The modalities (rgb, depth), the 19 classes, data.scale_step and the evaluation's keys."""
   from asymfusion_jax import validation as v  # pylint: disable=g-import-not-at-top
   names = tuple(config.modalities)
   if not set(names) <= {'rgb', 'depth'}:
@@ -65,13 +64,9 @@ def class_names(config) -> tuple[str, ...]:
 def palette(config) -> np.ndarray:
   """The Cityscapes colours of the 19 train ids; every other label black."""
   del config
-  return layout.label_palette()
-
-
-def predict_io(config) -> prediction.PredictIO:
-  """Files paired by the stem before _leftImg8bit / _disparity, encoded as in training; labels
-  written as the 34 Cityscapes label ids in the Cityscapes palette (data/predict_io.py)."""
-  return prediction.PredictIO(config)
+  table = np.zeros((256, 3), np.uint8)
+  table[:layout.NUM_CLASSES] = layout.PALETTE
+  return table
 
 
 def image_id(name: str) -> str:
@@ -81,5 +76,10 @@ def image_id(name: str) -> str:
 
 __all__ = ['MODELS', 'EVALUATION', 'check_config', 'class_names', 'eval_batches',
            'eval_image_size', 'image_id', 'input_encoding', 'num_examples', 'palette',
-           'planned_num_examples', 'predict_io', 'prepare', 'read', 'steps_per_epoch',
-           'train_batches']
+           'planned_num_examples', 'prepare', 'read', 'steps_per_epoch', 'train_batches']
+
+
+def predict_io(config):
+  """What `python -m asymfusion_jax.predict` asks of this dataset (prediction.PredictIO)."""
+  from asymfusion_jax.data.cityscapes import prediction  # pylint: disable=g-import-not-at-top
+  return prediction.PredictIO(config)

@@ -238,16 +238,3 @@ def pad_value(name: str) -> float:
 def raw_key(name: str) -> str:
   """The example key holding modality `name`'s raw pixels."""
   return 'disparity' if name == 'depth' else name
-
-
-def label_palette() -> np.ndarray:
-  """uint8 (256, 3): the Cityscapes colour of each train id, every other label black."""
-  table = np.zeros((256, 3), np.uint8)
-  table[:NUM_CLASSES] = PALETTE
-  return table
-
-
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-  """(H, W) train ids -> (H, W, 3) uint8 RGB in the Cityscapes palette; 255 and others black."""
-  ids = np.asarray(train_ids).astype(np.int64)
-  return label_palette()[np.where((ids >= 0) & (ids < 256), ids, IGNORE_LABEL)]

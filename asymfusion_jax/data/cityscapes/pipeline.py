@@ -88,6 +88,20 @@ def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int |
   return common.planned_num_examples(config, split, count_source, num_examples)
 
 
+def largest_crop(config: ml_collections.ConfigDict) -> tuple[int, str] | None:
+  """(the largest crop_size the train images fill, why) for the planned train images
+  (common.planned_image_size: Cityscapes images share one size, that of the first); None when
+  their size is not known yet. A larger crop is padding in every crop (apply_augmentation)."""
+  size = common.planned_image_size(config, _has_images,
+                                   lambda c: read(c, 'train', 0)['label'].shape[:2])
+  if size is None:
+    return None
+  high = float(scales(config.data.scale_range, config.data.scale_step).max())
+  short = int(min(size) * high)
+  return short, (f'the {size[0]}x{size[1]} train images have a short side of {short} pixels at '
+                 f'the largest scale {high:g} of config.data.scale_range')
+
+
 def scales(scale_range, scale_step: float) -> np.ndarray:
   """The scales low, low + step, ..., high of TF-DeepLab's random scaling (step 0: low only)."""
   low, high = float(scale_range[0]), float(scale_range[1])

@@ -1,4 +1,4 @@
-"""What `python -m asymfusion_jax.predict` asks of Cityscapes (data/predict_io.py)."""
+"""What predict asks of Cityscapes (data/predict_io.py): its encoding, label ids and palette."""
 
 import numpy as np
 
@@ -7,11 +7,12 @@ from asymfusion_jax.data.cityscapes import layout as cityscapes
 
 
 class PredictIO:
-  """Cityscapes RGB-D: layout.py's encoding, label ids and palette."""
+  """Cityscapes RGB-D: data/cityscapes.py's encoding, label ids and palette."""
 
   SUFFIXES = {'rgb': '_leftImg8bit', 'depth': '_disparity'}
 
   def __init__(self, config):
+    self.config = config
     self.names = tuple(config.modalities)
     unknown = [n for n in self.names if n not in self.SUFFIXES]
     if unknown:
@@ -26,8 +27,7 @@ class PredictIO:
   def network_input(self, modality: str, image: np.ndarray) -> np.ndarray:
     if modality == 'rgb':
       return cityscapes.rgb_input(predict_io.colour_8bit(image, 'a leftImg8bit (rgb) image'))
-    return cityscapes.depth_input(
-        predict_io.single_channel(image, (np.uint16,), 'a disparity image'))
+    return cityscapes.depth_input(predict_io.single_channel(image, (np.uint16,), 'a disparity image'))
 
   def pad_value(self, modality: str) -> np.ndarray:
     return np.full((3,), cityscapes.pad_value(modality), np.float32)
@@ -39,4 +39,6 @@ class PredictIO:
     return ids[np.clip(classes, 0, 255).astype(np.int64)]
 
   def colour_image(self, classes: np.ndarray) -> np.ndarray:
-    return cityscapes.colorize(classes)
+    from asymfusion_jax.data import cityscapes as dataset  # pylint: disable=g-import-not-at-top
+    from asymfusion_jax.tasks.segmentation import visualize  # pylint: disable=g-import-not-at-top
+    return visualize.colorize(classes, dataset.palette(self.config))

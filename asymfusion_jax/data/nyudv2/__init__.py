@@ -15,10 +15,10 @@ import os
 from asymfusion_jax.data import common
 from asymfusion_jax.data import modalities
 from asymfusion_jax.data.nyudv2 import layout
-from asymfusion_jax.data.nyudv2 import prediction
 from asymfusion_jax.data.nyudv2 import synthetic
 from asymfusion_jax.data.nyudv2.pipeline import check_labels
 from asymfusion_jax.data.nyudv2.pipeline import eval_batches
+from asymfusion_jax.data.nyudv2.pipeline import largest_crop
 from asymfusion_jax.data.nyudv2.pipeline import num_examples
 from asymfusion_jax.data.nyudv2.pipeline import planned_num_examples
 from asymfusion_jax.data.nyudv2.pipeline import prepare
@@ -57,12 +57,6 @@ def palette(config) -> None:
   del config
 
 
-def predict_io(config) -> prediction.PredictIO:
-  """rgb and depth files normalised as in training; labels written as class indices in
-  visualize's default palette (data/predict_io.py)."""
-  return prediction.PredictIO(config)
-
-
 def image_id(name: str) -> str:
   """'rgb/000123.png' -> '000123'."""
   return os.path.splitext(os.path.basename(name))[0]
@@ -70,5 +64,11 @@ def image_id(name: str) -> str:
 
 __all__ = ['MODELS', 'EVALUATION', 'check_config', 'check_labels', 'class_names',
            'eval_batches', 'eval_image_size', 'image_id', 'input_encoding', 'num_examples',
-           'palette', 'planned_num_examples', 'predict_io', 'prepare', 'read', 'steps_per_epoch',
+           'palette', 'planned_num_examples', 'prepare', 'read', 'steps_per_epoch',
            'train_batches']
+
+
+def predict_io(config):
+  """What `python -m asymfusion_jax.predict` asks of this dataset (prediction.PredictIO)."""
+  from asymfusion_jax.data.nyudv2 import prediction  # pylint: disable=g-import-not-at-top
+  return prediction.PredictIO(config)

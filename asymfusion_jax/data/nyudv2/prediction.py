@@ -1,4 +1,4 @@
-"""What `python -m asymfusion_jax.predict` asks of NYUDv2 (data/predict_io.py)."""
+"""What predict asks of NYUDv2 (data/predict_io.py): its normalisation, pad values and labels."""
 
 import numpy as np
 

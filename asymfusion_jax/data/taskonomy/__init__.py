@@ -11,7 +11,6 @@ domains (config.modalities, in order) and the target config.target, all mapped t
 """
 
 from asymfusion_jax.data.taskonomy import layout
-from asymfusion_jax.data.taskonomy import prediction
 from asymfusion_jax.data.taskonomy.pipeline import eval_batches
 from asymfusion_jax.data.taskonomy.pipeline import num_examples
 from asymfusion_jax.data.taskonomy.pipeline import planned_num_examples
@@ -51,12 +50,12 @@ def input_encoding(config) -> dict:
   }
 
 
-def predict_io(config) -> prediction.PredictIO:
-  """Domain files paired by the stem before _domain_<domain>, decoded as in training
-  (data/predict_io.py)."""
-  return prediction.PredictIO(config)
-
-
 __all__ = ['MODELS', 'check_config', 'eval_batches', 'eval_image_size', 'input_encoding',
-           'num_examples', 'planned_num_examples', 'predict_io', 'prepare', 'steps_per_epoch',
+           'num_examples', 'planned_num_examples', 'prepare', 'steps_per_epoch',
            'train_batches']
+
+
+def predict_io(config):
+  """What `python -m asymfusion_jax.predict` asks of this dataset (prediction.PredictIO)."""
+  from asymfusion_jax.data.taskonomy import prediction  # pylint: disable=g-import-not-at-top
+  return prediction.PredictIO(config)

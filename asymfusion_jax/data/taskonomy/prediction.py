@@ -1,4 +1,4 @@
-"""What `python -m asymfusion_jax.predict` asks of Taskonomy (data/predict_io.py)."""
+"""What predict asks of Taskonomy (data/predict_io.py): its domain decoding and pad values."""
 
 import numpy as np
 
@@ -7,7 +7,7 @@ from asymfusion_jax.data.taskonomy import layout as taskonomy
 
 
 class PredictIO:
-  """Taskonomy domains: layout.py's decoding, then x / 127.5 - 1."""
+  """Taskonomy domains: data/taskonomy.py's decoding, then x / 127.5 - 1."""
 
   def __init__(self, config):
     self.names = tuple(config.modalities)

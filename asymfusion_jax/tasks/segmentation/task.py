@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asymfusion_jax import convert, data, initialization, sharding, variables_io
+from asymfusion_jax import data, initialization, sharding, variables_io
+from asymfusion_jax.convert import refinenet as refinenet_convert
 from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
 from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, predict, validation
@@ -133,8 +134,9 @@ class Segmentation(base.Task):
     return {'train/lr_encoder': float(lr['encoder'](step)),
             'train/lr_decoder': float(lr['decoder'](step))}
 
-  def evaluator(self, config, mesh):
-    return evaluation.Evaluator(build_model(config), config, mesh)
+  def evaluator(self, config, mesh, wrap=None):
+    model = build_model(config)
+    return evaluation.Evaluator(wrap(model) if wrap else model, config, mesh)
 
   def best_metric(self, config):
     return 'ensemble/miou', True
@@ -193,7 +195,7 @@ class Segmentation(base.Task):
   def torch_state_dict(self, config, variables):
     if not isinstance(build_model(config), RefineNet):
       return super().torch_state_dict(config, variables)
-    return convert.refinenet_to_torch(variables)
+    return refinenet_convert.refinenet_to_torch(variables)
 
   def predictor(self, config, logits: bool = False):
     return predict.SegmentationPredictor(config, logits)

@@ -30,6 +30,7 @@ def check_config(config) -> None:
   num_classes = MODEL_CHECKS[model_name](config)
   v.check_dataset(config)
   v.compute_dtype(config)
+  v.kernels(config)
   v.boolean(config, 'frozen_bn')
 
   ignore = v.value(config, 'data.ignore_label')
@@ -46,6 +47,7 @@ def check_config(config) -> None:
   if not (v.is_number(low) and v.is_number(high) and 0 < low <= high):
     v.fail('data.scale_range', (low, high), '(low, high) with 0 < low <= high')
   v.integer(config, 'data.num_workers', 0)
+  v.integer(config, 'data.prefetch_to_device', 0)
 
   for key in ('batch_size', 'eval_batch_size', 'crop_size'):
     v.integer(config, key, 1)
@@ -147,8 +149,25 @@ def check_train_data(config) -> None:
                         'training examples, so an epoch would have no step')
 
 
+def check_crop(config) -> None:
+  """The train crop fits in the train images at their largest augmentation scale.
+
+  The images' size is the planned data's (recorded by its build, or config.data.
+  synthetic_image_size for synthetic data still to generate); data not built yet is checked
+  once it is (train.prepare_data checks again). A larger crop would train on padding, and
+  slowly: a crop of 1000 on 96x128 images takes minutes and gigabytes for its first step.
+  """
+  largest = data.get(config).largest_crop(config)
+  if largest is not None and config.crop_size > largest[0]:
+    limit, why = largest
+    raise v.ConfigError(f'config.crop_size={config.crop_size} is larger than the training data: '
+                        f'{why}, so every crop would be partly padding; choose a crop_size of at '
+                        f'most {limit}')
+
+
 def check_training(config) -> None:
   """Every check that can run before a training run creates its workdir."""
   check_config(config)
   check_devices(config)
   check_train_data(config)
+  check_crop(config)

@@ -186,6 +186,7 @@ class Translation(base.Task):
   """The translation task for train.py (see base.Task)."""
 
   progress_metric = 'g_loss'
+  input_key = 'inputs'
 
   def check_config(self, config) -> None:
     validation.check_config(config)
@@ -227,8 +228,8 @@ class Translation(base.Task):
   def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
     return jit_train_step(config, mesh, state, batch)
 
-  def evaluator(self, config, mesh):
-    return evaluation.Evaluator(config, mesh)
+  def evaluator(self, config, mesh, wrap=None):
+    return evaluation.Evaluator(config, mesh, wrap)
 
   def best_metric(self, config):
     """The ensemble's FID when the Inception weights are given, else its L1."""

@@ -23,11 +23,13 @@ def check_config(config) -> None:
                                           f'with an InstanceNorm for model.num_downs={num_downs})')
   v.number(config, 'model.dropout_rate', 0, 1, high_open=True)
   v.compute_dtype(config)
+  v.kernels(config)
 
   v.boolean(config, 'data.synthetic')
   for key in ('data.num_train', 'data.num_val'):
     v.integer(config, key, 1)
   v.integer(config, 'data.num_workers', 0)
+  v.integer(config, 'data.prefetch_to_device', 0)
   crop = v.integer(config, 'crop_size', 1)
   if crop % 2 ** num_downs:
     v.fail('crop_size', crop, f'a multiple of 2**model.num_downs = {2 ** num_downs}')
