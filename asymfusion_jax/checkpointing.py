@@ -413,8 +413,8 @@ def _link_best(source, files: dict, best_dir: str, step: int) -> None:
 def _remove_unfinished_best(best_dir: str, keep: str | None = None) -> None:
   """Removes what a best checkpoint replaced or left half made; with `keep`, every other step."""
   for name in os.listdir(best_dir):
-    if name.startswith('.') and name.endswith(('.partial', '.replaced')) or (
-        keep is not None and name != keep):
+    unfinished = name.startswith('.') and name.endswith(('.partial', '.replaced'))
+    if unfinished or (keep is not None and name != keep):
       shutil.rmtree(os.path.join(best_dir, name), ignore_errors=True)
 
 

@@ -2,6 +2,7 @@
 kill -9 during a save, and workdirs of the layout before `variables` and `train`."""
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -9,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +19,20 @@ import pytest
 
 from asymfusion_jax import checkpointing, checksums, export
 from tests import tiny
+
+
+def record_fails_at(step: int):
+  """checksums.write, failing as on a full disk for the save of `step` (its folder, before
+  orbax commits it, is named '<step>.<orbax's suffix>')."""
+  write = checksums.write
+
+  def write_or_fail(directory, entries=None):
+    if os.path.basename(str(directory)).startswith(f'{step}.'):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
+                    os.path.join(str(directory), checksums.CHECKSUMS_FILE))
+    return write(directory, entries)
+
+  return write_or_fail
 
 
 def small_state(step: int) -> dict:
@@ -85,15 +99,7 @@ def test_a_failed_save_is_one_error_and_is_never_committed(tmp_path, monkeypatch
   a step only after its record, so step 2 never appears; its partial folder is removed, and the
   error (raised by the next save or close) names the file; step 1 stays, verified."""
   workdir = str(tmp_path)
-  write = checksums.write
-
-  def disk_full_at_step_2(directory, entries=None):
-    if os.path.basename(str(directory)).startswith('2.'):
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
-                    os.path.join(str(directory), checksums.CHECKSUMS_FILE))
-    return write(directory, entries)
-
-  monkeypatch.setattr(checksums, 'write', disk_full_at_step_2)
+  monkeypatch.setattr(checksums, 'write', record_fails_at(2))
   ckpts = checkpointing.Checkpoints(workdir)
   ckpts.save(small_state(1), record(1), also_best=True)
   ckpts.save(small_state(2), record(2), also_best=True)  # Returns: written in the background.
@@ -180,22 +186,10 @@ def test_kill_during_a_save_leaves_the_previous_checkpoint(full_run, tiny_data, 
   test_train.test_corrupt_latest_checkpoint_is_skipped), and removes the partial folder."""
   del full_run  # Compiled the run's programs into the persistent cache the CLI reads.
   workdir = str(tmp_path / 'killed')
-  marker, log = tmp_path / 'saving_4', tmp_path / 'killed.log'
-  with open(log, 'w') as out:
-    proc = subprocess.Popen(
-        [sys.executable, '-c', HANG_IN_SAVE_OF_STEP_4, '--config=configs/demo.py',
-         f'--workdir={workdir}', *tiny.flags(tiny_data, max_steps=4, checkpoint_every_steps=2)],
-        cwd=tiny.REPO, stdout=out, stderr=subprocess.STDOUT,
-        env={**os.environ, 'HANG_MARKER': str(marker)})
-  try:
-    deadline = time.time() + 300
-    while not marker.exists():
-      assert proc.poll() is None, log.read_text()[-3000:]
-      assert time.time() < deadline, log.read_text()[-3000:]
-      time.sleep(0.2)
-  finally:
-    proc.kill()
-    proc.wait()
+  tiny.kill_at_marker(
+      [sys.executable, '-c', HANG_IN_SAVE_OF_STEP_4, '--config=configs/demo.py',
+       f'--workdir={workdir}', *tiny.flags(tiny_data, max_steps=4, checkpoint_every_steps=2)],
+      tmp_path / 'saving_4', tmp_path / 'killed.log')
   periodic = os.path.join(workdir, 'checkpoints')
   assert sorted(os.listdir(periodic)) == ['2', '4.orbax-checkpoint-tmp']
   ckpts = checkpointing.Checkpoints(workdir)  # As a resumed run opens them.
@@ -230,17 +224,11 @@ def _private_mount() -> list[str] | None:
 
 
 # Without a tmpfs: the same run, with the checksum record of step 4 failing as on a full disk.
-RECORD_OF_STEP_8_FAILS = textwrap.dedent("""
-    import errno, os
+RECORD_OF_STEP_4_FAILS = textwrap.dedent("""
     from absl import app
     from asymfusion_jax import checksums, main
-    write = checksums.write
-    def full(directory, entries=None):
-      if os.path.basename(str(directory)).startswith('4.'):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
-                      os.path.join(str(directory), checksums.CHECKSUMS_FILE))
-      return write(directory, entries)
-    checksums.write = full
+    from tests.test_checkpointing import record_fails_at
+    checksums.write = record_fails_at(4)
     app.run(main.main, flags_parser=main.parse_flags)
 """)
 
@@ -263,7 +251,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(full_run, tiny_da
     command = [*prefix, 'sh', '-c', script, 'sh', sys.executable, '-m', 'asymfusion_jax.main',
                *cli]
   else:
-    command = [sys.executable, '-c', RECORD_OF_STEP_8_FAILS, *cli]
+    command = [sys.executable, '-c', RECORD_OF_STEP_4_FAILS, *cli]
     kept = workdir
   done = subprocess.run(command, cwd=tiny.REPO, capture_output=True, text=True, timeout=600,
                         check=False)
@@ -280,3 +268,24 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(full_run, tiny_da
   assert done.stderr.count('No space left on device') == 1, done.stderr[-3000:]
   assert os.listdir(kept / 'checkpoints') == ['2'] and os.listdir(kept / 'best') == []
   checksums.verify(kept / 'checkpoints' / '2')
+
+
+def test_checkpoint_stall_experiment_reports_its_figures(tmp_path):
+  """experiments/checkpoint_stall.py on the benchmark test's tiny model (its compiled step is in
+  the cache): one JSON line last, with a figure for each save and the checkpoints written."""
+  done = subprocess.run(
+      [sys.executable, 'experiments/checkpoint_stall.py', '--config=configs/demo.py',
+       '--config.model.width=8', '--config.model.decoder_width=16', '--config.crop_size=32',
+       '--config.batch_size=2', '--steps=4', '--save_every=2', '--warmup=1',
+       f'--workdir={tmp_path}'], cwd=tiny.REPO, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert (result['saves'], result['best_saves'], result['steps'], result['async']) == (
+      2, 1, 4, True)
+  for key in ('step_ms', 'blocking_ms', 'overhead_ms', 'final_wait_ms', 'state_mb',
+              'checkpoint_mb'):
+    assert isinstance(result[key], float) and np.isfinite(result[key]), key
+  assert result['checkpoint_mb'] > 0.5 * result['state_mb'] > 0
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+  assert os.listdir(tmp_path / 'best') == ['4']

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import zipfile
 
 import cv2
@@ -293,23 +292,9 @@ def test_resume_after_a_kill_is_exact(cs_run, cs_data, tmp_path):
                'data.tfds_data_dir': str(cs_data / 'tfds')}
   flags = [f'--config.{k}=' + ('(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple)
                                else str(v)) for k, v in overrides.items()]
-  marker, log = tmp_path / 'checkpoint_2_written', tmp_path / 'killed.log'
-  with open(log, 'w') as out:
-    proc = subprocess.Popen(
-        [sys.executable, '-c', HANG_AFTER_STEP_2, '--config=configs/demo_cityscapes.py',
-         f'--workdir={workdir}', *flags],
-        cwd=tiny.REPO, stdout=out, stderr=subprocess.STDOUT,
-        env={**os.environ, 'HANG_MARKER': str(marker)})
-  try:
-    deadline = time.time() + 300
-    while not marker.exists():
-      assert proc.poll() is None, log.read_text()[-3000:]
-      assert time.time() < deadline, log.read_text()[-3000:]
-      time.sleep(0.2)
-  finally:
-    proc.kill()
-    proc.wait()
-  assert proc.returncode == -9
+  tiny.kill_at_marker([sys.executable, '-c', HANG_AFTER_STEP_2,
+                       '--config=configs/demo_cityscapes.py', f'--workdir={workdir}', *flags],
+                      tmp_path / 'checkpoint_2_written', tmp_path / 'killed.log')
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
   train.train_and_evaluate(tiny_config(cs_data), workdir)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),

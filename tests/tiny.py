@@ -1,6 +1,8 @@
 """Tiny configurations of the two demos, shared by the training, export and device tests."""
 
 import os
+import subprocess
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,6 +103,24 @@ def translation_flags(tmp_dir, **overrides) -> list[str]:
   dirs = {'data.manual_dir': c.data.manual_dir, 'data.tfds_data_dir': c.data.tfds_data_dir}
   return _flags({**TRANSLATION_OVERRIDES, **dirs,
                  **{k.replace('__', '.'): v for k, v in overrides.items()}})
+
+
+def kill_at_marker(command: list[str], marker, log, timeout: float = 300) -> None:
+  """Runs `command` in the repository with HANG_MARKER=marker, output to the file `log`, and
+  SIGKILLs it once it has made that file (where it hangs on purpose)."""
+  with open(log, 'w') as out:
+    proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, 'HANG_MARKER': str(marker)})
+  try:
+    deadline = time.time() + timeout
+    while not os.path.exists(marker):
+      assert proc.poll() is None, open(log).read()[-3000:]
+      assert time.time() < deadline, open(log).read()[-3000:]
+      time.sleep(0.2)
+  finally:
+    proc.kill()
+    proc.wait()
+  assert proc.returncode == -9
 
 
 def _set(c, values: dict) -> None:
