@@ -232,7 +232,7 @@ def test_a_missing_key_is_named(tiny_data):
   config = tiny.config(tiny_data)
   del config.data['prefetch_to_device']
   with pytest.raises(validation.ConfigError, match=r'config\.data\.prefetch_to_device is missing'):
-    validation.check_config(config)
+    segmentation_validation.check_config(config)
 
 
 def test_a_crop_larger_than_synthetic_data_still_to_generate(tmp_path):
