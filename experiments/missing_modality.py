@@ -106,21 +106,27 @@ def run_variant(spec: str, rate: float, seed: int, fills, workdir: str, max_step
           for fill in fills}
 
 
+def collect(by_rate: dict) -> tuple[str, bool, dict]:
+  """(metric, higher is better, {(rate, fill): {subset: [the ensemble's metric per seed]}}) of
+  one config's {rate: {seed: {fill: {subset: {branch: scores}}}}}."""
+  metric, higher = main_metric(next(iter(next(iter(by_rate.values())).values())))
+  rows = {}
+  for rate, by_seed in by_rate.items():
+    for record in by_seed.values():
+      for fill, by_subset in record.items():
+        for subset, scores in by_subset.items():
+          rows.setdefault((rate, fill), {}).setdefault(subset, []).append(
+              scores['ensemble'][metric])
+  return metric, higher, rows
+
+
 def table(results: dict) -> str:
   """Markdown: per config, dropout, fill and missing subset, the ensemble's main metric."""
   lines = []
   for config, by_rate in results.items():
-    first = next(iter(next(iter(by_rate.values())).values()))
-    metric, higher = main_metric(first)
+    metric, higher, rows = collect(by_rate)
     lines += [f'### {config}: ensemble {metric} ({"higher" if higher else "lower"} is better), '
               'mean ± sample std over seeds', '']
-    rows = {}
-    for rate, by_seed in by_rate.items():
-      for record in by_seed.values():
-        for fill, by_subset in record.items():
-          for subset, scores in by_subset.items():
-            rows.setdefault((rate, fill), {}).setdefault(subset, []).append(
-                scores['ensemble'][metric])
     subset_names = list(dict.fromkeys(s for r in rows.values() for s in r))
     lines.append('| dropout | fill | ' + ' | '.join(f'missing {s}' for s in subset_names) + ' |')
     lines.append('|---|---|' + '---|' * len(subset_names))
@@ -146,15 +152,8 @@ def plot(results: dict, path: str) -> None:
   ensemble's main metric (mean over seeds, a line for ± std). Drawn with OpenCV."""
   panels = []
   for config, by_rate in results.items():
-    first = next(iter(next(iter(by_rate.values())).values()))
-    metric, _ = main_metric(first)
-    series = {}
-    for rate, by_seed in by_rate.items():
-      for record in by_seed.values():
-        for fill, by_subset in record.items():
-          for subset, scores in by_subset.items():
-            series.setdefault(f'p={rate:g} {fill}', {}).setdefault(subset, []).append(
-                scores['ensemble'][metric])
+    metric, _, rows = collect(by_rate)
+    series = {f'p={rate:g} {fill}': by_subset for (rate, fill), by_subset in rows.items()}
     subset_names = list(dict.fromkeys(s for r in series.values() for s in r))
     top = max(max(v) for r in series.values() for v in r.values()) * 1.1 or 1.0
     group = 20 * len(series) + 20
