@@ -413,7 +413,7 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
   if missing.subsets(config):
-    missing.evaluate(task, config, mesh, state.variables(), results, out_dir, record['step'])
+    missing.evaluate(task, config, mesh, variables, results, out_dir, record['step'])
   return results
 
 

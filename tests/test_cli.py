@@ -107,7 +107,7 @@ def _poisoned_copy(full_run, workdir: str) -> None:
   for step in (8, 12):
     shutil.rmtree(os.path.join(workdir, 'checkpoints', str(step)))
   ckpts.periodic.reload()
-  state = dict(restored['state'])
+  state = {**restored[checkpointing.VARIABLES], **restored[checkpointing.TRAIN]}
   state['params'] = jax.tree.map(lambda p: np.asarray(p) * np.nan, state['params'])
   ckpts.save(state, restored['record'])
   ckpts.close()
@@ -117,7 +117,7 @@ def _garble_best(workdir: str) -> None:
   best = os.path.join(workdir, 'best')
   for root, _, files in os.walk(best):
     for name in files:
-      if os.sep + 'state' + os.sep in os.path.join(root, name):
+      if os.sep + checkpointing.VARIABLES + os.sep in os.path.join(root, name):
         with open(os.path.join(root, name), 'wb') as f:
           f.write(b'garbage')
 

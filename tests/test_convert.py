@@ -253,7 +253,8 @@ def test_variables_errors_name_the_directory(tmp_path):
   with pytest.raises(FileNotFoundError, match=str(tmp_path / 'absent')):
     variables_io.load_variables(tmp_path / 'absent')
   (tmp_path / 'plain').mkdir()
-  with pytest.raises(ValueError, match=f'{tmp_path / "plain"} is not an orbax'):
+  with pytest.raises(ValueError, match=f'{tmp_path / "plain"} cannot be used: '
+                     'asymfusion_checksums.json is missing'):
     variables_io.load_variables(tmp_path / 'plain')
   with pytest.raises(ValueError, match='exactly the collections'):
     variables_io.save_variables(tmp_path / 'x', {'params': {}, 'opt_state': {}})

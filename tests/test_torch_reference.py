@@ -69,7 +69,7 @@ def test_resnet50_matches_torchvision(torchvision_resnet50, num_modalities, read
   path, image, expected = torchvision_resnet50
   state_dict = reader(path)
   variables = convert.resnet_from_torch(state_dict, num_modalities)
-  model = ResNet(depth=50, fusion=False)
+  model = ResNet(depth=50, fusion='none')
   images = np.repeat(image[None], num_modalities, axis=0)  # The same image in every modality.
   features = jax.jit(model.apply)(variables, images)
   for stage, want in zip(('l1', 'l2', 'l3', 'l4'), expected):
@@ -95,7 +95,7 @@ def test_refinenet_matches_torch_reference(num_modalities, fuse):
   variables = convert.refinenet_from_torch(reference.state_dict())
   tiny = torch_reference.TINY
   model = RefineNet(depth=torch_reference.TINY_DEPTH, num_classes=tiny['num_classes'],
-                    num_modalities=num_modalities, fusion=fuse, width=tiny['width'],
+                    num_modalities=num_modalities, fusion='asym' if fuse else 'none', width=tiny['width'],
                     decoder_width=tiny['decoder_width'])
   logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
   assert logits.shape == expected.shape == (num_modalities + 1, 2, 10, 12, tiny['num_classes'])

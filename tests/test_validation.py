@@ -176,9 +176,9 @@ def test_padded_rows_change_no_metric(full_run, tiny_data):
   for batch in pipeline.eval_batches(padded.config):
     batch.pop('name')
     host = host + running_sums.counts_to_host(padded._eval(  # From zero at every batch.
-        state.variables(), sharding.global_batch(mesh, batch), padded._zeros()))
+        variables, sharding.global_batch(mesh, batch), padded._zeros()))
   assert host.dtype == np.int64 and host.sum() > 0
-  np.testing.assert_array_equal(padded.confusion_matrices(state.variables()), host)
+  np.testing.assert_array_equal(padded.confusion_matrices(variables), host)
 
 
 # ------------------------------------------------------------------------------ label range
