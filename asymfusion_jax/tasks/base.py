@@ -13,9 +13,8 @@ import flax
 import jax
 import numpy as np
 
-from asymfusion_jax.data import predict_io
-
 from asymfusion_jax import data
+from asymfusion_jax.data import predict_io
 
 
 @flax.struct.dataclass
@@ -51,9 +50,9 @@ class Task(abc.ABC):
   def check_training(self, config) -> None:
     """check_config, plus what training needs of the devices and the planned dataset."""
 
-  @abc.abstractmethod
   def prepare_data(self, config) -> None:
-    """Builds the dataset if needed (process 0 only; the others wait)."""
+    """Builds the dataset if needed (process 0 only; the others wait): the dataset's prepare."""
+    data.get(config).prepare(config)
 
   @abc.abstractmethod
   def steps_per_epoch(self, config) -> int:

@@ -88,9 +88,6 @@ class Segmentation(base.Task):
   def check_training(self, config) -> None:
     validation.check_training(config)
 
-  def prepare_data(self, config) -> None:
-    data.get(config).prepare(config)
-
   def steps_per_epoch(self, config) -> int:
     dataset = data.get(config)
     steps = dataset.steps_per_epoch(config)

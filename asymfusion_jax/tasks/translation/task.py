@@ -194,9 +194,6 @@ class Translation(base.Task):
   def check_training(self, config) -> None:
     validation.check_training(config)
 
-  def prepare_data(self, config) -> None:
-    data.get(config).prepare(config)
-
   def steps_per_epoch(self, config) -> int:
     return data.get(config).steps_per_epoch(config)
 
