@@ -90,10 +90,10 @@ class Task(abc.ABC):
     returns {branch: {metric: value}}. wrap: model -> the model evaluated (missing.py's
     MissingModel), or None."""
 
+  @abc.abstractmethod
   def predictor(self, config, logits: bool = False) -> 'Predictor':
     """What `python -m asymfusion_jax.predict` runs and writes for this task. logits: also
     write the float outputs (segmentation only)."""
-    raise NotImplementedError(f'{type(self).__name__} has no predict support')
 
   @abc.abstractmethod
   def best_metric(self, config) -> tuple[str, bool]:
