@@ -6,7 +6,7 @@ build or read a TFDS dataset.
 """
 
 # config.data.name of each segmentation dataset.
-SEGMENTATION_DATASETS = ('nyudv2', 'cityscapes')
+SEGMENTATION_DATASETS = ('nyudv2', 'cityscapes', 'rgbx')
 
 
 def segmentation_pipeline(config):
@@ -27,5 +27,20 @@ def segmentation_pipeline(config):
   if name == 'nyudv2':
     from asymfusion_jax.data import pipeline
     return pipeline
+  if name == 'rgbx':  # Any modalities in the RGB-X layout; the package is its pipeline.
+    from asymfusion_jax.data import rgbx
+    return rgbx
   raise ValueError(f'config.data.name={name!r} is not a segmentation dataset; choose one of '
                    f'{SEGMENTATION_DATASETS}')
+
+
+def dataset_function(config, name: str):
+  """The function `name` of a segmentation config's dataset, or None where the dataset has none.
+
+  For the hooks only some datasets define (rgbx): check_config (its own keys and modalities),
+  normalisation (its own Modality per modality), input_encoding (the export sidecar's inputs),
+  class_names and palette. Configs of other tasks or unknown datasets get None.
+  """
+  if config.get('data') is None or config.data.get('name') not in SEGMENTATION_DATASETS:
+    return None
+  return getattr(segmentation_pipeline(config), name, None)

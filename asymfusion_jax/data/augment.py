@@ -25,7 +25,8 @@ import numpy as np
 
 from asymfusion_jax.data import modalities
 
-_INTERPOLATION = {'cubic': cv2.INTER_CUBIC, 'nearest': cv2.INTER_NEAREST}
+_INTERPOLATION = {'cubic': cv2.INTER_CUBIC, 'linear': cv2.INTER_LINEAR,
+                  'nearest': cv2.INTER_NEAREST}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,27 +91,35 @@ def _rescale(image: np.ndarray, aug: Augmentation, interpolation: str) -> np.nda
 
 
 def apply_augmentation(aug: Augmentation, images: dict[str, np.ndarray], label: np.ndarray,
-                       crop_size: int, ignore_label: int):
+                       crop_size: int, ignore_label: int,
+                       interpolation: dict[str, str] | None = None,
+                       raw_pad: dict[str, np.ndarray] | None = None):
   """Applies one draw to every modality and the label.
 
   Args:
     aug: the draw, from `draw_augmentation` for this example's size.
     images: modality name -> raw image, (H, W, 3) or (H, W); resized with the modality's
-      interpolation from `modalities.MODALITIES`.
+      interpolation.
     label: uint8 (H, W).
     crop_size: side of the square output.
     ignore_label: label of padded pixels.
+    interpolation: modality name -> 'cubic', 'linear' or 'nearest'; by default the modality's
+      of `modalities.MODALITIES` (a dataset with modalities of its own, rgbx, passes them).
+    raw_pad: modality name -> its (3,) raw pad value; by default `RAW_PAD_VALUE` for every one.
 
   Returns:
-    (modality name -> float32 (crop, crop, 3) raw values, padded with `RAW_PAD_VALUE`,
+    (modality name -> float32 (crop, crop, 3) raw values, padded with the raw pad value,
      int32 (crop, crop) label, padded with `ignore_label`).
   """
   row, col = aug.pad[0] - aug.top, aug.pad[1] - aug.left
   out = {}
   for name, image in images.items():
     canvas = np.empty((crop_size, crop_size, 3), np.float32)
-    canvas[...] = np.asarray(modalities.RAW_PAD_VALUE, np.float32)
-    paste(canvas, _rescale(image, aug, modalities.get(name).interpolation), row, col)
+    canvas[...] = np.asarray(modalities.RAW_PAD_VALUE if raw_pad is None else raw_pad[name],
+                             np.float32)
+    method = (modalities.get(name).interpolation if interpolation is None
+              else interpolation[name])
+    paste(canvas, _rescale(image, aug, method), row, col)
     out[name] = canvas
   label_canvas = np.full((crop_size, crop_size), ignore_label, np.int32)
   paste(label_canvas, _rescale(label, aug, 'nearest'), row, col)

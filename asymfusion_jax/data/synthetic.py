@@ -25,6 +25,11 @@ With --kind=cityscapes it writes street scenes in the Cityscapes layout (leftImg
 disparity/, gtFine/; see `synthetic_cityscapes`), 64x128 by default:
 
   python -m asymfusion_jax.data.synthetic --kind=cityscapes --out /tmp/synthetic_cityscapes
+
+With --kind=rgbx it writes any modalities in the RGB-X layout (RGB/, Depth/, Thermal/, Label/,
+train.txt, test.txt), classes that need every modality (see `rgbx.synthetic`):
+
+  python -m asymfusion_jax.data.synthetic --kind=rgbx --modalities=rgb,depth,thermal --out DIR
 """
 
 import argparse
@@ -176,10 +181,15 @@ def write_taskonomy(out_dir: os.PathLike | str, num_train: int = 200, num_val: i
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--kind', choices=('nyudv2', 'taskonomy', 'cityscapes'), default='nyudv2',
+  parser.add_argument('--kind', choices=('nyudv2', 'taskonomy', 'cityscapes', 'rgbx'),
+                      default='nyudv2',
                       help='nyudv2 (default): RGB-D segmentation in the NYUDv2 layout; taskonomy: '
                       'rendered scenes in the Taskonomy layout, for image translation; '
-                      'cityscapes: street scenes in the Cityscapes layout.')
+                      'cityscapes: street scenes in the Cityscapes layout; rgbx: any modalities '
+                      '(--modalities) in the RGB-X layout of DFormer (data/rgbx/synthetic.py).')
+  parser.add_argument('--modalities', default='rgb,depth,thermal',
+                      help='--kind=rgbx: comma-separated modality names, each written to its '
+                      'folder (RGB/, Depth/, Thermal/, ...); default rgb,depth,thermal.')
   parser.add_argument('--out', required=True, help='Folder to write the dataset to.')
   # Underscores, as every other CLI here spells its flags; the dashed spellings still work.
   parser.add_argument('--num_train', '--num-train', type=int, default=200,
@@ -194,6 +204,18 @@ def main(argv=None) -> None:
                       help='Side of the square Taskonomy images (default 96; --kind=taskonomy).')
   parser.add_argument('--seed', type=int, default=0, help='Random seed (default 0).')
   args = parser.parse_args(argv)
+  if args.kind == 'rgbx':
+    from asymfusion_jax.data.rgbx import synthetic as rgbx  # pylint: disable=g-import-not-at-top
+    names = [n.strip() for n in args.modalities.split(',') if n.strip()]
+    if not names or len(set(names)) != len(names):
+      parser.error(f'--modalities={args.modalities!r}: give distinct names, e.g. rgb,depth,thermal')
+    height = 96 if args.height is None else args.height
+    rgbx.write_dataset(args.out, {n: rgbx.default_folder(n) for n in names}, args.num_train,
+                       args.num_val, height, args.width, args.seed)
+    print(f'Wrote {args.num_train} train and {args.num_val} val RGB-X samples of {height}x'
+          f'{args.width} ({", ".join(names)}; {rgbx.num_classes(names)} classes, label offset '
+          f'{rgbx.LABEL_OFFSET}: {", ".join(rgbx.class_names(names))}) to {args.out}')
+    return
   if args.kind == 'taskonomy':
     write_taskonomy(args.out, args.num_train, args.num_val, args.size, args.seed)
     print(f'Wrote {args.num_train} train and {args.num_val} val Taskonomy scenes of '

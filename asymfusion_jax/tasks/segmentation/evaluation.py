@@ -75,9 +75,8 @@ def cityscapes_eval_step(variables, batch, *, model, num_classes, scales, flip):
   return confusion, jnp.argmax(probabilities, axis=-1).astype(jnp.uint8)
 
 
-def _unnormalise(name: str, x: np.ndarray) -> np.ndarray:
+def _unnormalise(m: modality_lib.Modality, x: np.ndarray) -> np.ndarray:
   """Raw pixel values of a normalised (H, W, 3) input, for display."""
-  m = modality_lib.get(name)
   return (x * np.asarray(m.std) + np.asarray(m.mean)) / m.scale
 
 
@@ -154,8 +153,9 @@ class Evaluator:
     names = branch_names(self.config)
     folder = os.path.join(out_dir, 'predictions')
     count = 0
+    norms = modality_lib.of_config(self.config)
     for b in np.flatnonzero(local['mask'])[:limit]:
-      raw = {name: _unnormalise(name, local['image'][m, b])
+      raw = {name: _unnormalise(norms[name], local['image'][m, b])
              for m, name in enumerate(self.config.modalities)}
       blank = np.zeros(local['label'].shape[1:] + (3,), np.uint8)
       rgb = np.clip(np.rint(raw['rgb']), 0, 255).astype(np.uint8) if 'rgb' in raw else blank
@@ -163,7 +163,7 @@ class Evaluator:
           os.path.join(folder, f'{first + count:04d}.png'),
           rgb, raw['depth'][..., 0] if 'depth' in raw else blank, local['label'][b],
           {name: preds[i, b] for i, name in enumerate(names)},
-          names=visualize.class_names(self.config))
+          names=visualize.class_names(self.config), palette=visualize.palette(self.config))
       count += 1
     return count
 

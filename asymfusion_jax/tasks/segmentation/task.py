@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from asymfusion_jax import convert, initialization, sharding, variables_io
-from asymfusion_jax.data import modalities
+from asymfusion_jax.data import dataset_function, modalities
 from asymfusion_jax.data import segmentation_pipeline
 from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
@@ -192,7 +192,10 @@ class Segmentation(base.Task):
 
   def export_sidecar(self, config):
     """How raw pixels become the inputs, and the logits' classes and stride."""
-    if config.data.get('name') == 'cityscapes':
+    own = dataset_function(config, 'input_encoding')  # rgbx: its modalities' own.
+    if own:
+      inputs = own(config)
+    elif config.data.get('name') == 'cityscapes':
       inputs = {'modalities': list(config.modalities),
                 'formula': {name: CITYSCAPES_INPUTS[name] for name in config.modalities}}
     else:

@@ -11,7 +11,7 @@ from asymfusion_jax import sharding
 from asymfusion_jax import validation as v
 from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import modalities as modality_lib
-from asymfusion_jax.data import segmentation_pipeline
+from asymfusion_jax.data import dataset_function, segmentation_pipeline
 from asymfusion_jax.models import deeplab, refinenet, resnet
 from asymfusion_jax.tasks.segmentation import optim
 
@@ -23,7 +23,11 @@ def check_config(config) -> None:
   can run it too.
   """
   v.integer(config, 'seed', 0)
-  v.modalities(config, modality_lib.MODALITIES, 'modalities')
+  dataset_check = dataset_function(config, 'check_config')
+  if dataset_check is not None:  # The dataset has modalities of its own (rgbx).
+    dataset_check(config)
+  else:
+    v.modalities(config, modality_lib.MODALITIES, 'modalities')
 
   model_name = v.value(config, 'model.name')
   if model_name not in MODEL_CHECKS:
@@ -72,8 +76,8 @@ def check_config(config) -> None:
 
 
 def _check_refinenet(config) -> int:
-  """The RefineNet keys and the NYUDv2 data keys; returns num_classes."""
-  v.choice(config, 'data.name', ('nyudv2',))
+  """The RefineNet keys and the NYUDv2 (or rgbx) data keys; returns num_classes."""
+  v.choice(config, 'data.name', ('nyudv2', 'rgbx'))
   v.choice(config, 'model.depth', resnet.STAGE_SIZES)
   num_classes = v.integer(config, 'model.num_classes', 1)
   v.fusion(config)

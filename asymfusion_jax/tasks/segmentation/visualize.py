@@ -32,11 +32,14 @@ def _make_palette() -> np.ndarray:
 PALETTE = _make_palette()
 
 
-def colorize(label_map) -> np.ndarray:
-  """(..., H, W) integer labels -> (..., H, W, 3) uint8 RGB; 255 and out-of-range labels black."""
+def colorize(label_map, palette: np.ndarray | None = None) -> np.ndarray:
+  """(..., H, W) integer labels -> (..., H, W, 3) uint8 RGB; 255 and out-of-range labels black.
+
+  palette: (256, 3) uint8 colours (`palette(config)`); default PALETTE.
+  """
   labels = np.asarray(label_map).astype(np.int64)
   labels = np.where((labels >= 0) & (labels < IGNORE_LABEL), labels, IGNORE_LABEL)
-  return PALETTE[labels]
+  return (PALETTE if palette is None else palette)[labels]
 
 
 def _to_uint8_image(x) -> np.ndarray:
@@ -59,6 +62,18 @@ NYUDV2_CLASS_NAMES = (
     'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
     'bathtub', 'bag', 'other structure', 'other furniture', 'other prop')
 
+
+def palette(config) -> np.ndarray:
+  """(256, 3) uint8: PALETTE with the dataset's own class colours first, where it has some
+  (rgbx: config.data.palette)."""
+  from asymfusion_jax.data import dataset_function  # pylint: disable=g-import-not-at-top
+  own = dataset_function(config, 'palette')
+  colours = PALETTE.copy()
+  if own and own(config):
+    colours[:len(own(config))] = np.asarray(own(config), np.uint8)
+  return colours
+
+
 # Panel layout, in pixels: tiles are scaled up (nearest neighbour, by a whole factor) to at least
 # MIN_TILE_HEIGHT; each has a title bar above it (drawing.TITLE_HEIGHT); drawing.GAP separates
 # tiles and rows.
@@ -66,8 +81,12 @@ MIN_TILE_HEIGHT = 256
 
 
 def class_names(config) -> tuple[str, ...] | None:
-  """The class names of a config's dataset: synthetic, NYUDv2 (40 classes), else None (ids)."""
-  from asymfusion_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  """The class names of a config's dataset: its own (rgbx: config.data.class_names), synthetic,
+  NYUDv2 (40 classes), else None (ids)."""
+  from asymfusion_jax.data import dataset_function, synthetic  # pylint: disable=g-import-not-at-top
+  own = dataset_function(config, 'class_names')
+  if own and own(config):
+    return own(config)
   if config.data.synthetic and config.model.num_classes == synthetic.NUM_CLASSES:
     return synthetic.CLASS_NAMES
   if config.model.num_classes == len(NYUDV2_CLASS_NAMES):
@@ -81,7 +100,7 @@ def _pixel_accuracy(pred: np.ndarray, label: np.ndarray) -> float | None:
   return 100.0 * float(np.mean(pred[valid] == label[valid])) if valid.any() else None
 
 
-def _legend(classes, names, width: int) -> np.ndarray:
+def _legend(classes, names, width: int, colours: np.ndarray) -> np.ndarray:
   """Rows of colour swatches and class names, wrapped at `width` pixels."""
   entries = []
   for c in classes:
@@ -106,7 +125,7 @@ def _legend(classes, names, width: int) -> np.ndarray:
   for r, row in enumerate(rows):
     x, top = GAP, r * row_height + GAP // 2
     for (c, text), size in row:
-      colour = tuple(int(v) for v in PALETTE[c])
+      colour = tuple(int(v) for v in colours[c])
       cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), colour, -1)
       cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), (96, 96, 96), 1)
       drawing.put_text(legend, text, x + swatch + 6, top + 4 + swatch - 3, width)
@@ -115,7 +134,7 @@ def _legend(classes, names, width: int) -> np.ndarray:
 
 
 def prediction_panel(rgb_uint8, depth, label, predictions: dict,
-                     names=None) -> np.ndarray:
+                     names=None, palette: np.ndarray | None = None) -> np.ndarray:
   """A figure of one image: inputs and ground truth above, predictions below, a legend under.
 
   Tiles are enlarged (nearest neighbour) to at least MIN_TILE_HEIGHT pixels, so that classes of
@@ -129,13 +148,14 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
     predictions: {name: (H, W) predicted labels}, e.g. {'rgb': .., 'depth': .., 'ensemble': ..};
       a name other than 'ensemble' is titled as a branch.
     names: class names, indexed by label (e.g. class_names(config)); None shows class ids.
+    palette: (256, 3) uint8 class colours (e.g. palette(config)); default PALETTE.
 
   Returns:
     The (height, width, 3) uint8 RGB figure.
   """
   label = np.asarray(label)
   inputs = [('RGB', np.asarray(rgb_uint8, np.uint8)), ('depth', _to_uint8_image(depth)),
-            ('ground truth', colorize(label))]
+            ('ground truth', colorize(label, palette))]
   outputs = []
   for name, pred in predictions.items():
     pred = np.asarray(pred)
@@ -145,7 +165,7 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
     title = name if name == 'ensemble' else f'{name} branch'
     if accuracy is not None:
       title += f': {accuracy:.1f}% pixels right'
-    outputs.append((title, colorize(pred)))
+    outputs.append((title, colorize(pred, palette)))
   for name, tile in inputs:
     if tile.shape[:2] != label.shape:
       raise ValueError(f'{name} has shape {tile.shape}, expected {label.shape} (+ channels)')
@@ -176,11 +196,12 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
   parts = [gap]
   for r in rows:
     parts += [r, gap]
-  parts.append(_legend(classes, names, width))
+  parts.append(_legend(classes, names, width, PALETTE if palette is None else palette))
   return np.concatenate(parts, axis=0)
 
 
 def save_prediction_panel(path: str, rgb_uint8, depth, label, predictions: dict,
-                          names=None) -> np.ndarray:
+                          names=None, palette: np.ndarray | None = None) -> np.ndarray:
   """Writes prediction_panel(...) as a PNG (creating its directory) and returns it."""
-  return drawing.write_png(path, prediction_panel(rgb_uint8, depth, label, predictions, names))
+  return drawing.write_png(path, prediction_panel(rgb_uint8, depth, label, predictions, names,
+                                                   palette))
