@@ -8,6 +8,7 @@ programs come from the compilation cache that the tiny demo run fills; the M = 1
 are one train step and one evaluation each.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -19,11 +20,14 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_lib, export, train, validation
+from asymfusion_jax import checkpointing, config_lib, evaluation, export, optim, sharding, train
+from asymfusion_jax import validation
 from asymfusion_jax.data import rgbx
 from asymfusion_jax.data.layout import LayoutError
 from asymfusion_jax.data.rgbx import layout as rgbx_layout
 from asymfusion_jax.data.rgbx import synthetic as rgbx_synthetic
+from asymfusion_jax.models import build_model
+from asymfusion_jax.tasks import segmentation
 from tests import tiny
 
 HEIGHT, WIDTH = 48, 64
@@ -265,21 +269,33 @@ def test_config_errors_name_the_key(key, value, match):
     validation.check_config(config)
 
 
+def test_an_empty_dataset_folder_is_one_line_before_any_workdir(tmp_path):
+  config = rgbx_config('mfnet_rgbt_refinenet101.py', {'data.manual_dir': ''},
+                       model__num_classes=9, data__class_names=())
+  with pytest.raises(LayoutError, match=r'config\.data\.manual_dir is empty: set it to the '
+                                        r'dataset folder'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
 def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
-  """M = 2 with the NYUDv2 config's data settings, shrunk: main trains to step 6 (evaluating at
-  step 4), the same config resumes to step 12 with the parameters of an uninterrupted run,
-  --mode=eval reproduces the last evaluation, and the export runs on normalised val batches."""
+  """M = 2 with the NYUDv2 config's data settings, shrunk: main trains to step 6, the same
+  config resumes to step 12 with the parameters of an uninterrupted run, --mode=eval reproduces
+  the last evaluation (with the prediction images), and the export's sidecar describes the
+  rgbx inputs. Evaluations only at the end of each run: the programs are the tiny demo's."""
   _, dirs = hand
   workdir, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
+  once = {'eval_every_epochs': 100, 'num_prediction_images': 1}
   result = subprocess.run(
       [sys.executable, '-m', 'asymfusion_jax.main', '--config=configs/rgbx_nyudv2_refinenet101.py',
-       f'--workdir={workdir}', '--config.max_steps=6'] + tiny.flags(dirs, **SHRINK),
+       f'--workdir={workdir}', '--config.max_steps=6'] + tiny.flags(dirs, **{**SHRINK, **once}),
       cwd=tiny.REPO, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert 'validation at step 6' in result.stdout
   with open(os.path.join(workdir, 'config.json')) as f:
     recorded = json.load(f)
   assert recorded['data']['name'] == 'rgbx' and recorded['data']['label_offset'] == 1
-  config = rgbx_config('rgbx_nyudv2_refinenet101.py', dirs)
+  config = rgbx_config('rgbx_nyudv2_refinenet101.py', dirs, **once)
   results = train.train_and_evaluate(config, workdir)  # Resumed from step 6.
   train.train_and_evaluate(config, straight)
   params = {}
@@ -291,22 +307,26 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
                params[workdir], params[straight])
   evaluated = train.evaluate_checkpoint(config, workdir, step=12)
   assert {b: pytest.approx(r) for b, r in results.items()} == evaluated
-  assert sorted(os.listdir(os.path.join(workdir, 'eval', 'step_12', 'predictions'))) == [
-      '0000.png', '0001.png', '0002.png']
+  assert os.listdir(os.path.join(workdir, 'eval', 'step_12', 'predictions')) == ['0000.png']
 
   source = export.from_workdir(workdir, step=12)
   exported = export.export_forward(source, HEIGHT, WIDTH, platforms=('cpu',))
   meta = json.loads(json.dumps(export.sidecar(source, exported, 'model.jax')))  # As written.
   norms = rgbx.normalisation(config)
   assert meta['modalities'] == ['rgb', 'depth'] and meta['label_offset'] == 1
+  assert meta['input_shape'] == [2, 'b', HEIGHT, WIDTH, 3]
   assert meta['normalisation']['depth']['source'] == 'measured'
   assert meta['normalisation']['depth']['mean'] == list(norms['depth'].mean)
   assert meta['normalisation']['depth']['channels'] == 1
   assert meta['normalisation']['rgb']['source'] == 'imagenet'
-  batch = next(rgbx.eval_batches(config, batch_size=2))
-  from asymfusion_jax.models import build_model  # pylint: disable=g-import-not-at-top
-  want = build_model(config).apply(source.variables, batch['image'], train=False)
-  np.testing.assert_allclose(exported.call(batch['image']), want, rtol=1e-5, atol=1e-5)
+  # What the sidecar says turns a raw val sample into the batch that evaluation fed the model.
+  sample, batch = rgbx.read(config, 'val', 0), next(rgbx.eval_batches(config, batch_size=2))
+  for m, name in enumerate(meta['modalities']):
+    n = meta['normalisation'][name]
+    raw = np.float32(sample[name])
+    raw = raw[..., None] if raw.ndim == 2 else raw
+    np.testing.assert_allclose(batch['image'][m, 0], (raw * n['scale'] - n['mean']) / n['std'],
+                               rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('spec,modalities,folders', [
@@ -317,25 +337,59 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
     ('mfnet_rgbt_refinenet101.py', ('rgb', 'thermal', 'normal'),
      {'rgb': 'RGB', 'thermal': 'Modal', 'normal': 'Normal'}),
 ])
-def test_one_and_three_modalities_train_evaluate_and_export(hand, tmp_path, spec, modalities,
-                                                             folders):
+def test_one_and_three_modalities_reach_the_train_step_evaluation_and_export(
+    hand, spec, modalities, folders):
+  """The real batches of M = 1 and M = 3 through the train step, the evaluation step and the
+  export's sidecar, traced abstractly: compiling these models would cost the suite a minute,
+  and nothing in the step depends on M but the shapes (the M = 2 run above trains, resumes,
+  evaluates and exports for real; tests/test_torch_reference.py checks M = 1, 2, 3 outputs)."""
   _, dirs = hand
   base = config_lib.load(f'configs/{spec}')
-  config = rgbx_config(spec, dirs, max_steps=1, eval_every_epochs=100, num_prediction_images=1,
-                       model__num_classes=base.model.num_classes,
+  config = rgbx_config(spec, dirs, model__num_classes=base.model.num_classes,
                        data__class_names=base.data.class_names)
   if folders:
     config.data.modality_folders = folders
   config.modalities = modalities
-  results = train.train_and_evaluate(config, str(tmp_path))
-  assert set(results) == set(modalities) | {'ensemble'}
-  source = export.from_workdir(str(tmp_path))
-  meta = json.loads(json.dumps(export.sidecar(
-      source, export.export_forward(source, HEIGHT, WIDTH, ('cpu',)), 'm')))
-  assert meta['input_shape'] == [len(modalities), 'b', HEIGHT, WIDTH, 3]
-  assert meta['class_names'] == list(base.data.class_names)
-  assert meta['palette'] == [list(c) for c in base.data.palette]
-  assert meta['label_offset'] == base.data.label_offset
+  validation.check_training(config)
+  rgbx.prepare(config)
+  m, k = len(modalities), base.model.num_classes
+  model, mesh = build_model(config), sharding.make_mesh()
+  state = train.abstract_train_state(config, mesh)
+  batch = next(rgbx.train_batches(config))
+  assert batch['image'].shape == (m, 4, 32, 32, 3) and np.isfinite(batch['image']).all()
+  tx = optim.make_optimizer(config, rgbx.steps_per_epoch(config))
+  new_state, metrics = jax.eval_shape(functools.partial(
+      segmentation.train_step, model=model, tx=tx, ignore_label=255), state, batch)
+  assert metrics['loss'].shape == () and jax.tree.map(
+      lambda a: (a.shape, a.dtype), new_state.params) == jax.tree.map(
+          lambda a: (a.shape, a.dtype), state.params)
+  eval_batch = next(rgbx.eval_batches(config))
+  assert eval_batch['image'].shape == (m, 4, HEIGHT, WIDTH, 3)
+  del eval_batch['name']
+  confusion = jax.eval_shape(functools.partial(evaluation.eval_step, model=model, num_classes=k),
+                             state.variables(), eval_batch)
+  assert confusion.shape == (m + 1, k, k)
+  encoding = json.loads(json.dumps(rgbx.input_encoding(config)))  # The export sidecar's inputs.
+  assert encoding['modalities'] == list(modalities)
+  assert encoding['class_names'] == list(base.data.class_names)
+  assert encoding['palette'] == [list(c) for c in base.data.palette]
+  assert encoding['label_offset'] == base.data.label_offset
+  if 'normal' in modalities:
+    assert encoding['normalisation']['normal']['channels'] == 3
+    assert encoding['normalisation']['thermal']['interpolation'] == 'linear'
+
+
+def test_class_names_and_palette_reach_the_prediction_images():
+  from asymfusion_jax import visualize  # pylint: disable=g-import-not-at-top
+  config = config_lib.load('configs/mfnet_rgbt_refinenet101.py')
+  assert visualize.class_names(config)[:2] == ('unlabeled', 'car')
+  colours = visualize.palette(config)
+  assert colours.shape == (256, 3) and colours[1].tolist() == [64, 0, 128]
+  assert (colours[9:] == visualize.PALETTE[9:]).all()
+  label = np.array([[0, 1], [8, 255]])
+  assert visualize.colorize(label, colours).tolist() == [[[0, 0, 0], [64, 0, 128]],
+                                                         [[192, 64, 0], [0, 0, 0]]]
+  assert visualize.class_names(config_lib.load('configs/sunrgbd_refinenet101.py'))[-1] == 'bag'
 
 
 def test_synthetic_cli_writes_classes_that_need_every_modality(tmp_path):

@@ -58,8 +58,8 @@ class Layout:
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Layout':
     data = config.data
     if not data.manual_dir:
-      raise ValueError('config.data.manual_dir is empty: the rgbx dataset needs the dataset '
-                       'folder (RGB/, one folder per modality, Label/, train.txt, test.txt).')
+      raise LayoutError('config.data.manual_dir is empty: set it to the dataset folder (RGB/, '
+                        'one folder per modality, Label/, train.txt, test.txt).')
     return cls(os.path.abspath(os.path.expanduser(data.manual_dir)),
                tuple(sorted((str(k), str(v)) for k, v in data.modality_folders.items())),
                str(data.label_folder),
