@@ -20,14 +20,15 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_lib, evaluation, export, optim, sharding, train
-from asymfusion_jax import validation
+from asymfusion_jax import checkpointing, config_lib, export, sharding, train, validation
 from asymfusion_jax.data import rgbx
 from asymfusion_jax.data.layout import LayoutError
 from asymfusion_jax.data.rgbx import layout as rgbx_layout
 from asymfusion_jax.data.rgbx import synthetic as rgbx_synthetic
 from asymfusion_jax.models import build_model
-from asymfusion_jax.tasks import segmentation
+from asymfusion_jax.tasks.segmentation import evaluation, optim, task as segmentation
+from asymfusion_jax.tasks.segmentation import validation as segmentation_checks
+from asymfusion_jax.tasks.segmentation import visualize
 from tests import tiny
 
 HEIGHT, WIDTH = 48, 64
@@ -266,7 +267,7 @@ def test_config_errors_name_the_key(key, value, match):
   config = rgbx_config('rgbx_nyudv2_refinenet101.py', {'data.manual_dir': '/nowhere'})
   _set(config, {key: value})
   with pytest.raises(validation.ConfigError, match=match):
-    validation.check_config(config)
+    segmentation_checks.check_config(config)
 
 
 def test_an_empty_dataset_folder_is_one_line_before_any_workdir(tmp_path):
@@ -350,7 +351,7 @@ def test_one_and_three_modalities_reach_the_train_step_evaluation_and_export(
   if folders:
     config.data.modality_folders = folders
   config.modalities = modalities
-  validation.check_training(config)
+  segmentation_checks.check_training(config)
   rgbx.prepare(config)
   m, k = len(modalities), base.model.num_classes
   model, mesh = build_model(config), sharding.make_mesh()
@@ -380,7 +381,6 @@ def test_one_and_three_modalities_reach_the_train_step_evaluation_and_export(
 
 
 def test_class_names_and_palette_reach_the_prediction_images():
-  from asymfusion_jax import visualize  # pylint: disable=g-import-not-at-top
   config = config_lib.load('configs/mfnet_rgbt_refinenet101.py')
   assert visualize.class_names(config)[:2] == ('unlabeled', 'car')
   colours = visualize.palette(config)

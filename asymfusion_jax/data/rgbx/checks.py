@@ -1,8 +1,8 @@
 """Checks of an rgbx config's data keys and modalities, run before anything is written.
 
-validation.check_config calls `check_config` for a config whose data.name is 'rgbx' (in place of
-its check of the built-in modality table): the modalities are the dataset's own, any names that
-config.data.modality_folders maps to folders.
+tasks/segmentation/validation.check_config calls `check_config` for a config whose data.name is
+'rgbx', in place of its check of the built-in modality table: the modalities are the dataset's
+own, any names that config.data.modality_folders maps to folders.
 """
 
 import math
