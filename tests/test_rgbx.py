@@ -152,6 +152,21 @@ def test_files_are_read_without_loss_and_statistics_are_measured(hand):
   assert train['image'].shape == (4, 4, 32, 32, 3) and np.isfinite(train['image']).all()
 
 
+def test_indexed_colour_labels_read_as_their_indices(tmp_path):
+  """Labels saved as palette PNGs (PIL mode 'P', as VOC-style tools write them) hold class ids
+  as indices; OpenCV decodes only the colours, so the palette is read back."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  indices = np.random.default_rng(0).integers(0, 6, (7, 9)).astype(np.uint8)
+  indices[0, 0] = 255
+  image = Image.fromarray(indices, mode='P')
+  colours = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128)]
+  image.putpalette([v for c in colours for v in c] + [0, 0, 0] * 249 + [224, 224, 192])
+  image.save(tmp_path / 'label.png')
+  data = (tmp_path / 'label.png').read_bytes()
+  np.testing.assert_array_equal(rgbx_layout.decode(data, 'label.png', label=True), indices)
+  assert rgbx_layout.decode(data, 'label.png').shape == (7, 9, 3)  # A modality: its colours.
+
+
 @pytest.mark.parametrize('case,match', [
     ('missing_file', r'Missing file Depth/img001\.<png\|jpg.*train\.txt line 2'),
     ('missing_folder', r'Missing folder .*Depth: the folder of modality \'depth\''),

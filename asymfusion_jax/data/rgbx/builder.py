@@ -104,7 +104,8 @@ class Rgbx(manual_builder.IndexedBuilder):
     metadata = self.info.metadata
     for index, sample in enumerate(samples):
       blobs = [layout_lib.read_bytes(self._layout, relative, sample) for _, relative in sample.files]
-      arrays = {key: layout_lib.decode(blob, f'{relative} listed in {sample.where()}')
+      arrays = {key: layout_lib.decode(blob, f'{relative} listed in {sample.where()}',
+                                       label=key == layout_lib.LABEL)
                 for (key, relative), blob in zip(sample.files, blobs)}
       self._check(sample, arrays, split, moments)
       yield index, {

@@ -36,6 +36,7 @@ SPLITS = ('train', 'val')
 # The file extensions a sample's file may have, in the order they are looked for.
 EXTENSIONS = ('.png', '.jpg', '.jpeg', '.npy', '.bmp', '.tif', '.tiff')
 NPY_MAGIC = b'\x93NUMPY'
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 LABEL = 'label'  # The label's key among a sample's files.
 
 
@@ -216,8 +217,35 @@ def read_bytes(layout: Layout, relative: str, sample: Sample) -> bytes:
     raise LayoutError(f'Unreadable file {relative} listed in {sample.where()}: {e}') from e
 
 
-def decode(data: bytes, where: str) -> np.ndarray:
-  """A file's array, as stored: (H, W) or (H, W, C); colour images in RGB order."""
+def _palette_indices(data: bytes, where: str) -> np.ndarray:
+  """The indices of an indexed-colour PNG (OpenCV decodes only its colours): each pixel's colour
+  looked up in the PLTE chunk, the first entry of a colour winning (palettes are often padded
+  with repeated black)."""
+  palette, position = None, 8
+  while position + 8 <= len(data) and palette is None:
+    length = int.from_bytes(data[position:position + 4], 'big')
+    kind = data[position + 4:position + 8]
+    if kind == b'PLTE':
+      palette = np.frombuffer(data[position + 8:position + 8 + length], np.uint8).reshape(-1, 3)
+    elif kind == b'IDAT':
+      break
+    position += 12 + length
+  if palette is None:
+    raise LayoutError(f'Unreadable image {where}: an indexed-colour PNG without a palette.')
+  weights = np.array([65536, 256, 1], np.int64)
+  index = {}
+  for i, key in enumerate(palette.astype(np.int64) @ weights):
+    index.setdefault(int(key), i)
+  rgb = decode_image(data, cv2.IMREAD_COLOR, where)[..., ::-1]
+  keys, inverse = np.unique(rgb.astype(np.int64) @ weights, return_inverse=True)
+  return np.array([index[int(k)] for k in keys], np.uint8)[inverse].reshape(rgb.shape[:2])
+
+
+def decode(data: bytes, where: str, label: bool = False) -> np.ndarray:
+  """A file's array, as stored: (H, W) or (H, W, C); colour images in RGB order. A label that
+  is an indexed-colour PNG gives its indices (the class ids), not its colours."""
+  if label and data[:8] == PNG_SIGNATURE and data[25:26] == b'\x03':  # IHDR colour type 3.
+    return _palette_indices(data, where)
   if data[:len(NPY_MAGIC)] == NPY_MAGIC:
     try:
       array = np.load(io.BytesIO(data), allow_pickle=False)

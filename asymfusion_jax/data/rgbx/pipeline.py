@@ -101,8 +101,14 @@ def prepare(config: ml_collections.ConfigDict) -> None:
                   'the dataset folder'):
     DATASET.forget_readers()
   check_labels(config)
+  recorded = DATASET.metadata(config)[MODALITIES]
   for name in config.modalities:
     measured = _measured(config, name)
+    source = norm_lib.resolve(config, name, measured)[1]
+    if source == 'imagenet' and recorded[name].get('dtype') != 'uint8':
+      logging.warning('Modality %r is normalised as 8-bit colour (ImageNet), but its files hold '
+                      '%s values: set mean and std in config.data.normalisation.%s.', name,
+                      recorded[name].get('dtype'), name)
     if measured is not None:
       logging.info('Modality %r is normalised with the statistics of its train split measured '
                    'at build time: mean %s, std %s (config.data.normalisation.%s sets them).',
@@ -182,8 +188,10 @@ def _decoder(config: ml_collections.ConfigDict):
     data = record['data'].tobytes()
     out = {'name': record['name'], 'index': int(record['index'])}
     for key, start, end in zip(keys, np.concatenate([[0], ends[:-1]]), ends):
-      array = layout_lib.decode(data[start:end], f'{key} of {record["name"]!r} in the build')
-      out[key] = table[array] if key == layout_lib.LABEL else layout_lib.as_float(array)
+      label = key == layout_lib.LABEL
+      array = layout_lib.decode(data[start:end], f'{key} of {record["name"]!r} in the build',
+                                label)
+      out[key] = table[array] if label else layout_lib.as_float(array)
     return out
   return decode
 
