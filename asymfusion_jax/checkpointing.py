@@ -1,31 +1,53 @@
-"""Training checkpoints: orbax CheckpointManagers for periodic saves and for the best model.
+"""Training checkpoints: asynchronous orbax saves of the train state, verified by checksums.
 
-A checkpoint holds the train state (params, batch_stats, opt_state, step, rng) and a JSON
-record (step, data position, best ensemble mIoU so far). `DIR/checkpoints` keeps the latest few
-periodic saves; `DIR/best` keeps the one with the highest ensemble mIoU. Every save records the
-SHA-256 of each of its files (asymfusion_jax.checksums), and every restore checks them first.
+`DIR/checkpoints/<step>/` keeps the latest few periodic saves, each with the items `variables`
+(params and batch_stats), `train` (step, optimizer state, rng) and `record` (JSON: step, data
+position, best score so far). `DIR/best/<step>/` is the checkpoint of the best score, with what
+evaluation and export need: `variables` and `record`, hard links to the files of the periodic
+save of the same step, so it costs no second write and outlives that save's deletion (copies of
+them where the file system has no hard links). Workdirs written before this layout have one
+item, `state` (the whole train state), in both folders; they resume, evaluate and export as
+before.
+
+Saves are asynchronous: `save` returns once the state is copied off the devices, and the next
+steps run while orbax writes it in a background thread. There, once the data is complete,
+process 0 records the SHA-256 of every file (asymfusion_jax.checksums) and links the best
+checkpoint, and only then does orbax commit the step (renames its temporary folder). So a
+committed checkpoint has its checksum record; one without is not trusted, and every restore
+checks the record first. A save's failure surfaces at the next save or at `close` (which waits
+for the pending save; so do a SIGTERM stop and an error, through the context manager) as one
+CheckpointSaveError that names the file that could not be written (and, for a full disk, the
+space the save needs), after the partial save is removed; the earlier checkpoints are kept.
 
 Restoring the latest checkpoint skips, with a one-line warning, any that cannot be read
-(corrupt, partial, or whose files no longer match their checksums) and falls back to an older
-one; the unreadable ones are moved to `DIR/checkpoints_unreadable/` so that training can save
-those steps again. A checkpoint whose parameters do not fit the model (the config changed) is not
-unreadable: it stops the run with CheckpointMismatchError, and nothing in the workdir is touched.
-A checkpoint asked for by step (evaluation, export) has no fallback: if it cannot be read, that is
-an UnreadableCheckpointError naming it.
+(corrupt, partial, without a checksum record or whose files no longer match it) and falls back
+to an older one; the unreadable ones are moved to `DIR/checkpoints_unreadable/` so that training
+can save those steps again. A checkpoint whose parameters do not fit the model (the config
+changed) is not unreadable: it stops the run with CheckpointMismatchError, and nothing in the
+workdir is touched. A checkpoint asked for explicitly (evaluation, export) has no fallback: if it
+cannot be read, that is an UnreadableCheckpointError naming it.
 """
 
+import dataclasses
 import os
 import shutil
-import sys
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
 from asymfusion_jax import checksums
+from asymfusion_jax.checkpoint_failures import (SAVE_LOG, disk_full, quiet_abandoned_reads,
+                                                reason, remove_partial_save)
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
+COLLECTIONS = ('params', 'batch_stats')  # The `variables` item: what evaluation and export need.
+VARIABLES, TRAIN, RECORD = 'variables', 'train', 'record'
+STATE = 'state'  # The one item of the layout before `variables` and `train`.
+BEST_ITEMS = (VARIABLES, RECORD)
+_STEP_METADATA = '_CHECKPOINT_METADATA'  # orbax's, updated in place when it commits.
 
 
 class CheckpointMismatchError(ValueError):
@@ -36,11 +58,24 @@ class UnreadableCheckpointError(ValueError):
   """A checkpoint asked for by step cannot be restored: corrupt, partial or failing checksums."""
 
 
-def _manager(directory: str, max_to_keep: int, create: bool) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
-                                         enable_async_checkpointing=False)
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (a full disk, say); its partial files are removed."""
+
+
+def _manager(directory: str, max_to_keep: int | None, create: bool,
+             on_commit=None) -> ocp.CheckpointManager:
+  """orbax's manager of one folder of steps; asynchronous saves when on_commit is given.
+
+  on_commit: called in orbax's background thread on process 0 once a save's data is written,
+    before orbax commits it.
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=create, cleanup_tmp_directories=create,
+      enable_async_checkpointing=on_commit is not None,
+      async_options=ocp.AsyncOptions(post_finalization_callback=on_commit) if on_commit else None)
   # Handlers named up front, so that item_metadata can read a step before any restore.
-  handlers = {'state': ocp.StandardCheckpointHandler(), 'record': ocp.JsonCheckpointHandler()}
+  handlers = {name: ocp.StandardCheckpointHandler() for name in (VARIABLES, TRAIN, STATE)}
+  handlers[RECORD] = ocp.JsonCheckpointHandler()
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_handlers=handlers)
 
@@ -49,82 +84,156 @@ def _step_dir(manager, step: int) -> str:
   return os.path.join(str(manager.directory), str(step))
 
 
-def reason(error: BaseException, limit: int = 240) -> str:
-  """Why a restore failed, in one line of at most about `limit` characters.
-
-  TensorStore errors are chains ("Error opening ...: Error reading ...: what went wrong") followed
-  by their specs in brackets: the specs go, and a long chain keeps its start and its end.
-  """
-  text = ' '.join(str(error).split())
-  text = text.split(' [tensorstore_spec', 1)[0].split(' See full TensorStore details', 1)[0]
-  if not isinstance(error, checksums.ChecksumError):
-    text = f'{type(error).__name__}: {text}'
-  if len(text) > limit:
-    text = f'{text[:limit // 3]} ... {text[-(limit - limit // 3 - 5):]}'
-  return text
+def _uncommitted_dir(directory, step: int) -> epath.Path:
+  """Where orbax is writing `step` before it commits: its temporary folder (or, on storage
+  where orbax commits with a marker file instead of a rename, the step's own folder)."""
+  directory = epath.Path(directory)
+  temporary = list(directory.glob(f'{step}{ocp.path.atomicity.TMP_DIR_SUFFIX}*'))
+  if len(temporary) == 1:
+    return temporary[0]
+  if not temporary and (directory / str(step)).exists():
+    return directory / str(step)
+  raise RuntimeError(f'cannot tell which folder in {directory} holds the save of step {step} '
+                     f'(temporary folders: {sorted(p.name for p in temporary)})')
 
 
-def quiet_abandoned_reads() -> None:
-  """Keeps the reads a failed restore abandons from printing a traceback each.
-
-  When one read of a restore fails, orbax closes its event loop while TensorStore still finishes
-  the others, and each of their completion callbacks fails with "Event loop is closed"; Python
-  prints those (sys.unraisablehook), hundreds of tracebacks after the restore's own error. They
-  go to debug level; other unraisable errors to the previous hook. Installed once per process.
-  """
-  previous = sys.unraisablehook
-  if getattr(previous, 'asymfusion_quiet', False):
-    return
-
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
-      logging.debug('A read abandoned by a failed restore finished after its event loop closed.')
-      return
-    previous(unraisable)
-
-  hook.asymfusion_quiet = True
-  sys.unraisablehook = hook
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+  """The save being written in the background."""
+  step: int
+  also_best: bool
+  nbytes: int  # The arrays' size: what the save writes, about (orbax does not compress them).
 
 
 class Checkpoints:
-  """The periodic and best checkpoint managers of one workdir."""
+  """The periodic and best checkpoints of one workdir; a context manager that closes them."""
 
   def __init__(self, workdir: str, keep: int = 2, create: bool = True):
     """create=False only reads: a workdir without checkpoints is an error, and nothing is made."""
     if not create and not any(os.path.isdir(os.path.join(workdir, d))
                               for d in ('checkpoints', 'best')):
-      raise FileNotFoundError(f'no checkpoints in {workdir} (neither checkpoints/ nor best/)')
+      raise FileNotFoundError(f'no checkpoints in {workdir} (neither checkpoints/ nor best/); '
+                              'check --workdir, or train there first')
     self.workdir = workdir
-    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), keep, create)
-    self.best = _manager(os.path.join(workdir, 'best'), 1, create)
+    self._best_dir = os.path.abspath(os.path.join(workdir, 'best'))
+    if create and jax.process_index() == 0:
+      os.makedirs(self._best_dir, exist_ok=True)
+      _remove_unfinished_best(self._best_dir)
+    self.periodic = _manager(os.path.join(workdir, 'checkpoints'), keep, create,
+                             on_commit=self._on_commit if create else None)
+    self.best = _manager(self._best_dir, None, create=False)  # Written by _link_best only.
     # The newest periodic step known good: saved by this process, or restored with checksums.
     self.verified_step = None
-    self._unverified_step = None  # A periodic step restored without checksums (an older run).
+    self._pending = None  # The _Pending save being written in the background.
+    self._closed = False
 
-  def save(self, state, record: dict, best: bool = False) -> None:
-    """Saves `state` and `record` at record['step'] and records their checksums."""
-    manager = self.best if best else self.periodic
-    step = int(record['step'])
-    if step in manager.all_steps():
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, traceback):
+    if exc is None:
+      self.close()
       return
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_as_dict(state)), record=ocp.args.JsonSave(record)))
-    manager.wait_until_finished()
-    if jax.process_index() == 0:
-      checksums.write(_step_dir(manager, step))
-    if not best:
-      self.verified_step = step
+    try:  # An error stops training: the pending save is finished (or cleaned up) first.
+      self.close()
+    except CheckpointSaveError as e:  # The error in flight is the one to report.
+      logging.warning('%s', e)
 
-  def kept_note(self) -> str:
-    """What a run stopping on a non-finite loss leaves to resume from, in one sentence."""
+  def save(self, state, record: dict, also_best: bool = False) -> None:
+    """Starts saving `state` and `record` at record['step']; also the best one if also_best.
+
+    Returns once the state is copied off the devices; the files are written in the background
+    (see the module docstring). The previous save is waited for first.
+
+    Raises:
+      CheckpointSaveError: this save, or the previous one, could not be written.
+    """
+    self.wait()
+    step = int(record['step'])
+    if step in self.periodic.all_steps():
+      return
+    quiet_abandoned_reads()
+    SAVE_LOG.install()
+    SAVE_LOG.unwritten.clear()
+    tree = _as_dict(state)
+    self._pending = _Pending(step, also_best, sum(x.nbytes for x in jax.tree.leaves(tree)))
+    SAVE_LOG.saving += 1
+    try:
+      self.periodic.save(step, args=ocp.args.Composite(
+          **{VARIABLES: ocp.args.StandardSave({k: tree[k] for k in COLLECTIONS}),
+             TRAIN: ocp.args.StandardSave({k: v for k, v in tree.items() if k not in COLLECTIONS}),
+             RECORD: ocp.args.JsonSave(record)}))
+    except Exception as e:  # pylint: disable=broad-except  # Re-raised, in one line.
+      raise self._failed(e) from e
+
+  def wait(self) -> None:
+    """Waits until the pending save is written and verified (committed with its checksums).
+
+    Raises:
+      CheckpointSaveError: it could not be written.
+    """
+    if self._pending is None:
+      return
+    try:
+      self.periodic.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  # Re-raised, in one line.
+      raise self._failed(e) from e
+    self.verified_step = self._pending.step
+    self._done()
+
+  def _done(self) -> _Pending:
+    pending, self._pending = self._pending, None
+    SAVE_LOG.saving -= 1
+    return pending
+
+  def _on_commit(self) -> None:
+    """orbax's post-finalization callback (process 0, background thread): the checksum record,
+    and the best checkpoint's links, before orbax commits the pending save."""
+    pending = self._pending
+    source = _uncommitted_dir(self.periodic.directory, pending.step)
+    files = checksums.write(source)
+    if pending.also_best:
+      _link_best(source, files, self._best_dir, pending.step)
+
+  def _failed(self, error: BaseException) -> CheckpointSaveError:
+    """The one-line error of the pending save's failure, once its partial files are removed."""
+    pending = self._done()
+    SAVE_LOG.failed = True
+    directory = str(self.periodic.directory)
+    if jax.process_index() == 0:
+      partial = [str(p) for p in epath.Path(directory).glob(
+          f'{pending.step}{ocp.path.atomicity.TMP_DIR_SUFFIX}*')]
+      remove_partial_save(partial + [os.path.join(self._best_dir, f'.{pending.step}.partial')])
+    full, path = disk_full(error)
+    path = path or next(iter(SAVE_LOG.unwritten), None)
+    if full:
+      free = shutil.disk_usage(directory).free
+      what = f'could not write {path}' if path else 'could not write its files'
+      message = (f'No space left on device for the checkpoint of step {pending.step}: {what}. '
+                 f'The save needs about {pending.nbytes / 1e6:.1f} MB; '
+                 f'{free / 1e6:.1f} MB are free there now. The partial save was removed. '
+                 f'{self._kept()} Free some space, then run the same command to resume.')
+    else:
+      message = (f'The checkpoint of step {pending.step} could not be written ({reason(error)}); '
+                 f'the partial save was removed. {self._kept()}')
+    return CheckpointSaveError(message)
+
+  def _kept(self) -> str:
     directory = self.periodic.directory
     if self.verified_step is not None:
       return f'The last verified checkpoint, step {self.verified_step} in {directory}, is kept.'
-    if self._unverified_step is not None:
-      return (f'No checkpoint is verified: step {self._unverified_step} in {directory}, which this '
-              'run resumed from, was written without checksums.')
     return f'No checkpoint was saved in {directory}.'
+
+  def kept_note(self) -> str:
+    """What a run stopping on a non-finite loss leaves to resume from, in one sentence or two.
+
+    Waits for the pending save first: only a save with its checksum record counts.
+    """
+    try:
+      self.wait()
+    except CheckpointSaveError as e:
+      return str(e)
+    return self._kept()
 
   def restore_latest(self, abstract_state) -> tuple[Any, dict] | tuple[None, None]:
     """The newest readable periodic checkpoint as (state, record), or (None, None) if none.
@@ -138,6 +247,7 @@ class Checkpoints:
     for step in sorted(self.periodic.all_steps(), reverse=True):
       try:
         result = self._restore(self.periodic, step, abstract_state)
+        self.verified_step = step
         break
       except CheckpointMismatchError:
         raise
@@ -170,14 +280,14 @@ class Checkpoints:
       multihost_utils.sync_global_devices('unreadable checkpoints set aside')
     self.periodic.reload()
 
-  def _check_fits(self, manager, step, abstract_state) -> None:
+  def _check_fits(self, manager, step, abstract_state, item: str) -> None:
     """Raises CheckpointMismatchError if the stored parameters differ in names or shapes.
 
     Only readable metadata is compared; a checkpoint whose metadata cannot be read is left to
     the restore, which treats it as unreadable.
     """
     try:
-      stored = manager.item_metadata(step)['state']['params']
+      stored = manager.item_metadata(step)[item]['params']
     except Exception:  # pylint: disable=broad-except
       return
     expected = _as_dict(abstract_state)['params']
@@ -197,16 +307,21 @@ class Checkpoints:
         f'{"; ".join(differences[:3])}). Use the config it was trained with '
         f'({os.path.join(self.workdir, "config.json")}) or a new workdir; nothing was changed.')
 
-  def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict]:
-    """The best checkpoint, or the periodic one at `step`.
+  def restore_variables(self, abstract_state, step: int | None = None) -> tuple[dict, dict]:
+    """({'params', 'batch_stats'}, record) of the best checkpoint, or the periodic one of `step`.
+
+    abstract_state: the abstract train state (checkpoints of the layout before `variables`
+      hold the whole state, and restore against it).
 
     Raises:
       FileNotFoundError: there is no such checkpoint.
       CheckpointMismatchError: its parameters do not fit abstract_state's.
-      UnreadableCheckpointError: it cannot be read, or its files fail their checksums.
+      UnreadableCheckpointError: it cannot be read, has no checksum record or fails it.
     """
     if step is None:
-      manager, step = self.best, self.best.latest_step()
+      manager = self.best
+      manager.reload()
+      step = manager.latest_step()
       if step is None:
         raise FileNotFoundError(f'no best checkpoint in {manager.directory}; train first or pass '
                                 '--step=N')
@@ -216,7 +331,7 @@ class Checkpoints:
         raise FileNotFoundError(f'no checkpoint for step {step} in {manager.directory}; '
                                 f'available: {sorted(manager.all_steps())}')
     try:
-      return self._restore(manager, step, abstract_state)
+      return self._restore(manager, step, abstract_state, variables_only=True)
     except (CheckpointMismatchError, FileNotFoundError):
       raise
     except Exception as e:  # pylint: disable=broad-except  # Re-raised, named.
@@ -226,26 +341,81 @@ class Checkpoints:
           f'({reason(e)}); it was not used. Periodic checkpoints: {sorted(others)} (--step=N).'
       ) from e
 
-  def _restore(self, manager, step, abstract_state):
-    """Checks the checksums of `step`, then restores it (see restore_latest and restore)."""
-    verified = checksums.verify(_step_dir(manager, step))
+  def _restore(self, manager, step, abstract_state, variables_only: bool = False):
+    """Checks the checksums of `step`, then restores it (see restore_latest and
+    restore_variables), as either layout."""
+    directory = _step_dir(manager, step)
+    checksums.verify(directory)
     quiet_abandoned_reads()
-    self._check_fits(manager, step, abstract_state)
+    whole = os.path.isdir(os.path.join(directory, STATE))  # The layout before `variables`.
+    self._check_fits(manager, step, abstract_state, STATE if whole else VARIABLES)
+    tree = _as_dict(abstract_state)
+    if whole:
+      args = {STATE: ocp.args.StandardRestore(tree)}
+    else:
+      args = {VARIABLES: ocp.args.StandardRestore({k: tree[k] for k in COLLECTIONS})}
+      if not variables_only:
+        args[TRAIN] = ocp.args.StandardRestore(
+            {k: v for k, v in tree.items() if k not in COLLECTIONS})
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_as_dict(abstract_state)), record=ocp.args.JsonRestore()))
-    state = restored['state']
-    if not isinstance(abstract_state, dict):
-      state = type(abstract_state)(**state)
-    if not verified:
-      logging.warning('Restored the checkpoint of step %d in %s unverified: it has no checksums '
-                      '(written before they were recorded).', step, manager.directory)
-    if manager is self.periodic:
-      self.verified_step, self._unverified_step = (step, None) if verified else (None, step)
-    return state, restored['record']
+        **args, **{RECORD: ocp.args.JsonRestore()}))
+    values = dict(restored[STATE]) if whole else {
+        **restored[VARIABLES], **(restored[TRAIN] if TRAIN in args else {})}
+    if variables_only:
+      return {k: values[k] for k in COLLECTIONS}, restored[RECORD]
+    state = values if isinstance(abstract_state, dict) else type(abstract_state)(**values)
+    return state, restored[RECORD]
 
   def close(self) -> None:
-    self.periodic.close()
-    self.best.close()
+    """Waits for the pending save (its failure raises CheckpointSaveError), then closes."""
+    if self._closed:
+      return
+    self._closed = True
+    try:
+      self.wait()
+    finally:
+      self.periodic.close()
+      self.best.close()
+
+
+def _link_or_copy(source: str, target: str) -> None:
+  try:
+    os.link(source, target)
+  except OSError:  # No hard links here (another file system, or none at all): a copy.
+    shutil.copy2(source, target)
+
+
+def _link_best(source, files: dict, best_dir: str, step: int) -> None:
+  """Makes best_dir/<step> of the `variables` and `record` items of the save in `source`.
+
+  Hard links (or copies) of the files checksummed as `files`, and their checksum record, are
+  gathered in a hidden folder, which then replaces the best checkpoint; the older ones go.
+  """
+  source = str(source)
+  partial = os.path.join(best_dir, f'.{step}.partial')
+  shutil.rmtree(partial, ignore_errors=True)
+  kept = {relative: entry for relative, entry in files.items()
+          if relative.split('/', 1)[0] in BEST_ITEMS}
+  for relative in kept:
+    target = os.path.join(partial, relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    _link_or_copy(os.path.join(source, relative), target)
+  if os.path.exists(os.path.join(source, _STEP_METADATA)):  # A copy: orbax updates its own.
+    shutil.copy2(os.path.join(source, _STEP_METADATA), os.path.join(partial, _STEP_METADATA))
+  checksums.write(partial, kept)
+  final = os.path.join(best_dir, str(step))
+  if os.path.exists(final):  # The same step again (a resumed run): the new one replaces it.
+    os.rename(final, os.path.join(best_dir, f'.{step}.replaced'))
+  os.rename(partial, final)
+  _remove_unfinished_best(best_dir, keep=str(step))
+
+
+def _remove_unfinished_best(best_dir: str, keep: str | None = None) -> None:
+  """Removes what a best checkpoint replaced or left half made; with `keep`, every other step."""
+  for name in os.listdir(best_dir):
+    if name.startswith('.') and name.endswith(('.partial', '.replaced')) or (
+        keep is not None and name != keep):
+      shutil.rmtree(os.path.join(best_dir, name), ignore_errors=True)
 
 
 def _as_dict(state) -> dict:

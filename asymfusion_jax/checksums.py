@@ -1,13 +1,19 @@
-"""SHA-256 checksums of a checkpoint's files, recorded after a save and checked before a restore.
+"""SHA-256 checksums of a checkpoint's files, recorded when it is written, checked before a restore.
 
 orbax does not detect data that changed on disk: only the index of a zarr3 shard carries a
 CRC32C, so a data file overwritten in place (a failing disk, a bad copy, a second writer) restores
 without an error and trains or evaluates broken weights. So every checkpoint directory this
-package writes gets a manifest, CHECKSUMS_FILE, with the size and SHA-256 of each of its files,
-written atomically once the checkpoint is complete; `verify` recomputes them before a restore.
+package writes gets a record, CHECKSUMS_FILE, with the size and SHA-256 of each of its files,
+written atomically once its data is complete; `verify` recomputes them before a restore.
 
-A directory without a manifest was written before checksums were recorded (or by another tool):
-`verify` reports it unverified rather than failing, so older workdirs keep working.
+A checkpoint without a record is not trusted: it was not completely written (a run killed while
+saving it), its record was deleted, or it predates checksums. `verify` fails on it as on a file
+that changed, so it is handled like any unreadable checkpoint.
+
+orbax's commit bookkeeping at the top of a checkpoint (COMMIT_FILES: the step metadata, which
+orbax updates with its commit time, and the commit marker) is written when orbax commits, after
+the record, so the record leaves it out; records written before it did list it, and those
+entries are still checked.
 """
 
 import hashlib
@@ -17,12 +23,14 @@ import os
 from etils import epath
 
 CHECKSUMS_FILE = 'asymfusion_checksums.json'
+COMMIT_FILES = ('_CHECKPOINT_METADATA', 'commit_success.txt')
 _FORMAT = 1
 _CHUNK = 1 << 22
 
 
 class ChecksumError(ValueError):
-  """A checkpoint's files differ from the checksums recorded when it was written."""
+  """A checkpoint's files differ from the checksums recorded when it was written, or it has no
+  record of them."""
 
 
 def _digest(path: epath.Path) -> str:
@@ -34,7 +42,7 @@ def _digest(path: epath.Path) -> str:
 
 
 def _files(directory: epath.Path) -> dict[str, epath.Path]:
-  """Every file under directory except the manifest, by its '/'-separated relative path."""
+  """Every file under directory except the record, by its '/'-separated relative path."""
   files = {}
   for root, _, names in directory.walk():
     for name in names:
@@ -44,41 +52,56 @@ def _files(directory: epath.Path) -> dict[str, epath.Path]:
   return files
 
 
-def write(directory) -> None:
-  """Records the checksums of every file under `directory`, replacing the manifest atomically.
+def compute(directory) -> dict[str, dict]:
+  """{relative path: {'size', 'sha256'}} of every file under `directory` but COMMIT_FILES."""
+  directory = epath.Path(directory)
+  return {relative: {'size': path.stat().length, 'sha256': _digest(path)}
+          for relative, path in sorted(_files(directory).items())
+          if relative not in COMMIT_FILES}
 
-  Call it once the checkpoint is complete on disk, from one process only.
+
+def write(directory, files: dict[str, dict] | None = None) -> dict[str, dict]:
+  """Records the checksums of the files under `directory`, replacing the record atomically.
+
+  Call it once the checkpoint's data is complete on disk, from one process only.
+
+  Args:
+    directory: the checkpoint directory.
+    files: the entries to record (compute's format) when they are known already (the files
+      are hard links to, or copies of, files checksummed before); default: compute(directory).
+
+  Returns:
+    The recorded entries.
   """
   directory = epath.Path(directory)
-  files = {relative: {'size': path.stat().length, 'sha256': _digest(path)}
-           for relative, path in sorted(_files(directory).items())}
+  files = compute(directory) if files is None else dict(sorted(files.items()))
   temporary = directory / f'{CHECKSUMS_FILE}.tmp{os.getpid()}'
   temporary.write_text(json.dumps({'format': _FORMAT, 'files': files}, indent=1))
   temporary.replace(directory / CHECKSUMS_FILE)
+  return files
 
 
-def verify(directory) -> bool:
-  """Checks the files under `directory` against its manifest.
-
-  Returns:
-    True if every file matches; False if there is no manifest (the checkpoint predates
-    checksums, and is unverified).
+def verify(directory) -> None:
+  """Checks the files under `directory` against its record.
 
   Raises:
-    ChecksumError: naming the first file that is missing, extra, of another size or content, or
-      the manifest itself if it cannot be read.
+    ChecksumError: there is no record, or naming the first file that is missing, extra, of
+      another size or content, or the record itself if it cannot be read.
   """
   directory = epath.Path(directory)
   manifest = directory / CHECKSUMS_FILE
   if not manifest.exists():
-    return False
+    raise ChecksumError(f'{CHECKSUMS_FILE} is missing, so its files cannot be trusted: it was '
+                        'not completely written, its record was deleted, or it predates '
+                        'checksums')
   try:
     recorded = json.loads(manifest.read_text())['files']
     recorded = {str(k): (int(v['size']), str(v['sha256'])) for k, v in recorded.items()}
   except (ValueError, KeyError, TypeError, AttributeError) as e:
-    raise ChecksumError(f'the checksum manifest {manifest} cannot be read '
+    raise ChecksumError(f'the checksum record {manifest} cannot be read '
                         f'({type(e).__name__}: {e})') from e
-  present = _files(directory)
+  present = {relative: path for relative, path in _files(directory).items()
+             if relative not in COMMIT_FILES or relative in recorded}
   missing = sorted(recorded.keys() - present.keys())
   if missing:
     raise ChecksumError(f'{missing[0]} is missing ({len(missing)} recorded files in all)')
@@ -92,4 +115,3 @@ def verify(directory) -> bool:
       raise ChecksumError(f'{relative} has {actual_size} bytes, {size} when it was written')
     if _digest(present[relative]) != sha256:
       raise ChecksumError(f'{relative} changed since it was written (SHA-256 mismatch)')
-  return True

@@ -4,8 +4,11 @@ Training records its resolved config in WORKDIR/config.json (`ConfigDict.to_json
 so tools that start from a workdir (export, evaluation elsewhere) rebuild the same model without
 the original config file or its command-line overrides. JSON has no tuples; every list is read
 back as a tuple, which is how the config files spell sequences, so the round trip gives an equal
-config. A config.json written before a field existed gets that field's default
-(config_lib.nyudv2_paper), so workdirs of earlier versions keep exporting and evaluating.
+config. A config.json written before a field existed gets that field's default from the paper
+config of its dataset (config_lib.paper_defaults), so workdirs of earlier versions keep exporting
+and evaluating. A resumed run compares its config with the config.json as written
+(read_workdir_config, differing_keys), so a translation or Cityscapes config is never compared
+with fields of another dataset's defaults.
 """
 
 import json
@@ -32,11 +35,18 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config that trained in `workdir`.
+  """The config that trained in `workdir`, with the fields it predates at their defaults.
 
   Raises:
     FileNotFoundError: the workdir does not exist or has no config.json.
+    ValueError: config.json is not valid JSON.
   """
+  config = read_workdir_config(workdir)
+  return with_defaults(config, config_lib.paper_defaults(config))
+
+
+def read_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json as it was written (see load_workdir_config for its errors)."""
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f'no workdir at {workdir}: the directory does not exist')
   path = os.path.join(workdir, CONFIG_FILE)
@@ -50,7 +60,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise ValueError(f'{path} is not valid JSON ({e}); it should be the config that training '
                      'wrote') from e
-  return with_defaults(config, config_lib.nyudv2_paper())
+  return config
 
 
 def with_defaults(config: ml_collections.ConfigDict,
@@ -76,14 +86,24 @@ def _flat(tree: dict, prefix: str = '') -> dict:
   return out
 
 
-def differing_keys(old: ml_collections.ConfigDict,
-                   new: ml_collections.ConfigDict) -> list[str]:
+def _json_flat(config: ml_collections.ConfigDict) -> dict:
+  """The dotted keys of `config` after the JSON round trip of a config.json."""
+  return _flat(from_json(config.to_json_best_effort()).to_dict())
+
+
+def differing_keys(old: ml_collections.ConfigDict, new: ml_collections.ConfigDict,
+                   defaults: ml_collections.ConfigDict | None = None) -> list[str]:
   """The dotted keys whose values differ between two configs, or that only one has; sorted.
 
   `new` goes through the same JSON round trip as a config.json, so a config compares equal to
-  the config.json written from it.
+  the config.json written from it. defaults: what a key of `new` that `old` lacks counts as in
+  `old` (a config.json written before the key existed); a key only the defaults have is none of
+  the comparison's business.
   """
   a = _flat(old.to_dict())
-  b = _flat(from_json(new.to_json_best_effort()).to_dict())
+  b = _json_flat(new)
+  if defaults is not None:
+    predated = _json_flat(defaults)
+    a.update({k: predated[k] for k in b.keys() - a.keys() if k in predated})
   missing = object()
   return sorted(k for k in a.keys() | b.keys() if a.get(k, missing) != b.get(k, missing))

@@ -35,6 +35,9 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.model.decoder_width = 256
   c.model.dropout_rate = 0.5
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
+  # 'auto': the CPU-tuned 1x1 convolutions and max-pooling where lowered for a CPU, the stock
+  # XLA ops elsewhere; 'cpu' or 'xla': one of them everywhere (asymfusion_jax.models.kernels).
+  c.model.kernels = 'auto'
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
 
   c.data = ml_collections.ConfigDict()
@@ -49,6 +52,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.data.scale_range = (0.5, 2.0)
   c.data.min_short_side = 350
   c.data.num_workers = 4
+  c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.batch_size = 6
   c.crop_size = 500
   c.eval_batch_size = 1
@@ -73,7 +77,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
-  return c
+  return _missing_modality_keys(c)
 
 
 def rgbx_refinenet(modality_folders: dict, modalities=None, num_classes: int = 40,
@@ -140,6 +144,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
   c.model.upsample_logits = True  # Logits at the input size; False: at stride 4.
   c.model.bn_momentum = 0.9997  # BatchNorm running statistics (TF-DeepLab's decay).
+  c.model.kernels = 'auto'  # 'auto', 'xla' or 'cpu': DeepLab has no CPU rewrite, all run alike.
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
   c.frozen_bn = False  # TF-DeepLab trains BatchNorm over the global batch.
 
@@ -155,6 +160,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.data.scale_range = (0.5, 2.0)  # Random scales low, low + step, ..., high.
   c.data.scale_step = 0.25
   c.data.num_workers = 8  # Threads that read, decode and augment examples.
+  c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.batch_size = 8
   c.crop_size = 769
   c.eval_batch_size = 1
@@ -172,6 +178,9 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.eval.output_stride = 16  # 16, or 8 (finer, slower; the same weights).
   c.eval.scales = (1.0,)  # Multi-scale inference: e.g. (0.75, 1.0, 1.25, 1.5, 1.75).
   c.eval.flip = False  # Also average the predictions of the mirrored images.
+  # Also write the ensemble's prediction of every val image as a Cityscapes label-id PNG, to
+  # WORKDIR/eval/step_N/label_ids/ under --mode=eval: what cityscapesscripts' evaluator reads.
+  c.eval.write_label_ids = False
 
   c.init = ml_collections.ConfigDict()
   c.init.torch_resnet = ''  # Unused by DeepLab; kept so that initialization reads the same keys.
@@ -185,7 +194,7 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
-  return c
+  return _missing_modality_keys(c)
 
 
 def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
@@ -212,6 +221,9 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.model.fusion = fusion_lib.method(fusion)
   c.model.fusion_blocks = (2, 3, 4, 5, 6, 7)  # Encoder blocks, counted from 1.
   c.model.dropout_rate = 0.5  # On the innermost decoder blocks, training only.
+  # 'auto': the CPU-tuned transposed convolution where lowered for a CPU, the stock XLA op
+  # elsewhere; 'cpu' or 'xla': one of them everywhere (asymfusion_jax.models.kernels).
+  c.model.kernels = 'auto'
   c.compute_dtype = 'auto'  # bfloat16 on GPU/TPU, float32 on CPU; or 'float32' / 'bfloat16'.
 
   c.data = ml_collections.ConfigDict()
@@ -224,6 +236,7 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.data.num_val = 500
   c.data.load_size = 286  # Train images are resized to this, then cropped to crop_size.
   c.data.num_workers = 4
+  c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.crop_size = 256  # Train crop and validation size.
   c.batch_size = 1
   c.eval_batch_size = 1
@@ -249,7 +262,22 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 2
   c.num_prediction_images = 8
-  return c
+  return _missing_modality_keys(c)
+
+
+# The paper config of each dataset (config.data.name), whose values a config.json written before
+# a field existed gets for it (config_io.load_workdir_config).
+PAPER_CONFIGS = {'nyudv2': nyudv2_paper, 'cityscapes': cityscapes_deeplab,
+                 'taskonomy': taskonomy_paper,
+                 # No folders: a config.json's own modality_folders must not gain any.
+                 'rgbx': lambda: rgbx_refinenet({})}
+
+
+def paper_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The paper config of config's dataset (NYUDv2 for configs from before config.data.name);
+  an empty config for an unknown dataset."""
+  name = config.get('data', {}).get('name', 'nyudv2')
+  return PAPER_CONFIGS[name]() if name in PAPER_CONFIGS else ml_collections.ConfigDict()
 
 
 # Loading config files by path or by name, from any working directory.
@@ -258,6 +286,19 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
 # (`pip install -e .`), so this is the clone's configs/; a regular (non-editable) install does
 # not ship configs/, and then only load() with a path to a config file works.
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / 'configs'
+
+
+def _missing_modality_keys(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The keys of missing-modality evaluation and modality dropout (asymfusion_jax/missing.py)."""
+  if 'eval' not in c:
+    c.eval = ml_collections.ConfigDict()
+  # '+'-joined modality subsets that --mode=eval also evaluates without, e.g. ('depth',).
+  c.eval.missing = ()
+  c.eval.missing_fill = 'pad'  # What replaces a missing modality: 'pad', 'mean' or 'drop'.
+  c.train = ml_collections.ConfigDict()
+  # Per example and step, the probability that one modality is replaced by the fill.
+  c.train.modality_dropout = 0.0
+  return c
 
 
 def available_configs() -> list:

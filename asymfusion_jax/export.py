@@ -20,6 +20,12 @@ exports its generator: input (M, B, H, W, 3) domain images in [-1, 1], output th
 (M + 1, B, H, W, 3) RGB images in [-1, 1] (H and W multiples of 2**config.model.num_downs). FILE.json, the
 sidecar, says how to feed it and read it (see `sidecar`). Running it needs only jax: `jax.export.deserialize(blob).call(x)`.
 
+Each platform of the artifact computes in the dtype that training on it would use:
+config.compute_dtype, or --compute_dtype if given, where 'auto' is float32 on cpu and bfloat16
+on cuda, rocm and tpu whatever machine exports (jax.lax.platform_dependent keeps, where the
+artifact is compiled, only the branch of that platform). The sidecar's `compute_dtype` maps
+every platform to its dtype. Inputs and outputs are float32 on every platform.
+
 --format=torch writes the variables as a state_dict of the reference PyTorch implementation
 (docs/method.md section 9) in torch.save's zip format, without importing torch.
 
@@ -29,9 +35,9 @@ which are renamed at the end (the sidecar first, so an artifact never lacks its 
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
-import sys
 import tempfile
 from typing import Any, Iterator, Sequence
 
@@ -41,6 +47,7 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 
+from asymfusion_jax import cli
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
 from asymfusion_jax import config_lib
@@ -50,6 +57,7 @@ from asymfusion_jax import tasks
 from asymfusion_jax import torch_pickle
 from asymfusion_jax import train
 from asymfusion_jax.models import resolve_compute_dtype
+from asymfusion_jax.models.refinenet import COMPUTE_DTYPES
 
 FORMATS = ('jax', 'torch')
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
@@ -84,10 +92,11 @@ def from_workdir(workdir: str, step: int | None = None) -> Source:
   config = config_io.load_workdir_config(workdir)
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
-    state, record = ckpts.restore(train.abstract_train_state(config, sharding.make_mesh()), step)
+    variables, record = ckpts.restore_variables(
+        train.abstract_train_state(config, sharding.make_mesh()), step)
   finally:
     ckpts.close()
-  return Source(config, jax.device_get(state.variables()), int(record['step']),
+  return Source(config, jax.device_get(variables), int(record['step']),
                 f'workdir {os.path.abspath(workdir)}')
 
 
@@ -125,37 +134,62 @@ def check_platforms(platforms: Sequence[str]) -> tuple[str, ...]:
   return platforms
 
 
+def compute_dtypes(config, platforms: Sequence[str],
+                   compute_dtype: str | None = None) -> dict[str, str]:
+  """{platform: the dtype name it computes in}: compute_dtype (default config.compute_dtype)
+  resolved for each platform as training there resolves it ('auto': float32 on cpu only)."""
+  key, name = (('config.compute_dtype', config.compute_dtype) if compute_dtype is None
+               else ('--compute_dtype', compute_dtype))
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f'{key} must be one of {COMPUTE_DTYPES}, got {name!r}')
+  return {p: str(resolve_compute_dtype(name, p)) for p in check_platforms(platforms)}
+
+
 def export_forward(source: Source, height: int, width: int,
-                   platforms: Sequence[str] = DEFAULT_PLATFORMS) -> jax.export.Exported:
-  """The eval-mode forward pass with the variables as constants, input (M, b, H, W, 3)."""
+                   platforms: Sequence[str] = DEFAULT_PLATFORMS,
+                   compute_dtype: str | None = None) -> jax.export.Exported:
+  """The eval-mode forward pass with the variables as constants, input (M, b, H, W, 3); each
+  platform computes in its dtype of compute_dtypes."""
   if height < 1 or width < 1:
     raise ValueError(f'the input size must be positive, got {height}x{width}')
-  forward = jax.jit(_forward(source))
+  dtypes = compute_dtypes(source.config, platforms, compute_dtype)
+  forwards = {name: _forward(source, name) for name in sorted(set(dtypes.values()))}
+  if len(forwards) == 1:
+    forward, = forwards.values()
+  else:  # One branch per dtype; lowering keeps the one of the platform it compiles for.
+    branches = {platform: forwards[name] for platform, name in dtypes.items()}
+
+    def forward(x):
+      return jax.lax.platform_dependent(x, **branches)
   batch, = jax.export.symbolic_shape(BATCH_DIM)
   spec = jax.ShapeDtypeStruct((len(source.config.modalities), batch, height, width, 3),
                               jnp.float32)
-  return jax.export.export(forward, platforms=check_platforms(platforms))(spec)
+  return jax.export.export(jax.jit(forward), platforms=tuple(dtypes))(spec)
 
 
-def _forward(source: Source):
+def _forward(source: Source, dtype: str):
   """The eval-mode forward pass of the source's model (Task.inference: the segmentation model,
-  or a translation model's generator)."""
-  return tasks.get(source.config).inference(source.config, source.variables)
+  or a translation model's generator), computing in `dtype`."""
+  config = source.config.copy_and_resolve_references()
+  config.compute_dtype = dtype
+  return tasks.get(config).inference(config, source.variables)
 
 
 def _shape(aval) -> list:
   return [d if isinstance(d, int) else str(d) for d in aval.shape]
 
 
-def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dict:
+def sidecar(source: Source, exported: jax.export.Exported, artifact: str,
+            compute_dtype: str | None = None) -> dict:
   """The JSON description that deployment needs besides the artifact.
 
-  The task's part (Task.export_sidecar) says how raw pixels become the input: for segmentation
-  modalities (input order along axis 0), raw_pad_value, normalisation and formula of
-  data.modalities.to_json (Cityscapes: its formula per modality), num_classes, ignore_label and
-  the logits' output_stride; for translation the domains, the target and the formula. outputs
-  names the M + 1 output rows. Shapes list symbolic dimensions by name ('b': any batch size
-  >= 1).
+  The task's part (Task.export_sidecar) says how raw pixels become the input, as the dataset's
+  input_encoding states it: modalities (input order along axis 0) and their normalisation
+  (NYUDv2: raw_pad_value, normalisation and formula of data.modalities.to_json; Cityscapes: a
+  formula per modality; Taskonomy: the target and the formula); segmentation adds num_classes,
+  ignore_label and the logits' output_stride. outputs names the M + 1 output rows. Shapes list
+  symbolic dimensions by name ('b': any batch size >= 1). compute_dtype maps every platform to
+  the dtype it computes in (compute_dtypes; the argument as there).
   """
   config = source.config
   (inp,), (out,) = exported.in_avals, exported.out_avals
@@ -173,7 +207,10 @@ def sidecar(source: Source, exported: jax.export.Exported, artifact: str) -> dic
       'step': source.step,
       'source': source.origin,
       'model': config.model.to_dict(),
-      'compute_dtype': str(resolve_compute_dtype(config.compute_dtype)),  # What the artifact runs.
+      # The whole config, from which `python -m asymfusion_jax.predict --artifact` reads the
+      # dataset's input encoding and label convention.
+      'config': json.loads(config.to_json_best_effort()),
+      'compute_dtype': compute_dtypes(config, exported.platforms, compute_dtype),
       'jax_version': jax.__version__,
       'calling_convention_version': exported.calling_convention_version,
   }
@@ -194,10 +231,16 @@ def _umask() -> int:
 
 
 def check_out(paths: Sequence[str]) -> None:
-  """Fails before any work if an output path cannot be a file (it is a folder)."""
+  """Fails before any work if an output path cannot be a file (it is a folder, or a file is
+  where one of its folders would be)."""
   for path in paths:
     if os.path.isdir(path):
       raise ValueError(f'cannot write {path}: it is a folder')
+    above = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(above):
+      above = os.path.dirname(above)
+    if not os.path.isdir(above):
+      raise NotADirectoryError(errno.ENOTDIR, f'{above} is a file, not a folder', path)
 
 
 def _make_parents(path: str) -> list[str]:
@@ -263,13 +306,17 @@ def _remove(paths: Sequence[str]) -> None:
 
 
 def write_jax(source: Source, out: str, height: int | None = None, width: int | None = None,
-              platforms: Sequence[str] = DEFAULT_PLATFORMS) -> dict:
-  """Writes the artifact to `out` and its sidecar to sidecar_path(out); returns the sidecar."""
+              platforms: Sequence[str] = DEFAULT_PLATFORMS,
+              compute_dtype: str | None = None) -> dict:
+  """Writes the artifact to `out` and its sidecar to sidecar_path(out); returns the sidecar.
+
+  compute_dtype: 'float32', 'bfloat16' or 'auto' for every platform; None: config.compute_dtype.
+  """
   default_h, default_w = default_image_size(source.config)
   exported = export_forward(source, default_h if height is None else height,
-                            default_w if width is None else width, platforms)
+                            default_w if width is None else width, platforms, compute_dtype)
   blob = exported.serialize()
-  meta = sidecar(source, exported, os.path.basename(out))
+  meta = sidecar(source, exported, os.path.basename(out), compute_dtype)
   with _replaced_atomically([sidecar_path(out), out]) as (meta_temp, blob_temp):
     with open(meta_temp, 'w') as f:
       json.dump(meta, f, indent=2)
@@ -325,17 +372,17 @@ def main(argv):
   args = flags.FLAGS
   options = {}
   if args.format == 'jax':
-    options = {'height': args.height, 'width': args.width, 'platforms': args.platforms}
-  elif args['height'].present or args['width'].present or args['platforms'].present:
-    raise app.UsageError('--height, --width and --platforms only apply to --format=jax')
-  try:
-    # Before the checkpoint is read, so that a typo fails at once.
-    check_platforms(args.platforms)
-    check_out([args.out] + ([sidecar_path(args.out)] if args.format == 'jax' else []))
-    source = _source_from_flags(args)
-    export(source, args.out, args.format, **options)
-  except (OSError, ValueError) as e:  # FileNotFoundError, PermissionError, ... included.
-    sys.exit(f'export failed, nothing written: {e}')
+    options = {'height': args.height, 'width': args.width, 'platforms': args.platforms,
+               'compute_dtype': args.compute_dtype}
+  elif any(args[name].present for name in ('height', 'width', 'platforms', 'compute_dtype')):
+    raise app.UsageError('--height, --width, --platforms and --compute_dtype only apply to '
+                         '--format=jax')
+  # Before the checkpoint is read, so that a typo fails at once. An error is one line
+  # (cli.run): the files go to temporaries renamed at the end, so nothing was written then.
+  check_platforms(args.platforms)
+  check_out([args.out] + ([sidecar_path(args.out)] if args.format == 'jax' else []))
+  source = _source_from_flags(args)
+  export(source, args.out, args.format, **options)
   logging.info('Exported the %s (step %s) as %s to %s.', source.origin, source.step,
                args.format, args.out)
 
@@ -358,9 +405,12 @@ def _define_flags():
                        'image height, else config.crop_size).', lower_bound=1)
   flags.DEFINE_integer('width', None, '--format=jax: input width (default: the synthetic image '
                        'width, else config.crop_size).', lower_bound=1)
+  flags.DEFINE_enum('compute_dtype', None, COMPUTE_DTYPES, '--format=jax: the compute dtype '
+                    "of every platform instead of config.compute_dtype ('auto': float32 on cpu, "
+                    'bfloat16 on cuda, rocm and tpu).')
   flags.mark_flags_as_required(['out'])
 
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'export failed, nothing written')

@@ -11,7 +11,10 @@ The numbers are those of pytorch-fid (and of CEN for KID), docs/method.md sectio
 Statistics stream: FeatureStats keeps float64 running sums on the host, so the mean and covariance
 of any number of images need no feature array. KID needs the features themselves (any two images
 may meet in a subset), so FeatureStats also keeps them, in float32 (400 MB for 50k images) unless
-keep_features=False; statistics saved to .npz (mu, sigma, n) give FID only.
+keep_features=False; statistics saved to .npz (mu, sigma, n) give FID only. The sums of several
+FeatureStats add up, to float64 rounding, once moved to a common shift (sums_about, from_sums):
+fid_hosts combines those of processes that each extracted the features of their own images. The
+distances themselves are in fid_distances (and importable from here).
 
 Command line:
 
@@ -26,7 +29,6 @@ Command line:
 import concurrent.futures
 import dataclasses
 import os
-import sys
 import tempfile
 import zipfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,15 +41,17 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from asymfusion_jax import convert
+from asymfusion_jax import cli
 from asymfusion_jax import variables_io
+from asymfusion_jax.convert import inception as inception_convert
+# The distances are part of this module's interface (fid.frechet_distance, ...).
+from asymfusion_jax.fid_distances import (  # pylint: disable=unused-import
+    KID_SCALE, KID_SUBSET_SIZE, KID_SUBSETS, frechet_distance, kernel_inception_distance,
+    kid_subset_values, polynomial_mmd2, trace_sqrt_product)
 from asymfusion_jax.models import inception
 
 # pytorch-fid's IMAGE_EXTENSIONS (matched here case-insensitively).
 IMAGE_EXTENSIONS = ('.bmp', '.jpg', '.jpeg', '.pgm', '.png', '.ppm', '.tif', '.tiff', '.webp')
-KID_SCALE = 100.0  # CEN reports KID x 100.
-KID_SUBSETS = 50
-KID_SUBSET_SIZE = 1000
 STATS_SUFFIX = '.npz'
 
 
@@ -72,7 +76,7 @@ def load_weights(path: str) -> dict[str, Any]:
     raise FileNotFoundError(f'no FID Inception weights at {path}: give pytorch-fid\'s '
                             'pt_inception-2015-12-05-6726825d.pth or the directory converted '
                             'from it')
-  return convert.load_inception_file(path)
+  return inception_convert.load_inception_file(path)
 
 
 class FeatureExtractor:
@@ -159,13 +163,14 @@ class FeatureStats:
   large beside their covariance.
   """
 
-  def __init__(self, dim: int = inception.FEATURE_DIM, keep_features: bool = True):
-    """keep_features: also keep the float32 features, which KID needs (4 * dim bytes a row)."""
-    self.dim = dim
+  def __init__(self, dim: int | None = None, keep_features: bool = True):
+    """dim: of the features (default inception.FEATURE_DIM); keep_features: also keep the
+    float32 features, which KID needs (4 * dim bytes a row)."""
+    self.dim = inception.FEATURE_DIM if dim is None else dim
     self.n = 0
     self._shift = None
-    self._sum = np.zeros(dim, np.float64)
-    self._outer = np.zeros((dim, dim), np.float64)
+    self._sum = np.zeros(self.dim, np.float64)
+    self._outer = np.zeros((self.dim, self.dim), np.float64)
     self._kept = [] if keep_features else None
 
   def update(self, features: np.ndarray) -> None:
@@ -183,6 +188,30 @@ class FeatureStats:
     self.n += len(features)
     if self._kept is not None:
       self._kept.append(features.astype(np.float32))
+
+  @property
+  def shift(self) -> np.ndarray:
+    """What the sums are taken about: the first batch's mean (zeros before any feature)."""
+    return np.zeros(self.dim) if self._shift is None else self._shift.copy()
+
+  def sums_about(self, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sum, sum of outer products) of the features minus `shift` (float64): with a shift common
+    to several FeatureStats, these add up to those of all their features (from_sums)."""
+    d = self.shift - np.asarray(shift, np.float64)
+    return (self._sum + self.n * d, self._outer + np.outer(self._sum, d) + np.outer(d, self._sum)
+            + self.n * np.outer(d, d))
+
+  @classmethod
+  def from_sums(cls, n: int, shift: np.ndarray, total: np.ndarray, outer: np.ndarray,
+                features: np.ndarray | None = None) -> 'FeatureStats':
+    """The FeatureStats of n features whose sums about `shift` are given (and, for KID, the
+    features themselves)."""
+    stats = cls(len(shift), keep_features=features is not None)
+    stats.n, stats._shift = int(n), np.asarray(shift, np.float64)
+    stats._sum, stats._outer = np.asarray(total, np.float64), np.asarray(outer, np.float64)
+    if features is not None:
+      stats._kept = [np.asarray(features, np.float32)]
+    return stats
 
   def statistics(self) -> Statistics:
     if self.n < 2:
@@ -241,84 +270,6 @@ def cached_statistics(cache_path: str, compute: Callable[[], Statistics]) -> Sta
   save_statistics(cache_path, stats)
   logging.info('saved FID statistics of %s images to %s', stats.n, cache_path)
   return stats
-
-
-# Distances.
-
-
-def _numerically_zero(eigenvalues: np.ndarray) -> np.ndarray:
-  """Eigenvalues below rounding noise: under d * eps * the largest (np.linalg.matrix_rank's
-  tolerance). Their square roots would be sqrt(noise), far above the noise itself."""
-  tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(eigenvalues.max(), 0.0)
-  return eigenvalues <= tolerance
-
-
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-  values, vectors = np.linalg.eigh(matrix)
-  roots = np.where(_numerically_zero(values), 0.0, np.sqrt(np.maximum(values, 0.0)))
-  return (vectors * roots) @ vectors.T
-
-
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-  """Tr Re (S1 S2)^(1/2) for covariances S1, S2 (symmetric positive semi-definite), float64.
-
-  S1 S2 is similar to the symmetric S1^(1/2) S2 S1^(1/2), so its eigenvalues are real and
-  non-negative, and the trace of the principal square root is the sum of their square roots;
-  eigenvalues that rounding makes negative have an imaginary root, whose real part is 0. This is
-  the value pytorch-fid takes from scipy.linalg.sqrtm, here from symmetric eigensolvers (no SciPy
-  at run time). Eigenvalues within rounding noise of 0 (of S1, then of the product) count as 0:
-  covariances of N <= 2048 images are singular, and the square roots of their noise eigenvalues
-  would otherwise add up (identical statistics then give an FID of 1e-8 of Tr S, not 1e-13).
-  """
-  root1 = _sqrt_psd(sigma1)
-  inner = root1 @ sigma2 @ root1
-  eigenvalues = np.linalg.eigvalsh((inner + inner.T) / 2)
-  roots = np.where(_numerically_zero(eigenvalues), 0.0, np.sqrt(np.maximum(eigenvalues, 0.0)))
-  return float(roots.sum())
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-  """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64."""
-  mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-    raise ValueError(f'mismatched statistics: mu {mu1.shape} and {mu2.shape}, sigma '
-                     f'{sigma1.shape} and {sigma2.shape}')
-  diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-               - 2.0 * trace_sqrt_product(sigma1, sigma2))
-
-
-def polynomial_mmd2(x: np.ndarray, y: np.ndarray) -> float:
-  """Unbiased MMD^2 of two equal-size samples with the kernel (x.y / d + 1)^3 (Binkowski et al.,
-  as CEN computes it: Kxx and Kyy without their diagonals, Kxy with it)."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  m, d = x.shape
-  kxx = (x @ x.T / d + 1.0) ** 3
-  kyy = (y @ y.T / d + 1.0) ** 3
-  kxy = (x @ y.T / d + 1.0) ** 3
-  within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-  return float(within - 2.0 * kxy.sum() / (m * m))
-
-
-def kernel_inception_distance(x: np.ndarray, y: np.ndarray, num_subsets: int = KID_SUBSETS,
-                              max_subset_size: int = KID_SUBSET_SIZE,
-                              seed: int = 0) -> tuple[float, float]:
-  """KID (mean, std over subsets) of two feature sets, unscaled (multiply by KID_SCALE to report).
-
-  Each subset draws m = min(max_subset_size, len(x), len(y)) rows of x, then m rows of y, without
-  replacement, from np.random.default_rng(seed).
-  """
-  m = min(max_subset_size, len(x), len(y))
-  if m < 2:
-    raise ValueError(f'KID needs at least 2 images per set, got {len(x)} and {len(y)}')
-  rng = np.random.default_rng(seed)
-  values = []
-  for _ in range(num_subsets):
-    xs = x[rng.choice(len(x), m, replace=False)]
-    ys = y[rng.choice(len(y), m, replace=False)]
-    values.append(polynomial_mmd2(xs, ys))
-  return float(np.mean(values)), float(np.std(values))
 
 
 # Folders of images.
@@ -462,14 +413,12 @@ def evaluate(paths: Sequence[str], extractor: FeatureExtractor, save_stats: str 
 def main(argv):
   args = flags.FLAGS
   paths, save_stats = argv[1:], args['save-stats'].value
-  try:
-    check_inputs(paths, save_stats)  # Before the weights load and the network compiles.
-    extractor = FeatureExtractor(load_weights(args.weights), batch_size=args.batch_size,
-                                 dtype=jnp.dtype(args.dtype))
-    result = evaluate(paths, extractor, save_stats, args.kid_subsets, args.kid_subset_size,
-                      args.seed, args.num_workers)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f'asymfusion_jax.fid: {e}')
+  # An error is one line (cli.run).
+  check_inputs(paths, save_stats)  # Before the weights load and the network compiles.
+  extractor = FeatureExtractor(load_weights(args.weights), batch_size=args.batch_size,
+                               dtype=jnp.dtype(args.dtype))
+  result = evaluate(paths, extractor, save_stats, args.kid_subsets, args.kid_subset_size,
+                    args.seed, args.num_workers)
   if save_stats is not None:
     print(f'wrote the statistics of {result["n"][0]} images to {save_stats}')
     return
@@ -500,4 +449,4 @@ def _define_flags():
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main, 'asymfusion_jax.fid')

@@ -13,7 +13,9 @@ import flax
 import jax
 import numpy as np
 
-from asymfusion_jax import convert, torch_pickle, variables_io
+from asymfusion_jax import torch_pickle, variables_io
+from asymfusion_jax.convert import deeplab as deeplab_convert
+from asymfusion_jax.convert import refinenet as refinenet_convert
 
 
 def merge(variables: dict, pretrained: dict, source: str) -> dict:
@@ -45,11 +47,11 @@ def from_pretrained(state, config):
   elif config.init.get('tf_checkpoint'):
     from asymfusion_jax import models  # pylint: disable=g-import-not-at-top
     source = config.init.tf_checkpoint
-    pretrained, _ = convert.deeplab_from_tf(source, models.build_model(config))
+    pretrained, _ = deeplab_convert.deeplab_from_tf(source, models.build_model(config))
   elif config.init.torch_resnet:
     source = config.init.torch_resnet
-    backbone = convert.resnet_from_torch(torch_pickle.load_state_dict(source),
-                                         len(config.modalities))
+    backbone = refinenet_convert.resnet_from_torch(torch_pickle.load_state_dict(source),
+                                                   len(config.modalities))
     pretrained = {'params': {'backbone': backbone['params']},
                   'batch_stats': {'backbone': backbone['batch_stats']}}
   else:

@@ -33,22 +33,31 @@ def xla_flags(devices_per_process: int) -> str:
 
 
 def start(num_processes: int, main_args: list[str], outputs: list | None = None,
-          devices_per_process: int = 1) -> list[subprocess.Popen]:
-  """Starts the processes; process i writes stdout and stderr to outputs[i] (default: a pipe)."""
+          devices_per_process: int = 1, module: str = 'asymfusion_jax.main',
+          cwd: str | None = None) -> list[subprocess.Popen]:
+  """Starts the processes; process i writes stdout and stderr to outputs[i] (default: a pipe).
+
+  module: what each process runs with `python -m`: asymfusion_jax.main or a module that takes
+  its flags (tests run one that replaces the FID network first). cwd: their working directory
+  (default: this one's).
+  """
   address = f'localhost:{free_port()}'
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(devices_per_process))
   outputs = outputs or [subprocess.PIPE] * num_processes
   return [subprocess.Popen(
-      [sys.executable, '-m', 'asymfusion_jax.main', '--distributed',
+      [sys.executable, '-m', module, '--distributed',
        f'--coordinator_address={address}', f'--num_processes={num_processes}',
        f'--process_id={i}'] + main_args,
-      stdout=outputs[i], stderr=subprocess.STDOUT, env=env) for i in range(num_processes)]
+      stdout=outputs[i], stderr=subprocess.STDOUT, env=env, cwd=cwd)
+      for i in range(num_processes)]
 
 
 def launch(num_processes: int, main_args: list[str], timeout: float | None = None,
-           devices_per_process: int = 1) -> list[str]:
+           devices_per_process: int = 1, module: str = 'asymfusion_jax.main',
+           cwd: str | None = None) -> list[str]:
   """Runs the processes to completion; returns their outputs, raising if any failed."""
-  procs = start(num_processes, main_args, devices_per_process=devices_per_process)
+  procs = start(num_processes, main_args, devices_per_process=devices_per_process,
+                module=module, cwd=cwd)
   outputs = []
   try:
     for p in procs:

@@ -9,7 +9,8 @@ Any config field can be overridden with --config.<key>=<value>. On a multi-host 
 
 Exit status: 0 when training ran to its last step (or the evaluation finished); 143 (128 +
 SIGTERM, what a shell reports for a process SIGTERM ended) when SIGTERM stopped training early,
-after it saved a checkpoint: the same command resumes it; 1 for any error.
+after it saved a checkpoint: the same command resumes it; 1 for any error, which is one line
+on stderr naming the fault and what to do (--verbosity=1 adds its traceback).
 """
 
 import ast
@@ -19,8 +20,7 @@ import sys
 from absl import app, flags, logging
 import jax
 
-from asymfusion_jax import checkpointing, config_lib, logger, train, validation, workdir_lock
-from asymfusion_jax.data import layout
+from asymfusion_jax import cli, config_lib, logger, train
 
 FLAGS = flags.FLAGS
 EXIT_STOPPED_BY_SIGTERM = 143
@@ -47,18 +47,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = FLAGS(argv)
     FLAGS.config.get('seed')  # A file that failed to load raises only when first read.
   except flags.Error as e:
-    sys.exit(f'main: {flag_error(e)} (--helpfull lists the flags)')
+    sys.exit(f'main: {cli.flag_error(e)} (--helpfull lists the flags)')
   except (KeyError, AttributeError, OSError, ValueError, TypeError) as e:
     sys.exit(f'main: {config_error(e, argv)}')
   return rest
-
-
-def flag_error(error: Exception) -> str:
-  """The first line of a flag error, and the last when a traceback sits between them."""
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  if len(lines) > 1 and any(line.startswith('Traceback') for line in lines):
-    return f'{lines[0]} {lines[-1]}'
-  return ' '.join(lines)
 
 
 def config_error(error: Exception, argv: list[str]) -> str:
@@ -98,6 +90,8 @@ def main(argv):
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   logging.info('JAX process %d/%d, local devices %s, global device count %d',
                jax.process_index(), jax.process_count(), jax.local_devices(), jax.device_count())
+  # Any other error (a bad config value, an unusable workdir or checkpoint, a non-finite loss)
+  # is one line naming the fault (cli.run); --verbosity=1 shows its traceback.
   try:
     if FLAGS.mode == 'train':
       train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -106,11 +100,7 @@ def main(argv):
   except train.StoppedBySignal as e:
     logging.warning('Exiting with status %d: %s.', EXIT_STOPPED_BY_SIGTERM, e)
     return EXIT_STOPPED_BY_SIGTERM
-  except (validation.ConfigError, layout.LayoutError, checkpointing.CheckpointMismatchError,
-          workdir_lock.WorkdirLockedError) as e:
-    # The message names the key, file, checkpoint or lock at fault; a traceback would bury it.
-    sys.exit(f'main: {e}')
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, 'main', flags_parser=parse_flags)

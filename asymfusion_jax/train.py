@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from asymfusion_jax import checkpointing, config_io, sharding, tasks, workdir_lock
+from asymfusion_jax import (checkpointing, config_io, config_lib, missing, sharding, tasks,
+                            workdir_lock)
 from asymfusion_jax.logger import MetricLogger, Progress, eval_scalars, print_run_summary
 from asymfusion_jax.tasks import TrainState
 
@@ -64,28 +65,42 @@ class _Termination:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
 
-  def agreed(self, done: int) -> bool:
+  def agreed(self, done: int, now: bool = False) -> bool:
     """Whether to stop after step `done`, the same answer on every process.
 
     A signal may reach one host of a cluster before (or without) the others; if that host
     stopped alone, the others would wait for it in the next step's collectives. So processes
     compare their flags every _TERMINATION_SYNC_STEPS steps (one small collective), and all stop
-    at the same step. A single process checks its own flag after every step.
+    at the same step; now=True compares them at this step whatever its number (every process
+    must then ask too). A single process checks its own flag after every step.
     """
     if jax.process_count() == 1:
       return self.requested
-    if done % _TERMINATION_SYNC_STEPS:
+    if done % _TERMINATION_SYNC_STEPS and not now:
       return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(np.any(multihost_utils.process_allgather(np.asarray(self.requested))))
 
 
 class StoppedBySignal(Exception):
-  """Training stopped on SIGTERM before its last step, after saving a checkpoint of `step`."""
+  """Training stopped on SIGTERM before its last step, after saving a checkpoint of `step`.
 
-  def __init__(self, step: int, total: int):
-    super().__init__(f'stopped by SIGTERM after step {step} of {total}; checkpoint saved')
+  saved=False: it stopped before its first step (SIGTERM while the step compiled), with
+  nothing new to save: the workdir's latest checkpoint (if any) is `step`.
+  """
+
+  def __init__(self, step: int, total: int, saved: bool = True):
+    super().__init__(f'stopped by SIGTERM after step {step} of {total}; checkpoint saved' if saved
+                     else f'stopped by SIGTERM before step {step + 1} of {total}, while the '
+                     'train step compiled; nothing new to save')
     self.step = step
+
+
+# The checkpoint record's key for the train metrics of the steps since the last logged one.
+_UNLOGGED_KEY = 'unlogged_train_metrics'
+
+# What to do after a non-finite loss or update, the end of its error message.
+_NAN_ADVICE = 'To go on, lower the learning rate (or look for bad data) and run again.'
 
 
 class _LossWatch:
@@ -115,7 +130,7 @@ class _LossWatch:
       step, name, value = bad[0]
       raise FloatingPointError(
           f'training {name} is {value} at step {step} (non-finite at steps '
-          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()}')
+          f'{sorted({s for s, _, _ in bad})}); stopping. {self._kept()} {_NAN_ADVICE}')
     self._checked += checked
 
   def drain(self) -> dict[str, list[float]]:
@@ -127,6 +142,16 @@ class _LossWatch:
         out.setdefault(name, []).append(value)
     self._checked = []
     return out
+
+  def undrained(self) -> list:
+    """The checked values not logged yet, [[step, {name: value}], ...], for a checkpoint's
+    record: a run resumed from it logs the same means as one that never stopped."""
+    return [[step, dict(metrics)] for step, metrics in self._checked]
+
+  def resume(self, undrained: list, start: int) -> None:
+    """Takes back a checkpoint's undrained() values, of the steps up to `start`."""
+    self._checked = [(int(step), {k: float(v) for k, v in metrics.items()})
+                     for step, metrics in undrained if int(step) <= start]
 
 
 @jax.jit
@@ -149,7 +174,9 @@ def write_config(config, workdir: str, step: int = 0) -> None:
   path = os.path.join(workdir, config_io.CONFIG_FILE)
   if os.path.exists(path):
     try:
-      changed = config_io.differing_keys(config_io.load_workdir_config(workdir), config)
+      # As written: only the fields it predates count as their defaults.
+      written = config_io.read_workdir_config(workdir)
+      changed = config_io.differing_keys(written, config, config_lib.paper_defaults(written))
     except ValueError as e:  # Unreadable: keep it as it is, and record this run's beside it.
       changed = [f'(all: {e})']
     if not changed:
@@ -173,10 +200,13 @@ def resolve_data_paths(config, workdir: str):
 
 
 def prepare_data(task: tasks.Task, config) -> int:
-  """Prepares the data (process 0) and returns the train steps per epoch."""
+  """Prepares the data (process 0), checks the config against it, returns steps per epoch."""
   if jax.process_index() == 0:
     task.prepare_data(config)
   sync('data prepared')
+  # Again, on every process: what depends on data that was not built before (the train images'
+  # size, say) is known now.
+  task.check_training(config)
   return task.steps_per_epoch(config)
 
 
@@ -203,7 +233,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with workdir_lock.WorkdirLock(workdir, 'training'):
       per_epoch = prepare_data(task, config)
       data_ready = True
-      return _train_and_evaluate(task, config, workdir, per_epoch)
+      # Closed on any exit: a pending checkpoint save is finished before the lock goes.
+      with checkpointing.Checkpoints(workdir, config.keep_checkpoints) as ckpts:
+        return _train_and_evaluate(task, config, workdir, per_epoch, ckpts)
   except Exception:
     if created and not data_ready and jax.process_index() == 0:
       shutil.rmtree(workdir, ignore_errors=True)  # After the lock is released.
@@ -232,12 +264,12 @@ def _improves(task: tasks.Task, config, score: tuple[str, float],
   return score[1] > best[1] if higher else score[1] < best[1]
 
 
-def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) -> dict:
-  """train_and_evaluate with the workdir locked and the data prepared."""
+def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int,
+                        ckpts: checkpointing.Checkpoints) -> dict:
+  """train_and_evaluate with the workdir locked, the data prepared and its checkpoints open."""
   mesh = sharding.make_mesh()
   total = task.total_steps(config, per_epoch)
   eval_every = config.eval_every_epochs * per_epoch
-  ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
   logging.info('initialising the model (its initialisation compiles first)...')
   state = task.create_train_state(config, mesh, per_epoch)
 
@@ -252,9 +284,12 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
 
   start = int(state.step)
   logger = MetricLogger(workdir, resume_step=start)
-  batches = task.train_batches(config, start)
+  batches = sharding.prefetch_to_device(missing.train_batches(task, config, start), mesh,
+                                        config.data.prefetch_to_device)
   evaluator = task.evaluator(config, mesh)
   metrics_seen = _LossWatch(ckpts.kept_note)
+  if restored is not None:  # The losses of the steps since the last logged one.
+    metrics_seen.resume(record.get(_UNLOGGED_KEY, []), start)
   progress = Progress(total, eval_every)
   step_fn = None
   results = {}
@@ -264,24 +299,28 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
     # The losses so far were finite, but the update after the last of them may not be.
     if not bool(_all_finite((state.params, state.batch_stats, state.opt_state))):
       raise FloatingPointError(f'the parameters after step {step} are not finite; stopping. '
-                               f'{ckpts.kept_note()}')
+                               f'{ckpts.kept_note()} {_NAN_ADVICE}')
     record = {'step': step, 'data_position': step,
-              'best_metric': best[0] if best else None, 'best_value': best[1] if best else None}
-    if also_best:
-      ckpts.save(state, record, best=True)
-    ckpts.save(state, record)
+              'best_metric': best[0] if best else None, 'best_value': best[1] if best else None,
+              _UNLOGGED_KEY: metrics_seen.undrained()}
+    ckpts.save(state, record, also_best=also_best)
 
   if start >= total:
     logging.info('The run in %s is complete (step %d of %d); evaluating its last state.',
                  workdir, start, total)
     results = evaluator.run(state.variables(), workdir, step=start)
-  stopped = None
+  stopped, saved = None, True
   with _Termination() as term:
     for step in range(start, total):
-      batch = sharding.global_batch(mesh, next(batches))
+      batch = next(batches)
       if step_fn is None:
-        step_fn = task.jit_train_step(config, mesh, per_epoch, state, batch)
-        progress.compiling()  # The first call below compiles it.
+        progress.compiling()
+        step_fn = _compiled(task.jit_train_step(config, mesh, per_epoch, state, batch), state,
+                            batch)
+        if term.agreed(step, now=True):  # SIGTERM while it compiled: no step yet.
+          logging.warning('Stopped by SIGTERM before step %d; nothing new to save.', step + 1)
+          stopped, saved = step, False
+          break
       state, metrics = step_fn(state, batch)
       done = step + 1  # Steps are counted from 1, as in metrics.jsonl and checkpoints.
       metrics_seen.add(done, metrics)
@@ -314,12 +353,22 @@ def _train_and_evaluate(task: tasks.Task, config, workdir: str, per_epoch: int) 
         logging.warning('Stopped by SIGTERM after step %d; checkpoint saved.', done)
         stopped = done if done < total else None
         break
+  batches.close()
   ckpts.close()
   logger.close()
   print_run_summary(workdir, task.best_metric(config))
   if stopped is not None:
-    raise StoppedBySignal(stopped, total)
+    raise StoppedBySignal(stopped, total, saved)
   return results
+
+
+def _compiled(step_fn, state, batch):
+  """The jitted step compiled ahead of its first call, so that a SIGTERM received while it
+  compiled is seen before the first step (which may take long too); a step function that is
+  not a jax.jit (a test's wrapper) as it is."""
+  if not hasattr(step_fn, 'lower'):
+    return step_fn
+  return step_fn.lower(state, batch).compile()
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
@@ -338,7 +387,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict:
   config = resolve_data_paths(config, workdir)
   tasks.get(config).check_config(config)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist')
+    raise FileNotFoundError(f'no checkpoints in {workdir}: the directory does not exist; '
+                            'check --workdir')
   with workdir_lock.WorkdirLock(workdir, 'evaluation'):
     return _evaluate_checkpoint(config, workdir, step)
 
@@ -349,7 +399,7 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
   mesh = sharding.make_mesh()
   ckpts = checkpointing.Checkpoints(workdir, config.keep_checkpoints, create=False)
   try:
-    state, record = ckpts.restore(abstract_train_state(config, mesh), step)
+    variables, record = ckpts.restore_variables(abstract_train_state(config, mesh), step)
   finally:
     ckpts.close()
   logging.info('Evaluating the checkpoint of step %d.', record['step'])
@@ -357,11 +407,13 @@ def _evaluate_checkpoint(config, workdir: str, step: int | None) -> dict:
     task.prepare_data(config)
   sync('data prepared')
   out_dir = os.path.join(workdir, 'eval', f'step_{record["step"]}')
-  results = task.evaluator(config, mesh).run(state.variables(), out_dir, step=record['step'])
+  results = task.evaluator(config, mesh).run(variables, out_dir, step=record['step'])
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
+  if missing.subsets(config):
+    missing.evaluate(task, config, mesh, state.variables(), results, out_dir, record['step'])
   return results
 
 

@@ -5,14 +5,17 @@ Errors found later cost more: a negative learning rate trains by gradient ascent
 is NaN, a batch larger than the dataset fails once the workdir and its data exist. So training
 and --mode=eval check every key first (Task.check_config, Task.check_training), and each error
 names the key, its value and what would be valid. Each task checks its own keys in its package
-(tasks/<task>/validation.py) with the helpers below; checks that need the dataset's size read it
-without writing anything (planned_num_examples of the dataset's pipeline).
+(tasks/<task>/validation.py) with the helpers below, and the dataset of config.data.name its own
+(`check_dataset`); checks that need the dataset's size read it without writing anything (the
+dataset's planned_num_examples).
 """
 
 import math
 import numbers
 
+from asymfusion_jax import data
 from asymfusion_jax import fusion as fusion_lib
+from asymfusion_jax.models import kernels as kernels_lib
 from asymfusion_jax.models import refinenet
 
 
@@ -24,7 +27,11 @@ def value(config, key: str):
   """config's value at the dotted `key`."""
   node = config
   for part in key.split('.'):
-    node = node[part]
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config.{key} is missing; asymfusion_jax/config_lib.py has the keys '
+                        'of each config and their defaults') from None
   return node
 
 
@@ -103,6 +110,22 @@ def compute_dtype(config) -> None:
   choice(config, 'compute_dtype', refinenet.COMPUTE_DTYPES)
 
 
+def check_dataset(config):
+  """The dataset of config.data.name (data.get), which must serve config.model.name; it then
+  checks the keys only it reads (its check_config). Returns the dataset."""
+  dataset = data.get(config)
+  model_name = value(config, 'model.name')
+  if model_name not in dataset.MODELS:
+    fail('data.name', config.data.name, f'a dataset for config.model.name={model_name!r}, one of '
+                                        f'{data.for_model(model_name)}')
+  dataset.check_config(config)
+  return dataset
+
+
+def kernels(config) -> None:
+  choice(config, 'model.kernels', kernels_lib.KERNELS)
+
+
 def check_run(config) -> None:
   """The keys of the training loop every task has: its length, logging and checkpoints."""
   integer(config, 'max_steps', -1)
@@ -110,3 +133,5 @@ def check_run(config) -> None:
               'keep_checkpoints'):
     integer(config, key, 1)
   integer(config, 'num_prediction_images', 0)
+  from asymfusion_jax import missing  # pylint: disable=g-import-not-at-top (it imports this)
+  missing.check_config(config)

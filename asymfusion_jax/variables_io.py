@@ -4,13 +4,12 @@ This is the exchange format between conversion (`python -m asymfusion_jax.conver
 (`config.init.checkpoint`) and export: one directory holding exactly the two variable
 collections, without optimizer state or step, so that it can initialise any run of the same model.
 The directory also holds the SHA-256 of each of its files (asymfusion_jax.checksums), checked on
-every load.
+every load; a directory without them is refused.
 """
 
 import os
 from typing import Any, Mapping
 
-from absl import logging
 import flax
 import jax
 import numpy as np
@@ -99,19 +98,16 @@ def load_variables(directory, target: Mapping[str, Any] | None = None) -> dict[s
 
   Raises:
     FileNotFoundError: the directory does not exist.
-    ValueError: the directory is not an orbax checkpoint, does not match the target, or its files
-      fail their checksums (checksums.ChecksumError).
+    ValueError: the directory is not an orbax checkpoint, does not match the target, or has no
+      checksum record or its files fail it (checksums.ChecksumError).
   """
   path = _absolute(directory)
   if not os.path.isdir(path) and '://' not in path:
     raise FileNotFoundError(f'no variables checkpoint at {path}: the directory does not exist')
   try:
-    verified = checksums.verify(path)
+    checksums.verify(path)
   except checksums.ChecksumError as e:
-    raise checksums.ChecksumError(f'checkpoint {path} is corrupt: {e}') from e
-  if not verified:
-    logging.warning('Loading the variables checkpoint %s unverified: it has no checksums '
-                    '(written before they were recorded).', path)
+    raise checksums.ChecksumError(f'checkpoint {path} cannot be used: {e}') from e
   if target is not None:
     _check_collections(target, 'target')
     target = {name: target[name] for name in COLLECTIONS}

@@ -1,15 +1,18 @@
 """One run per workdir: training and --mode=eval hold an exclusive lock file, WORKDIR/.lock.
 
 Two runs on one workdir would both save the same checkpoint steps (orbax fails on the other's
-half-written folders) and both append to metrics.jsonl. The lock is a file created with O_EXCL, so
-it also works on shared file systems where flock does not; it names its holder (host, pid, start
-time) for the error a second run gets, and the holder refreshes its modification time every
-HEARTBEAT_SECONDS.
+half-written folders) and both append to metrics.jsonl. The lock is a file that names its holder
+(host, pid, start time) for the error a second run gets; it is written whole to a temporary file
+first and then linked to its name, which fails if the name exists (the atomic create of O_EXCL,
+and it also works on shared file systems where flock does not), so a lock is never seen empty or
+half written. The holder refreshes its modification time every HEARTBEAT_SECONDS.
 
 A lock whose holder is gone is taken over with a warning: on the same host, when its pid is no
 longer running (or now belongs to another process); from another host, where the pid cannot be
-checked, when its heartbeat is older than STALE_SECONDS. In a multi-process run only process 0
-holds the lock; the others learn from it whether to go on.
+checked, when its heartbeat is older than STALE_SECONDS. A lock that cannot be parsed (empty or
+garbled: left by a version that wrote it after creating it, by a run that died in between) names
+no holder that could be running, and is taken over once it is UNPARSEABLE_GRACE_SECONDS old. In
+a multi-process run only process 0 holds the lock; the others learn from it whether to go on.
 """
 
 import datetime
@@ -27,6 +30,9 @@ import numpy as np
 LOCK_FILE = '.lock'
 HEARTBEAT_SECONDS = 30
 STALE_SECONDS = 300
+# A lock file that cannot be parsed is taken over when it is older than this: on a file system
+# without hard links the lock is created, then written (a moment when another run reads it empty).
+UNPARSEABLE_GRACE_SECONDS = 2.0
 
 _held = set()  # Lock paths held by this process, which must not take them over from itself.
 
@@ -60,10 +66,24 @@ def _describe(holder: dict, path: str, age: float) -> str:
           f'refreshed {age:.0f} s ago')
 
 
+def _parse(text: str) -> dict:
+  """The holder record of a lock file's text; {} if it cannot be parsed."""
+  try:
+    holder = json.loads(text)
+  except ValueError:
+    return {}
+  return holder if isinstance(holder, dict) else {}
+
+
 def _gone(holder: dict, path: str, age: float) -> str | None:
   """Why the holder of a lock is gone, or None if it may still be running."""
   if path in _held:
     return None
+  if not holder:
+    if age < UNPARSEABLE_GRACE_SECONDS:  # Perhaps being written right now (no hard links).
+      return None
+    return ('the lock file cannot be parsed (empty or garbled: a run that died between creating '
+            'and writing it), so it names no holder')
   pid = holder.get('pid')
   if holder.get('host') == socket.gethostname() and isinstance(pid, int):
     if pid == os.getpid():
@@ -128,11 +148,7 @@ class WorkdirLock:
       age = time.time() - os.stat(self.path).st_mtime
     except FileNotFoundError:
       return None, 0.0
-    try:
-      holder = json.loads(text)
-    except ValueError:
-      holder = {}
-    return (holder if isinstance(holder, dict) else {}), age
+    return _parse(text), age
 
   def _acquire(self) -> None:
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -141,14 +157,17 @@ class WorkdirLock:
               'started': datetime.datetime.now(datetime.timezone.utc).strftime(
                   '%Y-%m-%d %H:%M:%S UTC'),
               'token': self._token}
-    for _ in range(3):
+    for attempt in range(4):
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        self._create(record)
       except FileExistsError:
         holder, age = self._read()
         if holder is None:  # Released meanwhile.
           continue
         gone = _gone(holder, self.path, age)
+        if gone is None and not holder and attempt < 3 and self.path not in _held:
+          time.sleep(UNPARSEABLE_GRACE_SECONDS - age)  # Being written, or left unwritten?
+          continue
         if gone is None:
           raise WorkdirLockedError(
               f'{os.path.dirname(self.path)} is in use by another run '
@@ -158,16 +177,43 @@ class WorkdirLock:
                         _describe(holder, self.path, age), gone)
         self._remove_stale(holder)
         continue
-      with os.fdopen(fd, 'w') as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
       _held.add(self.path)
       self._heartbeat = threading.Thread(target=self._beat, daemon=True,
                                          name=f'heartbeat of {self.path}')
       self._heartbeat.start()
       return
     raise WorkdirLockedError(f'could not take the lock {self.path}: other runs keep taking it')
+
+  def _create(self, record: dict) -> None:
+    """Creates the lock file holding `record`, whole, or raises FileExistsError.
+
+    The record goes to a temporary file beside the lock, which is then hard-linked to the lock's
+    name: the link fails if the name exists, and never shows a partial file. Where the file
+    system has no hard links, the lock is created with O_EXCL and then written.
+    """
+    temp = f'{self.path}.{self._token}.tmp'
+    try:
+      with open(temp, 'w') as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+      try:
+        os.link(temp, self.path)
+        return
+      except FileExistsError:
+        raise
+      except OSError:  # No hard links here (some FUSE and SMB mounts).
+        pass
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      with os.fdopen(fd, 'w') as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+      try:
+        os.unlink(temp)
+      except FileNotFoundError:
+        pass
 
   def _remove_stale(self, holder: dict) -> None:
     """Removes the lock if it still is `holder`'s, and not one a racing run just took over."""
@@ -177,11 +223,7 @@ class WorkdirLock:
     except FileNotFoundError:
       return
     with open(private) as f:
-      text = f.read()
-    try:
-      same = json.loads(text) == holder
-    except ValueError:
-      same = holder == {}
+      same = _parse(f.read()) == holder
     if not same:  # Another run took it over between our read and the rename: give it back.
       try:
         os.link(private, self.path)

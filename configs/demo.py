@@ -9,7 +9,7 @@ from far ones. get_config('rgb') and get_config('depth') give the single-modalit
 """
 
 from asymfusion_jax import config_lib
-from asymfusion_jax.data import synthetic
+from asymfusion_jax.data.nyudv2 import synthetic
 
 VARIANTS = {'fused': ('rgb', 'depth'), 'nofusion': ('rgb', 'depth'), 'rgb': ('rgb',),
             'depth': ('depth',)}

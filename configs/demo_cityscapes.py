@@ -2,7 +2,7 @@
 
   python -m asymfusion_jax.main --config=configs/demo_cityscapes.py --workdir=/tmp/demo_cityscapes
 
-The synthetic scenes (asymfusion_jax.data.synthetic_cityscapes) are written into WORKDIR/data on
+The synthetic scenes (asymfusion_jax.data.cityscapes.synthetic) are written into WORKDIR/data on
 first use and go through the real Cityscapes builder, pipeline, recipe (poly SGD, BatchNorm
 trained over the batch) and evaluation, with an Xception-65 of an eighth of the width and two
 middle-flow units, trained from scratch. get_config('rgb') and get_config('depth') give the

@@ -5,8 +5,8 @@
 The synthetic scenes are generated into WORKDIR/data on first use: every domain renders the
 same scene, and the RGB target is an albedo (which the texture edges outline) times a shading
 (which depth and surface normals determine), so no single input predicts it well
-(asymfusion_jax/data/synthetic.py says what each domain encodes). A small U-Net (6 levels,
-width 16) translates reshading and depth_euclidean to rgb at 64x64. get_config('nofusion')
+(asymfusion_jax/data/taskonomy/synthetic.py says what each domain encodes). A small U-Net (6
+levels, width 16) translates reshading and depth_euclidean to rgb at 64x64. get_config('nofusion')
 keeps the shared convs and per-domain InstanceNorm without shuffle/shift, and
 get_config('<domain>') trains on that single domain. --config.model.fusion=concat (average,
 attention, late) trains a fusion baseline instead; experiments/fusion_table.py trains them all.

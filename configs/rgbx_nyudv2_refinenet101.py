@@ -25,7 +25,7 @@ Unimodal rows (M = 1): --config=configs/rgbx_nyudv2_refinenet101.py:rgb (RGB onl
 """
 
 from asymfusion_jax import config_lib
-from asymfusion_jax.tasks.segmentation import visualize
+from asymfusion_jax.data.nyudv2 import layout as nyudv2_layout
 
 
 def get_config(variant: str = 'rgbx'):
@@ -34,5 +34,5 @@ def get_config(variant: str = 'rgbx'):
                                 num_classes=40, label_offset=1, depth=101, fusion='asym',
                                 epochs_per_stage=100)
   c.data.num_train, c.data.num_val = 795, 654
-  c.data.class_names = visualize.NYUDV2_CLASS_NAMES
+  c.data.class_names = nyudv2_layout.CLASS_NAMES
   return c

@@ -22,7 +22,7 @@ Unimodal rows (M = 1): --config=configs/sunrgbd_refinenet101.py:rgb and :x (dept
 """
 
 from asymfusion_jax import config_lib
-from asymfusion_jax.tasks.segmentation import visualize
+from asymfusion_jax.data.nyudv2 import layout as nyudv2_layout
 
 NUM_CLASSES = 37
 
@@ -33,6 +33,6 @@ def get_config(variant: str = 'rgbx'):
                                 num_classes=NUM_CLASSES, label_offset=1, depth=101,
                                 fusion='asym', epochs_per_stage=15)
   c.data.num_train, c.data.num_val = 5285, 5050
-  c.data.class_names = visualize.NYUDV2_CLASS_NAMES[:NUM_CLASSES]
+  c.data.class_names = nyudv2_layout.CLASS_NAMES[:NUM_CLASSES]
   c.eval_every_epochs = 3
   return c

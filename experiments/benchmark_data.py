@@ -78,7 +78,7 @@ def _time_here(workers: int) -> dict:
   config = _config()
   config.data.num_workers = workers
   start = time.perf_counter()
-  batches = data.segmentation_pipeline(config).train_batches(config)
+  batches = data.get(config).train_batches(config)
   next(batches)  # Also the warm-up: opens the files, starts the threads.
   first_batch_s = time.perf_counter() - start
   start = time.perf_counter()
@@ -102,7 +102,7 @@ def main(argv):
   from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   config = _config()
-  data.segmentation_pipeline(config).prepare(config)
+  data.get(config).prepare(config)
   print(f'data ready in {time.perf_counter() - start:.0f} s', flush=True)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for workers in FLAGS.workers:

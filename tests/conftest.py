@@ -77,7 +77,7 @@ except ImportError:
 
 @pytest.fixture(scope='session')
 def tiny_data(tmp_path_factory):
-  from asymfusion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.data.nyudv2 import pipeline  # pylint: disable=g-import-not-at-top
   from tests import tiny  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('tiny_data')
   dirs = {'data.manual_dir': str(root / 'synthetic'), 'data.tfds_data_dir': str(root / 'tfds')}

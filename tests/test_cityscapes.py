@@ -1,6 +1,8 @@
 """Cityscapes RGB-D: layout and builder, the streaming pipeline, the poly recipe, training that
 resumes exactly, and evaluation at other strides and scales, on tiny synthetic scenes."""
 
+import fnmatch
+import glob
 import json
 import os
 import shutil
@@ -15,8 +17,11 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import models, train, validation
-from asymfusion_jax.data import cityscapes, cityscapes_pipeline, layout, synthetic_cityscapes
+from asymfusion_jax import data, models, train, validation
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.cityscapes import layout as cityscapes
+from asymfusion_jax.data.cityscapes import pipeline as cityscapes_pipeline
+from asymfusion_jax.data.cityscapes import synthetic as synthetic_cityscapes
 from asymfusion_jax.tasks.segmentation import optim
 from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
 from tests import tiny
@@ -191,6 +196,18 @@ def test_deeplab_configs_check_their_keys():
       segmentation_validation.check_config(bad)
 
 
+def test_a_crop_larger_than_the_scenes_is_refused(cs_data, tmp_path):
+  """Against the build's image size (32x64 at the largest scale 2: 64), and against the
+  configured size of synthetic scenes still to generate (the demo's 64x128: 128)."""
+  segmentation_validation.check_crop(tiny_config(cs_data, crop_size=64))
+  with pytest.raises(validation.ConfigError, match=r'crop_size=65 .* 32x64 .* at most 64$'):
+    segmentation_validation.check_crop(tiny_config(cs_data, crop_size=65))
+  planned = tiny_config(tmp_path, crop_size=1000, data__synthetic_image_size=(64, 128))
+  with pytest.raises(validation.ConfigError, match=r'crop_size=1000 .* 64x128 .* at most 128$'):
+    segmentation_validation.check_training(planned)
+  assert os.listdir(tmp_path) == []
+
+
 _BN_SCRIPT = textwrap.dedent('''
   import jax, jax.numpy as jnp, numpy as np
   from asymfusion_jax import sharding
@@ -227,10 +244,10 @@ def read_params(workdir, step):
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',))
   ckpts = checkpointing.Checkpoints(workdir, 2, create=False)
   try:
-    state, _ = ckpts.restore(train.abstract_train_state(config, mesh), step)
+    variables, _ = ckpts.restore_variables(train.abstract_train_state(config, mesh), step)
   finally:
     ckpts.close()
-  return jax.device_get(state.params)
+  return jax.device_get(variables['params'])
 
 
 def test_training_writes_evaluation_and_palette_predictions(cs_run):
@@ -257,9 +274,10 @@ HANG_AFTER_STEP_2 = textwrap.dedent("""
     from absl import app
     from asymfusion_jax import checkpointing, main
     save = checkpointing.Checkpoints.save
-    def save_then_hang(self, state, record, best=False):
-      save(self, state, record, best)
-      if int(record['step']) == 2 and not best:
+    def save_then_hang(self, state, record, also_best=False):
+      save(self, state, record, also_best)
+      if int(record['step']) == 2:
+        self.wait()  # Written and verified: the kill comes after the save.
         open(os.environ['HANG_MARKER'], 'w').close()
         time.sleep(600)
     checkpointing.Checkpoints.save = save_then_hang
@@ -344,3 +362,73 @@ def test_synthetic_cli_writes_street_scenes_whose_disparity_follows_the_labels(t
     near += list(d[(label == 13) | (label == 11)])  # Cars and persons: near.
     far += list(d[label == 2])
   assert np.median(near) > 4 * np.median(far)
+
+
+def official_miou(predictions: str, root: str) -> float:
+  """The mIoU (percent) cityscapesscripts' evalPixelLevelSemanticLabeling gives the label-id
+  PNGs under `predictions` against root/gtFine/val: each ground truth's prediction is the one
+  file <city>_<seq>_<frame>*.png found under `predictions`; one confusion matrix over the label
+  ids; a class's false positives are counted on pixels whose ground truth is evaluated; the
+  mean is over the evaluated classes that have a score."""
+  found = [os.path.join(d, f) for d, _, files in os.walk(predictions) for f in files]
+  confusion = np.zeros((256, 256), np.int64)
+  gt_files = sorted(glob.glob(os.path.join(root, 'gtFine', 'val', '*', '*_gtFine_labelIds.png')))
+  for gt_file in gt_files:
+    prefix = os.path.basename(gt_file)[:-len('_gtFine_labelIds.png')]
+    match = [p for p in found if fnmatch.fnmatch(os.path.basename(p), prefix + '*.png')]
+    assert len(match) == 1, (gt_file, match)
+    gt, pred = (cv2.imread(p, cv2.IMREAD_UNCHANGED) for p in (gt_file, match[0]))
+    assert pred.shape == gt.shape and pred.dtype == np.uint8
+    np.add.at(confusion, (gt.ravel(), pred.ravel()), 1)
+  scores = []
+  for label in cityscapes.TRAIN_LABEL_IDS:
+    tp = confusion[label, label]
+    fn = confusion[label].sum() - tp
+    fp = confusion[[i for i in cityscapes.TRAIN_LABEL_IDS if i != label], label].sum()
+    if tp + fp + fn:
+      scores.append(tp / (tp + fp + fn))
+  return 100 * float(np.mean(scores))
+
+
+def test_label_ids_of_eval_and_predict_score_as_the_evaluation(cs_run, cs_data, tmp_path):
+  """--mode=eval with eval.write_label_ids and predict write the same label-id PNGs, and the
+  official evaluator's formula gives them the evaluation's ensemble mIoU."""
+  from asymfusion_jax import predict  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(cs_run[0], workdir)
+  results = train.evaluate_checkpoint(tiny_config(cs_data, eval__write_label_ids=True), workdir)
+  written = os.path.join(workdir, 'eval', 'step_4', 'label_ids')
+  names = sorted(os.path.relpath(os.path.join(d, f), written)
+                 for d, _, files in os.walk(written) for f in files)
+  assert names == ['fakeburg/fakeburg_000000_000009_leftImg8bit.png',
+                   'synthville/synthville_000000_000008_leftImg8bit.png',
+                   'synthville/synthville_000000_000010_leftImg8bit.png']
+  synthetic = str(cs_data / 'synthetic')
+  assert official_miou(written, synthetic) == pytest.approx(results['ensemble']['miou'], abs=1e-9)
+
+  model = predict.from_workdir(workdir)
+  val = {'rgb': os.path.join(synthetic, 'leftImg8bit', 'val'),
+         'depth': os.path.join(synthetic, 'disparity', 'val')}
+  out = str(tmp_path / 'predicted')
+  predict.predict(model, predict.images(model.config, val), out)
+  for name in names:
+    np.testing.assert_array_equal(cv2.imread(os.path.join(out, 'ensemble', 'labels', name)),
+                                  cv2.imread(os.path.join(written, name)))
+
+  # Any size: label ids and the palette.
+  rgb, disparity, _ = synthetic_cityscapes.render_scene(np.random.default_rng(5), 97, 131)
+  odd = {m: str(tmp_path / 'odd' / m / 'city') for m in val}
+  for m, image, suffix in (('rgb', rgb, 'leftImg8bit'), ('depth', disparity, 'disparity')):
+    os.makedirs(odd[m])
+    layout.write_png(os.path.join(odd[m], f'city_000000_000001_{suffix}.png'), image)
+  odd = {m: os.path.dirname(folder) for m, folder in odd.items()}
+  out = str(tmp_path / 'odd_predicted')
+  done = predict.predict(model, predict.images(model.config, odd), out,
+                         predict.Options(batch_size=1))
+  assert done['compiled'] == [(2, 1, 97, 131, 3)]  # DeepLab takes any size unpadded.
+  name = os.path.join('city', 'city_000000_000001_leftImg8bit.png')
+  labels = cv2.imread(os.path.join(out, 'ensemble', 'labels', name), cv2.IMREAD_UNCHANGED)
+  colour = cv2.imread(os.path.join(out, 'ensemble', 'colour', name))[..., ::-1]
+  assert labels.shape == (97, 131) and set(np.unique(labels)) <= set(cityscapes.TRAIN_LABEL_IDS)
+  palette = data.get('cityscapes').palette(None)
+  np.testing.assert_array_equal(colour, palette[cityscapes.LABEL_TO_TRAIN_ID[labels]])

@@ -277,6 +277,41 @@ def test_importing_convert_defines_no_flags():
   assert 'torch' not in flags.FLAGS and 'overwrite' not in flags.FLAGS
 
 
+_LAZY_IMPORTS = """
+import sys
+import asymfusion_jax.convert as convert
+loaded = lambda: sorted(m for m in sys.modules if m.startswith('asymfusion_jax.convert.'))
+assert loaded() == [], loaded()  # The package alone loads no converter.
+import asymfusion_jax.fid
+assert loaded() == ['asymfusion_jax.convert.inception', 'asymfusion_jax.convert.keys'], loaded()
+for name in convert.__all__:
+  assert getattr(convert, name) is getattr(
+      sys.modules['asymfusion_jax.convert.' + convert._EXPORTS[name]], name), name
+assert 'tensorflow' not in sys.modules
+try:
+  convert.no_such_name
+except AttributeError as e:
+  assert 'no_such_name' in str(e)
+else:
+  raise AssertionError('no AttributeError')
+"""
+
+
+def test_importing_convert_loads_converters_on_first_use():
+  """`import asymfusion_jax.convert` loads no converter; fid loads only the Inception one; every
+  public name resolves from the package to its module's object; TensorFlow stays unloaded."""
+  result = subprocess.run([sys.executable, '-c', _LAZY_IMPORTS], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+                          check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  documented = {'resnet_from_torch', 'refinenet_from_torch', 'refinenet_to_torch',
+                'deeplab_from_tf', 'inception_from_torch', 'inception_to_torch',
+                'load_inception_file', 'unet_from_torch', 'patchgan_from_torch',
+                'translation_from_torch', 'convert_file', 'convert_inception_file',
+                'convert_tf_file', 'read_tf_checkpoint'}
+  assert documented <= set(convert.__all__)
+
+
 @pytest.mark.parametrize('layout', ['state_dict', 'reference_checkpoint'])
 def test_cli_converts_a_reference_pth_without_torch(tmp_path, layout):
   """`python -m asymfusion_jax.convert` on a torch.save'd DataParallel state_dict, with torch

@@ -21,10 +21,11 @@ import pytest
 from asymfusion_jax import config_lib
 from asymfusion_jax.data import augment
 from asymfusion_jax.data import batching
-from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities
-from asymfusion_jax.data import pipeline
-from asymfusion_jax.data import synthetic
+from asymfusion_jax.data import synthetic as synthetic_cli
+from asymfusion_jax.data.nyudv2 import layout
+from asymfusion_jax.data.nyudv2 import pipeline
+from asymfusion_jax.data.nyudv2 import synthetic
 
 CROP = 48
 TRAIN_SIZES = [(40, 56), (40, 56), (44, 40), (36, 60)]
@@ -132,7 +133,7 @@ def _take(iterator, n):
 
 
 def test_import_does_not_load_tensorflow():
-  code = ('import sys; import asymfusion_jax.data.pipeline, asymfusion_jax.data.synthetic; '
+  code = ('import sys; import asymfusion_jax.data.nyudv2, asymfusion_jax.data.synthetic; '
           'sys.exit("tensorflow" in sys.modules)')
   assert subprocess.run([sys.executable, '-c', code], check=False).returncode == 0
 
@@ -161,12 +162,13 @@ def test_a_config_of_another_dataset_is_refused(marker):
   other = config.copy_and_resolve_references()
   other.data.name = 'cityscapes'
   with pytest.raises(ValueError, match=r"config\.data\.name='cityscapes', but "
-                                       r"asymfusion_jax\.data\.pipeline reads 'nyudv2'"):
+                                       r"asymfusion_jax\.data\.nyudv2\.pipeline reads 'nyudv2'"):
     pipeline.train_batches(other)
 
 
 def test_an_indexed_builder_must_keep_the_list_order(tmp_path):
-  from asymfusion_jax.data import builder, manual_builder  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.data import manual_builder  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax.data.nyudv2 import builder  # pylint: disable=g-import-not-at-top
 
   class Shuffled(builder.Nyudv2, skip_registration=True):
     def _info(self):
@@ -234,7 +236,7 @@ def test_prepare_is_idempotent_and_rebuilds_changed_data(tmp_path):
 
 
 def test_synthetic_cli_writes_the_layout(tmp_path):
-  synthetic.main(['--out', str(tmp_path), '--num-train', '3', '--num-val', '2', '--height', '20',
+  synthetic_cli.main(['--out', str(tmp_path), '--num-train', '3', '--num-val', '2', '--height', '20',
                   '--width', '28', '--seed', '5'])
   for split, count in (('train', 3), ('val', 2)):
     entries = layout.read_list(tmp_path, split)
@@ -475,3 +477,67 @@ def test_eval_sees_every_image_once_at_full_resolution(marker, process_count):
           np.testing.assert_array_equal(batch['image'][m, row][padding],
                                         np.broadcast_to(pads[m], (padding.sum(), 3)))
   assert sorted(seen) == list(range(len(VAL_SIZES)))
+
+
+_PREFETCH_SCRIPT = '''
+import jax, numpy as np, pytest
+from asymfusion_jax import sharding
+assert jax.device_count() == 2
+mesh = sharding.make_mesh()
+rng = np.random.default_rng(0)
+local = [{'image': rng.random((2, 4, 3, 3, 3), np.float32),
+          'label': rng.integers(0, 5, (4, 3, 3)).astype(np.int32)} for _ in range(5)]
+taken, closed = [], []
+
+def source(fail_at=None):
+  try:
+    for i, batch in enumerate(local):
+      if i == fail_at:
+        raise ValueError(f'a bad example in batch {i}')
+      taken.append(i)
+      yield batch
+  finally:
+    closed.append(True)
+
+for size in (0, 1, 2):
+  taken.clear()
+  batches = sharding.prefetch_to_device(source(), mesh, size)
+  for t, expected in enumerate(local):
+    batch = next(batches)
+    assert len(taken) == min(t + 1 + size, len(local)), (size, t, taken)  # size ahead, no more
+    for key, value in expected.items():
+      assert batch[key].sharding == sharding.batch_shardings(mesh, expected)[key]
+      np.testing.assert_array_equal(batch[key], value)
+      axis = sharding.batch_axis(key)
+      for shard in batch[key].addressable_shards:  # Each device holds its half of the rows.
+        rows = shard.index[axis]
+        assert (rows.stop - rows.start) == 2
+        np.testing.assert_array_equal(shard.data, value[shard.index])
+  with pytest.raises(StopIteration):
+    next(batches)
+  assert closed.pop()
+# An error of the source comes when its batch is due, after the batches before it.
+batches = sharding.prefetch_to_device(source(fail_at=3), mesh, 2)
+for expected in local[:3]:
+  np.testing.assert_array_equal(next(batches)['label'], expected['label'])
+with pytest.raises(ValueError, match='batch 3'):
+  next(batches)
+# Closing it early (a run stopped by SIGTERM) closes the source and its workers.
+closed.clear()
+batches = sharding.prefetch_to_device(source(), mesh, 2)
+next(batches)
+batches.close()
+assert closed == [True]
+print('prefetched')
+'''
+
+
+def test_prefetch_to_device_yields_the_same_batches_sharded_and_stops_cleanly():
+  """sharding.prefetch_to_device on 2 simulated devices: the global batches of the source, in
+  order, sharded along the batch, `size` ahead and no more; errors when due; close closes."""
+  flags = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'
+  env = {**os.environ, 'XLA_FLAGS': flags, 'JAX_PLATFORMS': 'cpu',
+         'PYTHONPATH': str(pathlib.Path(__file__).resolve().parent.parent)}
+  out = subprocess.run([sys.executable, '-c', _PREFETCH_SCRIPT], env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+  assert out.returncode == 0 and 'prefetched' in out.stdout, out.stderr[-3000:]

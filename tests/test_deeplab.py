@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from asymfusion_jax import convert, export, variables_io
-from asymfusion_jax.data import cityscapes
+from asymfusion_jax.data.cityscapes import layout as cityscapes
 from asymfusion_jax.models import DeepLab, build_model, random_variables
 from asymfusion_jax.tasks.segmentation import task as segmentation
 from configs import cityscapes_deeplab_xception65, cityscapes_deeplab_xception65_rgb
@@ -402,7 +402,7 @@ def test_convert_and_export_cli(reference, tmp_path):
     meta = json.load(f)
   assert meta['output_stride'] == 1
   # The sidecar tells the Cityscapes input encoding, not NYUDv2's normalisation.
-  assert meta['formula'] == {'rgb': segmentation.CITYSCAPES_INPUTS['rgb']}
+  assert meta['formula'] == {'rgb': cityscapes.INPUT_FORMULAS['rgb']}
   assert 'normalisation' not in meta
   np.testing.assert_allclose(cityscapes.rgb_input(np.asarray([[[0, 255, 51]]], np.uint8)),
                              [[[-1.0, 1.0, 51 / 127.5 - 1]]], rtol=1e-6)

@@ -26,6 +26,7 @@ import shutil
 import signal
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -63,7 +64,8 @@ def test_two_processes_of_two_devices_match_one_and_stop_together(tiny_data, sin
   single device's; SIGTERM to one host stops both after the same step, which is saved; a
   two-process --mode=eval of that checkpoint, whose eval batch of 3 is filled up to the 4
   devices with masked rows, gives the single process's scores, and process 0 draws the
-  predictions of the first validation images from its rows."""
+  predictions of the first validation images from its rows (the confusion matrices summed on
+  the devices of both processes, the predictions read from process 0's shards)."""
   ref_losses = single_device_run
   workdir = str(tmp_path / 'run')
   long_run = {**tiny.LONG_RUN, 'num_prediction_images': 2, 'eval_batch_size': 3}
@@ -123,3 +125,10 @@ def test_two_processes_of_two_devices_match_one_and_stop_together(tiny_data, sin
   for branch, scores in expected.items():
     assert results[branch] == pytest.approx(scores, rel=1e-4), branch
   assert sorted(os.listdir(os.path.join(out, 'predictions'))) == ['0000.png', '0001.png']
+  # Process 0 drew validation images 0 and 1 from its own shards of the batch-sharded
+  # predictions: the panels the single process drew (inputs, label and predictions; a wrong row
+  # would differ everywhere, an argmax that rounding flips in a few pixels).
+  for name in ('0000.png', '0001.png'):
+    drawn, single = (cv2.imread(os.path.join(d, 'eval', f'step_{steps[0]}', 'predictions', name))
+                     for d in (workdir, one))
+    assert drawn.shape == single.shape and np.mean(drawn != single) < 0.01, name

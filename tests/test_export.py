@@ -4,6 +4,7 @@ reference model, converted checkpoints, and bad input that must leave nothing be
 
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 from asymfusion_jax import config_io, convert, export, torch_pickle, train, variables_io
-from asymfusion_jax.data import modalities, synthetic
+from asymfusion_jax.data import modalities
+from asymfusion_jax.data.nyudv2 import synthetic
 from asymfusion_jax.models import build_model
 from tests import tiny, torch_reference
 
@@ -84,9 +86,10 @@ def best(workdir):
 
 @pytest.fixture(scope='module')
 def artifact(workdir, tmp_path_factory):
-  """The CLI's default export of the workdir: (artifact path, sidecar dict)."""
+  """The CLI's default export of the workdir, with --compute_dtype=auto (the demo config says
+  float32): (artifact path, sidecar dict)."""
   out = tmp_path_factory.mktemp('jax') / 'model.jax'
-  result = run_export(f'--workdir={workdir}', f'--out={out}')
+  result = run_export(f'--workdir={workdir}', f'--out={out}', '--compute_dtype=auto')
   assert result.returncode == 0, result.stderr[-3000:]
   with open(export.sidecar_path(str(out))) as f:
     return out, json.load(f)
@@ -115,6 +118,7 @@ def test_sidecar_describes_the_artifact(artifact, best, workdir):
   assert meta['input_shape'] == [2, 'b', 48, 64, 3] and meta['input_dtype'] == 'float32'
   assert meta['output_shape'] == [3, 'b', 12, 16, K] and meta['output_dtype'] == 'float32'
   assert meta['platforms'] == ['cpu', 'cuda', 'tpu']
+  assert meta['compute_dtype'] == {'cpu': 'float32', 'cuda': 'bfloat16', 'tpu': 'bfloat16'}
   assert meta['step'] == best.step and best.step in (4, 8, 12)
   assert meta['source'] == f'workdir {os.path.abspath(workdir)}'
   assert meta['model']['width'] == 8 and meta['model']['num_classes'] == K
@@ -255,9 +259,35 @@ def test_checkpoint_of_another_model_is_refused(best, tiny_data, tmp_path):
     export.from_checkpoint(str(tmp_path / 'ckpt'), config)
 
 
+def _convolution_dtypes(mlir_module: str) -> list[str]:
+  """The result element type of every convolution of a lowered module, in order."""
+  return re.findall(r'stablehlo\.convolution.*-> tensor<[^>]*x(f32|bf16)>', mlir_module)
+
+
+def test_auto_compute_dtype_is_resolved_per_platform(artifact, best):
+  """Exported on this CPU, an 'auto' artifact computes in bfloat16 where it runs on cuda or tpu
+  and in float32 on cpu (test_artifact_runs_without_asymfusion_jax_at_any_batch_size runs it
+  here, against the float32 model)."""
+  with open(artifact[0], 'rb') as f:
+    module = jax.export.deserialize(bytearray(f.read())).mlir_module()
+  assert set(_convolution_dtypes(module)) == {'f32', 'bf16'}  # Both, chosen per platform.
+  for platform, dtype in (('cuda', 'bf16'), ('cpu', 'f32')):
+    lowered = export.export_forward(best, 48, 64, [platform], compute_dtype='auto')
+    dtypes = _convolution_dtypes(lowered.mlir_module())
+    assert dtypes and set(dtypes) == {dtype}, platform
+    assert lowered.out_avals[0].dtype == np.float32  # Outputs are float32 everywhere.
+  # An explicit dtype holds on every platform; the config's 'float32' is the default.
+  assert export.compute_dtypes(best.config, ['cpu', 'cuda']) == {'cpu': 'float32',
+                                                                 'cuda': 'float32'}
+  assert set(export.compute_dtypes(best.config, ['cpu', 'tpu'], 'bfloat16').values()) == {
+      'bfloat16'}
+
+
 def test_bad_jax_options(best, tmp_path):
   with pytest.raises(ValueError, match='--platforms'):
     export.write_jax(best, str(tmp_path / 'm.jax'), platforms=['cpu', 'metal'])
+  with pytest.raises(ValueError, match='--compute_dtype'):
+    export.write_jax(best, str(tmp_path / 'm.jax'), platforms=['cpu'], compute_dtype='fp16')
   with pytest.raises(ValueError, match='only apply to --format=jax'):
     export.export(best, str(tmp_path / 'm.pth'), 'torch', height=64)
   assert listing(tmp_path) == []

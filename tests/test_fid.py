@@ -22,6 +22,7 @@ import torchvision
 
 from asymfusion_jax import convert
 from asymfusion_jax import fid
+from asymfusion_jax import fid_hosts
 from tests import tiny
 
 torch.set_num_threads(2)
@@ -192,6 +193,45 @@ def test_streaming_statistics_equal_np_cov():
   np.testing.assert_allclose(result.sigma, np.cov(features.astype(np.float64), rowvar=False),
                              rtol=1e-10, atol=1e-12)
   np.testing.assert_array_equal(stats.features(), features)
+
+
+def test_parts_of_the_features_combine_to_the_whole():
+  """What the processes of a multi-host evaluation combine (fid_hosts): each part's sums, moved
+  to a common shift, add up to those of all the features; gathered features come back in key
+  order; KID subsets computed by parts are the whole's."""
+  rng = np.random.default_rng(6)
+  features = (100 + rng.normal(size=(90, 16)) @ rng.normal(size=(16, 16))).astype(np.float32)
+  whole = fid.FeatureStats(dim=16)
+  whole.update(features)
+  parts = []
+  for start, stop in ((0, 7), (7, 50), (50, 90)):
+    part = fid.FeatureStats(dim=16)
+    part.update(features[stop - 1:stop])  # Each its own shift.
+    part.update(features[start:stop - 1])
+    parts.append(part)
+  shift = sum(p.n * p.shift for p in parts) / 90
+  sums = [p.sums_about(shift) for p in parts]
+  merged = fid.FeatureStats.from_sums(90, shift, sum(t for t, _ in sums),
+                                      sum(o for _, o in sums)).statistics()
+  np.testing.assert_allclose(merged.mu, whole.statistics().mu, rtol=1e-13)
+  np.testing.assert_allclose(merged.sigma, np.cov(features.astype(np.float64), rowvar=False),
+                             rtol=1e-10, atol=1e-12)
+  # One process: combine() is the identity, the features sorted by their keys.
+  order = rng.permutation(90)
+  shuffled = fid.FeatureStats(dim=16)
+  shuffled.update(features[order])
+  combined = fid_hosts.combine(shuffled, keys=order)
+  np.testing.assert_array_equal(combined.features(), features)
+  np.testing.assert_allclose(combined.statistics().sigma, whole.statistics().sigma, rtol=1e-10,
+                             atol=1e-12)
+  x, y = features[:40], features[40:]
+  whole_kid = fid.kid_subset_values(x, y, 5, 20, seed=1)
+  even, odd = (fid.kid_subset_values(x, y, 5, 20, seed=1, computed=range(first, 5, 2))
+               for first in (0, 1))
+  assert np.isnan(even[1]) and np.isnan(odd[0])
+  np.testing.assert_array_equal(np.where(np.isnan(even), odd, even), whole_kid)
+  assert fid_hosts.kernel_inception_distance(x, y, 5, 20, seed=1) == (
+      fid.kernel_inception_distance(x, y, 5, 20, seed=1))
 
 
 @pytest.mark.filterwarnings('ignore:The `disp` argument:DeprecationWarning')  # pytorch-fid's.

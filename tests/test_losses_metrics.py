@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from asymfusion_jax import running_sums
 from asymfusion_jax.tasks.segmentation import losses, metrics, visualize
 
 K = 4
@@ -134,6 +135,33 @@ def test_confusion_matrix_mask_drops_padding_examples():
   single = metrics.confusion_matrix(logits[0], labels, K, mask=mask)
   assert single.shape == (K, K)
   np.testing.assert_array_equal(single, got[0])
+
+
+def test_running_sums_on_the_device_are_exact_past_32_bits():
+  """Counts carry into a second uint32 word (a Cityscapes val set is ~1e9 pixels, int32 holds
+  2.1e9); float sums are double-floats, float64's sums of the same float32 values."""
+  add_counts = jax.jit(running_sums.add_counts)
+  total = {'hi': jnp.zeros(3, jnp.uint32),
+           'lo': jnp.asarray([2**32 - 5, 7, 2**32 - 1], jnp.uint32)}
+  for _ in range(3):
+    total = add_counts(total, jnp.asarray([10, 3, 2**31 - 1], jnp.int32))
+  np.testing.assert_array_equal(running_sums.counts_to_host(total),
+                                [2**32 + 25, 16, 2**32 - 1 + 3 * (2**31 - 1)])
+
+  add_rows = jax.jit(running_sums.add_float_rows)
+  rng = np.random.default_rng(0)
+  # 2**24 + 1 is not a float32: a float32 sum of 2**24 and ones never moves.
+  values = np.concatenate([[[2.0**24]], np.ones((1, 99))], axis=1).astype(np.float32)
+  values = np.concatenate([values, rng.uniform(0, 1, (1, 100)).astype(np.float32)
+                           * 10.0 ** rng.integers(-4, 6, (1, 100))]).astype(np.float32)
+  mask = rng.uniform(size=100) < 0.8
+  mask[0] = True
+  total = running_sums.zero_floats((2,))
+  for start in range(0, 100, 4):  # Batches of 4 rows, some masked.
+    total = add_rows(total, values[:, start:start + 4], mask[start:start + 4])
+  expected = values[:, mask].astype(np.float64).sum(axis=1)
+  assert running_sums.floats_to_host(total)[0] == 2**24 + mask[1:].sum()
+  np.testing.assert_allclose(running_sums.floats_to_host(total), expected, rtol=1e-13)
 
 
 # Worked by hand. Rows = ground truth. Class 2 is predicted but never labelled; class 3 is absent.

@@ -1,13 +1,18 @@
 """Model structure: exact parameter counts (docs/method.md section 7), shapes, per-modality BN
 and fusion."""
 
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asymfusion_jax.models import ModalBatchNorm, RefineNet, ResNet
+from asymfusion_jax import config_lib, validation
+from asymfusion_jax.tasks.translation import validation as translation_validation
+from asymfusion_jax.models import ModalBatchNorm, RefineNet, ResNet, UNetGenerator, layers
+from asymfusion_jax.models import random_variables
 
 TINY = dict(depth=26, width=8, decoder_width=16)
 
@@ -148,3 +153,105 @@ def test_wrong_modality_count_is_a_clear_error():
   model, variables, x = init_tiny()
   with pytest.raises(ValueError, match='num_modalities=2'):
     model.apply(variables, jnp.concatenate([x, x[:1]]))
+
+
+# config.model.kernels: the CPU rewrites ('cpu') against the stock XLA ops ('xla'), and 'auto'.
+
+
+def _project(y):
+  """A fixed linear functional of y, so that gradients stay well conditioned."""
+  return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape))
+
+
+def _kernel_programs(kernels):
+  """{name: (gradient function, example arguments)} of tiny programs whose rewritable ops run
+  as `kernels` says: a ResNet's features (1x1 and strided 1x1 convolutions, the stem's 3x3/2
+  max-pool), the 5x5/1 max-pool of RefineNet's CRP and a U-Net (transposed convolutions).
+
+  Separate programs: with the suite's --xla_backend_optimization_level=0, XLA:CPU computed the
+  gradient of ResNet features + a max-pool of them in one program up to 14% away from the sum
+  of the two gradients computed apart (with both kernels); with default flags they agree.
+  """
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 1, 32, 32, 3)).astype(np.float32)
+  x_unet = rng.normal(size=(2, 1, 16, 16, 3)).astype(np.float32)
+  resnet = ResNet(depth=26, width=4, kernels=kernels)
+  unet = UNetGenerator(num_modalities=2, ngf=4, num_downs=3, fusion_blocks=(2,), kernels=kernels)
+  programs = {
+      'resnet': (lambda v, x: sum(_project(f) for f in resnet.apply(v, x).values()),
+                 (random_variables(resnet, x.shape), x)),
+      'unet': (lambda p, x: _project(unet.apply({'params': p}, x)),
+               (random_variables(unet, x_unet.shape)['params'], x_unet)),
+      'crp_pool': (lambda x: _project(layers.max_pool(x, 5, 1, kernels)),
+                   (np.maximum(rng.normal(size=(2, 1, 12, 12, 8)), 0).astype(np.float32),)),
+  }
+  return {name: (jax.value_and_grad(f, argnums=tuple(range(len(args)))), args)
+          for name, (f, args) in programs.items()}
+
+
+@pytest.fixture(scope='module')
+def kernel_programs():
+  """{kernels: {program: (CPU-lowered StableHLO text, outputs)}} for 'cpu' and 'xla'."""
+  results = {}
+  for kernels in ('cpu', 'xla'):
+    results[kernels] = {}
+    for name, (f, args) in _kernel_programs(kernels).items():
+      lowered = jax.jit(f).lower(*args)
+      results[kernels][name] = lowered.as_text(), jax.device_get(lowered.compile()(*args))
+  return results
+
+
+def _op_counts(text):
+  counts = {op: len(re.findall(rf'stablehlo\.{op}\b', text))
+            for op in ('convolution', 'dot_general', 'select_and_scatter')}
+  # JAX's kernel gradient of a transposed convolution: over the stride-dilated input.
+  counts['dilated_kernel_gradient'] = len(re.findall(
+      r'convolution.*\[f, 0, 1, b\].*lhs_dilate = \[2, 2\]', text))
+  return counts
+
+
+def test_xla_and_cpu_kernels_agree_in_outputs_and_gradients(kernel_programs):
+  cpu, xla = kernel_programs['cpu'], kernel_programs['xla']
+  # The variants differ: 1x1 convolutions as matrix products, JAX's max-pool gradient, the
+  # transposed convolution's kernel gradient over the stride-dilated input.
+  resnet_cpu, resnet_xla = _op_counts(cpu['resnet'][0]), _op_counts(xla['resnet'][0])
+  assert resnet_cpu['dot_general'] > resnet_xla['dot_general']
+  assert resnet_cpu['convolution'] < resnet_xla['convolution']
+  assert resnet_cpu['select_and_scatter'] == 0 < resnet_xla['select_and_scatter']
+  unet_cpu, unet_xla = _op_counts(cpu['unet'][0]), _op_counts(xla['unet'][0])
+  assert unet_cpu['dilated_kernel_gradient'] == 0 < unet_xla['dilated_kernel_gradient']
+  for name in cpu:
+    leaves_cpu, leaves_xla = jax.tree.leaves(cpu[name][1]), jax.tree.leaves(xla[name][1])
+    assert len(leaves_cpu) == len(leaves_xla) >= 2
+    # The biases before an InstanceNorm have a zero gradient, rounding noise: a program-wide atol.
+    scale = max(np.abs(leaf).max() for leaf in leaves_cpu[1:])
+    for got, want in zip(leaves_xla, leaves_cpu):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_auto_kernels_follow_the_platform_lowered_for(kernel_programs):
+  """'auto' lowered for cuda is the stock program, lowered for cpu the rewrites; the choice is
+  made when lowering (here, on a CPU-only machine), not from the host's backend."""
+  for name, (f, args) in _kernel_programs('auto').items():
+    for platform, kernels in (('cuda', 'xla'), ('cpu', 'cpu')):
+      text = jax.export.export(jax.jit(f), platforms=(platform,))(*args).mlir_module()
+      want = kernel_programs[kernels][name][0]
+      assert _op_counts(text) == _op_counts(want), (name, platform)
+  # Run on this CPU, 'auto' is the rewrites bit for bit (the demo's numbers are unchanged).
+  f, args = _kernel_programs('auto')['resnet']
+  for got, want in zip(jax.tree.leaves(jax.jit(f)(*args)),
+                       jax.tree.leaves(kernel_programs['cpu']['resnet'][1])):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_unknown_kernels_name_the_config_key():
+  x = jnp.zeros((2, 1, 32, 32, 3))
+  for model in (RefineNet(num_modalities=2, kernels='gpu', **TINY),
+                UNetGenerator(num_modalities=2, ngf=4, num_downs=3, kernels='gpu')):
+    with pytest.raises(ValueError, match=r"config\.model\.kernels='gpu': choose one of "
+                                         r"\('auto', 'xla', 'cpu'\)"):
+      jax.eval_shape(lambda m=model: m.init(jax.random.key(0), x))
+  config = config_lib.get_config('demo_translation')
+  config.model.kernels = 'gpu'
+  with pytest.raises(validation.ConfigError, match=r"config\.model\.kernels='gpu' must be one"):
+    translation_validation.check_config(config)

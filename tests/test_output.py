@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from asymfusion_jax import logger
-from asymfusion_jax.data import synthetic
+from asymfusion_jax import data, logger
+from asymfusion_jax.data import synthetic as synthetic_cli
+from asymfusion_jax.data.nyudv2 import synthetic
 from asymfusion_jax.tasks.segmentation import metrics, visualize
 from tests import tiny
 
@@ -165,8 +166,9 @@ def test_tensorflow_import_keeps_other_stderr_lines(tmp_path):
 def test_synthetic_cli_flags_with_underscores(tmp_path):
   for spelling in ('num_train', 'num-train'):  # The dashed one is kept as an alias.
     out = tmp_path / spelling
-    synthetic.main(['--out', str(out), f'--{spelling}', '2', f'--{spelling.replace("train", "val")}',
-                    '1', '--height', '8', '--width', '10'])
+    synthetic_cli.main(['--out', str(out), f'--{spelling}', '2',
+                        f'--{spelling.replace("train", "val")}', '1', '--height', '8', '--width',
+                        '10'])
     assert len((out / 'train.txt').read_text().splitlines()) == 2
     assert len((out / 'val.txt').read_text().splitlines()) == 1
 
@@ -222,9 +224,11 @@ def test_prediction_panel_layout_and_legend(tmp_path):
 
 
 def test_class_names_of_configs(tiny_data):
-  assert visualize.class_names(tiny.config(tiny_data)) == synthetic.CLASS_NAMES
+  config = tiny.config(tiny_data)
+  assert data.get(config).class_names(config) == synthetic.CLASS_NAMES
   from configs import nyudv2_refinenet101  # pylint: disable=g-import-not-at-top
-  names = visualize.class_names(nyudv2_refinenet101.get_config())
+  config = nyudv2_refinenet101.get_config()
+  names = data.get(config).class_names(config)
   assert len(names) == 40 and names[0] == 'wall' and names[39] == 'other prop'
 
 

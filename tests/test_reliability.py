@@ -27,10 +27,11 @@ def copy_run(full_run, tmp_path) -> str:
 
 
 def reference(workdir, step):
+  """The train state of a periodic checkpoint as a dict, restored by orbax alone (unchecked)."""
   ckpts = checkpointing.Checkpoints(workdir)
-  state = ckpts.periodic.restore(step)['state']
+  restored = ckpts.periodic.restore(step)
   ckpts.close()
-  return state
+  return {**restored[checkpointing.VARIABLES], **restored[checkpointing.TRAIN]}
 
 
 def largest_file(directory) -> str:
@@ -89,17 +90,19 @@ def test_silently_corrupted_latest_checkpoint_is_moved_aside(full_run, tmp_path,
 
 
 def test_unreadable_checkpoint_warns_in_one_line(full_run, tmp_path, caplog, monkeypatch):
-  """An orbax failure (here on a checkpoint from before checksums) gets one short line.
+  """An orbax failure (here on garbled files whose checksums were recorded after they were
+  garbled, so that orbax's own read is what fails) gets one short line.
 
   A garbled OCDBT node fails many reads at once; the ones still running when orbax gives up
   must not print an "Event loop is closed" traceback each.
   """
   workdir = copy_run(full_run, tmp_path)
   step_dir = os.path.join(workdir, 'checkpoints', '12')
-  os.remove(os.path.join(step_dir, checksums.CHECKSUMS_FILE))
-  for name in os.listdir(os.path.join(step_dir, 'state', 'd')):
-    with open(os.path.join(step_dir, 'state', 'd', name), 'wb') as f:
+  nodes = os.path.join(step_dir, checkpointing.VARIABLES, 'd')
+  for name in os.listdir(nodes):
+    with open(os.path.join(nodes, name), 'wb') as f:
       f.write(b'garbage')
+  checksums.write(step_dir)
   abstract = checkpointing.abstract(reference(full_run[0], 8))
   unraisable = []  # What Python would print as "Exception ignored" tracebacks.
   monkeypatch.setattr(sys, 'unraisablehook', unraisable.append)
@@ -131,18 +134,43 @@ def test_reads_abandoned_by_a_failed_restore_print_nothing(monkeypatch):
   assert [u.exc_value for u in passed_on] == [other]
 
 
-def test_checkpoint_without_checksums_restores_unverified(full_run, tmp_path, caplog):
-  """Workdirs from before checksums keep working, and are not called verified."""
+def test_checkpoint_without_its_checksum_record_is_not_trusted(full_run, tiny_data, tmp_path,
+                                                                caplog):
+  """Issue 26: the record of the latest checkpoint deleted and 4 KiB of its largest file
+  overwritten (what a run killed before the record was written, plus a bad disk, leaves).
+  Evaluating or exporting that step is an error; resuming moves it aside in one warning line
+  and falls back to step 8. The best checkpoint likewise."""
   workdir = copy_run(full_run, tmp_path)
-  os.remove(os.path.join(workdir, 'checkpoints', '12', checksums.CHECKSUMS_FILE))
+  latest = os.path.join(workdir, 'checkpoints', '12')
+  os.remove(os.path.join(latest, checksums.CHECKSUMS_FILE))
+  corrupt_readably(latest, lambda: reference(workdir, 12))
+  pattern = (rf'checkpoint of step 12 in {workdir}/checkpoints cannot be restored '
+             rf'\({checksums.CHECKSUMS_FILE} is missing, so its files cannot be trusted')
+  with pytest.raises(checkpointing.UnreadableCheckpointError, match=pattern):
+    export.from_workdir(workdir, step=12)
+  with pytest.raises(checkpointing.UnreadableCheckpointError, match=pattern):
+    train.evaluate_checkpoint(tiny.config(tiny_data), workdir, step=12)
+  [best] = os.listdir(os.path.join(workdir, 'best'))
+  os.remove(os.path.join(workdir, 'best', best, checksums.CHECKSUMS_FILE))
+  with pytest.raises(checkpointing.UnreadableCheckpointError, match=f'{checksums.CHECKSUMS_FILE} '
+                     'is missing'):
+    export.from_workdir(workdir)
+
+  expected = reference(full_run[0], 8)
   ckpts = checkpointing.Checkpoints(workdir)
   caplog.clear()
-  _, record = ckpts.restore_latest(checkpointing.abstract(reference(full_run[0], 12)))
-  assert record['step'] == 12
-  [warning] = warnings_about(caplog, 'step 12')
-  assert 'unverified' in warning
-  assert ckpts.kept_note().startswith('No checkpoint is verified: step 12')
+  state, record = ckpts.restore_latest(checkpointing.abstract(expected))  # What resuming does.
+  assert record['step'] == 8 and ckpts.kept_note().startswith('The last verified checkpoint, '
+                                                              'step 8 ')
   ckpts.close()
+  jax.tree.map(np.testing.assert_array_equal, state, expected)
+  [warning] = warnings_about(caplog, 'step 12')
+  moved = os.path.join(workdir, checkpointing.UNREADABLE_DIR, '12')
+  assert warning == (f'Checkpoint at step 12 in {workdir}/checkpoints cannot be restored '
+                     f'({checksums.CHECKSUMS_FILE} is missing, so its files cannot be trusted: it '
+                     'was not completely written, its record was deleted, or it predates '
+                     f'checksums); moved to {moved}.')
+  assert os.path.isdir(moved)
 
 
 def test_nan_message_names_the_verified_checkpoint():
@@ -161,9 +189,9 @@ def test_corrupted_best_checkpoint_is_an_error_for_eval_and_export(full_run, tin
 
   def restore_best():
     ckpts = checkpointing.Checkpoints(workdir)
-    state = ckpts.best.restore(step)['state']
+    variables = ckpts.best.restore(step)[checkpointing.VARIABLES]
     ckpts.close()
-    return state
+    return variables
 
   corrupt_readably(os.path.join(directory, str(step)), restore_best)
   pattern = rf'checkpoint of step {step} in {directory} cannot be restored .*changed since'
@@ -182,14 +210,22 @@ def test_corrupted_variables_checkpoint_is_refused(tmp_path):
   variables = {'params': {'w': rng.randn(256, 1024).astype(np.float32)},
                'batch_stats': {'mean': rng.randn(64).astype(np.float32)}}
   path = variables_io.save_variables(tmp_path / 'vars', variables)
-  assert checksums.verify(path)
+  checksums.verify(path)
+  record = os.path.join(path, checksums.CHECKSUMS_FILE)
+  shutil.copy(record, tmp_path / 'record')
+  os.remove(record)  # What a convert killed before it wrote the record leaves.
+  with pytest.raises(checksums.ChecksumError,
+                     match=rf'checkpoint {path} cannot be used: {checksums.CHECKSUMS_FILE} is '
+                           'missing'):
+    variables_io.load_variables(path)
+  shutil.copy(tmp_path / 'record', record)
 
   def restore():
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(path)
 
   corrupt_readably(path, restore)
-  with pytest.raises(checksums.ChecksumError, match=rf'checkpoint {path} is corrupt: .*changed'):
+  with pytest.raises(checksums.ChecksumError, match=rf'checkpoint {path} cannot be used: .*changed'):
     variables_io.load_variables(path)
 
 
@@ -263,3 +299,32 @@ def test_lock_from_another_host_is_kept_until_its_heartbeat_stops(tmp_path, capl
     pass
   [warning] = warnings_about(caplog, 'Taking over the lock')
   assert 'heartbeat stopped' in warning
+
+
+@pytest.mark.parametrize('text', ['', '{"host": "a', '[1, 2]'])
+def test_an_unparseable_lock_is_taken_over(tmp_path, caplog, monkeypatch, text):
+  """An empty or garbled lock names no holder: taken over, once it is not being written."""
+  monkeypatch.setattr(workdir_lock, 'UNPARSEABLE_GRACE_SECONDS', 0.3)
+  with open(lock_path(str(tmp_path)), 'w') as f:
+    f.write(text)  # Fresh: the run waits out the grace period, then takes it over.
+  start = time.monotonic()
+  with workdir_lock.WorkdirLock(str(tmp_path), 'training'):
+    with open(lock_path(str(tmp_path))) as f:
+      assert json.load(f)['pid'] == os.getpid()
+  assert time.monotonic() - start >= 0.2
+  [warning] = warnings_about(caplog, 'Taking over the lock')
+  assert 'cannot be parsed' in warning
+  assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_is_never_left_half_written(tmp_path, monkeypatch):
+  """A run that dies while writing its lock leaves no lock (it was written beside, then linked)."""
+  def dump(record, f):
+    f.write('{"host": ')
+    raise OSError('killed while writing')
+
+  monkeypatch.setattr(workdir_lock.json, 'dump', dump)
+  with pytest.raises(OSError, match='killed while writing'):
+    with workdir_lock.WorkdirLock(str(tmp_path), 'training'):
+      pass
+  assert os.listdir(tmp_path) == []

@@ -26,7 +26,7 @@ from asymfusion_jax.data.layout import LayoutError
 from asymfusion_jax.data.rgbx import layout as rgbx_layout
 from asymfusion_jax.data.rgbx import synthetic as rgbx_synthetic
 from asymfusion_jax.models import build_model
-from asymfusion_jax.tasks.segmentation import evaluation, optim, task as segmentation
+from asymfusion_jax.tasks.segmentation import optim, task as segmentation
 from asymfusion_jax.tasks.segmentation import validation as segmentation_checks
 from asymfusion_jax.tasks.segmentation import visualize
 from tests import tiny
@@ -150,6 +150,11 @@ def test_files_are_read_without_loss_and_statistics_are_measured(hand):
                                                         3, -1), rtol=1e-5, atol=1e-5)
   train = next(rgbx.train_batches(config))
   assert train['image'].shape == (4, 4, 32, 32, 3) and np.isfinite(train['image']).all()
+  # predict reads new images as training does and writes the dataset's raw labels (offset 1).
+  io = rgbx.predict_io(config)
+  np.testing.assert_allclose(io.network_input('depth', depth), batch['image'][3, 0], rtol=1e-6)
+  assert (io.pad_value('normal') == 0).all()
+  assert io.label_image(np.array([[0, 4]])).tolist() == [[1, 5]]
 
 
 def test_indexed_colour_labels_read_as_their_indices(tmp_path):
@@ -262,8 +267,8 @@ def test_a_changed_folder_is_rebuilt_and_a_failed_rebuild_keeps_the_build(tmp_pa
 
 
 @pytest.mark.parametrize('key,value,match', [
-    ('modalities', ('rgb', 'hha'), r"config\.modalities=\('rgb', 'hha'\) must be a non-empty "
-                                   r"sequence of the dataset's modalities, among \['depth', 'rgb'\]"),
+    ('modalities', ('rgb', 'hha'), r"config\.modalities=\('rgb', 'hha'\) must be a sequence of "
+                                   r"known modalities, among \['depth', 'rgb'\]"),
     ('data.modality_folders', {}, r'config\.data\.modality_folders=.* non-empty mapping'),
     ('data.modality_folders', {'rgb': 'RGB', 'depth': 'Label'}, r'distinct folders'),
     ('data.modality_folders', {'rgb': '../RGB', 'depth': 'D'}, r'modality_folders\.rgb=\'\.\./RGB'),
@@ -317,7 +322,7 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
   params = {}
   for name in (workdir, straight):
     ckpts = checkpointing.Checkpoints(name)
-    params[name] = ckpts.periodic.restore(12)['state']['params']
+    params[name] = ckpts.periodic.restore(12)['variables']['params']
     ckpts.close()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                params[workdir], params[straight])
@@ -381,10 +386,9 @@ def test_one_and_three_modalities_reach_the_train_step_evaluation_and_export(
           lambda a: (a.shape, a.dtype), state.params)
   eval_batch = next(rgbx.eval_batches(config))
   assert eval_batch['image'].shape == (m, 4, HEIGHT, WIDTH, 3)
-  del eval_batch['name']
-  confusion = jax.eval_shape(functools.partial(evaluation.eval_step, model=model, num_classes=k),
-                             state.variables(), eval_batch)
-  assert confusion.shape == (m + 1, k, k)
+  logits = jax.eval_shape(functools.partial(model.apply, train=False), state.variables(),
+                          eval_batch['image'])
+  assert logits.shape == (m + 1, 4, HEIGHT // 4, WIDTH // 4, k)
   encoding = json.loads(json.dumps(rgbx.input_encoding(config)))  # The export sidecar's inputs.
   assert encoding['modalities'] == list(modalities)
   assert encoding['class_names'] == list(base.data.class_names)
@@ -397,14 +401,15 @@ def test_one_and_three_modalities_reach_the_train_step_evaluation_and_export(
 
 def test_class_names_and_palette_reach_the_prediction_images():
   config = config_lib.load('configs/mfnet_rgbt_refinenet101.py')
-  assert visualize.class_names(config)[:2] == ('unlabeled', 'car')
-  colours = visualize.palette(config)
+  assert rgbx.class_names(config)[:2] == ('unlabeled', 'car')
+  colours = rgbx.palette(config)
   assert colours.shape == (256, 3) and colours[1].tolist() == [64, 0, 128]
   assert (colours[9:] == visualize.PALETTE[9:]).all()
   label = np.array([[0, 1], [8, 255]])
   assert visualize.colorize(label, colours).tolist() == [[[0, 0, 0], [64, 0, 128]],
                                                          [[192, 64, 0], [0, 0, 0]]]
-  assert visualize.class_names(config_lib.load('configs/sunrgbd_refinenet101.py'))[-1] == 'bag'
+  assert rgbx.class_names(config_lib.load('configs/sunrgbd_refinenet101.py'))[-1] == 'bag'
+  assert rgbx.palette(config_lib.load('configs/sunrgbd_refinenet101.py')) is None
 
 
 def test_synthetic_cli_writes_classes_that_need_every_modality(tmp_path):

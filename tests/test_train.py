@@ -32,7 +32,7 @@ def final_params(workdir):
   step = ckpts.periodic.latest_step()
   restored = ckpts.periodic.restore(step)
   ckpts.close()
-  return step, jax.tree.map(np.asarray, restored['state']['params'])
+  return step, jax.tree.map(np.asarray, restored['variables']['params'])
 
 
 def test_logs_checkpoints_and_predictions(full_run):
@@ -86,12 +86,37 @@ def test_eval_mode_reproduces_logged_metrics(full_run, tiny_data, tmp_path):
   assert not [name for name in os.listdir(workdir) if name.startswith('eval_step')]
 
 
-def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
+def without_timing(records):
+  return [{k: v for k, v in r.items() if k != 'steps_per_second'} for r in records]
+
+
+def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path, monkeypatch):
+  """SIGTERM after step 5, inside a logging interval (every 2 steps), then the same command:
+  the parameters and metrics.jsonl (but for timing) are those of the uninterrupted run, whose
+  step 6 logs the mean loss of steps 5 and 6. A SIGTERM while the train step compiles, in
+  between, stops before the first step and changes nothing."""
   workdir = str(tmp_path)
   config = tiny.config(tiny_data)
   config.max_steps = 6
-  train.train_and_evaluate(config, workdir)
-  assert final_params(workdir)[0] == 6
+  with monkeypatch.context() as patch:
+    poison_after_step(patch, 5, lambda state: os.kill(os.getpid(), signal.SIGTERM) or state)
+    with pytest.raises(train.StoppedBySignal, match='after step 5 of 6; checkpoint saved'):
+      train.train_and_evaluate(config, workdir)
+  assert final_params(workdir)[0] == 5
+  before = open(os.path.join(workdir, 'metrics.jsonl')).read()
+  with monkeypatch.context() as patch:
+    compile_ = train._compiled  # pylint: disable=protected-access
+
+    def compiled_then_sigterm(*args):
+      step_fn = compile_(*args)
+      os.kill(os.getpid(), signal.SIGTERM)
+      return step_fn
+
+    patch.setattr(train, '_compiled', compiled_then_sigterm)
+    with pytest.raises(train.StoppedBySignal, match='before step 6 of 12, while the train step'):
+      train.train_and_evaluate(tiny.config(tiny_data), workdir)
+  assert final_params(workdir)[0] == 5
+  assert open(os.path.join(workdir, 'metrics.jsonl')).read() == before
   train.train_and_evaluate(tiny.config(tiny_data), workdir)  # The same command, resumed.
   step, params = final_params(workdir)
   ref_step, ref_params = final_params(full_run[0])
@@ -99,24 +124,29 @@ def test_resumed_run_matches_uninterrupted(full_run, tiny_data, tmp_path):
   # Resumed without the max_steps cut: config.json stays the first run's, the second is beside it.
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['max_steps'] == 6
-  with open(os.path.join(workdir, 'config.step_6.json')) as f:
+  with open(os.path.join(workdir, 'config.step_5.json')) as f:
     assert json.load(f)['max_steps'] == -1
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), params,
                ref_params)
+  records, expected = read_metrics(workdir), read_metrics(full_run[0])
+  assert [r['step'] for r in records] == [r['step'] for r in expected]
+  for record, reference in zip(without_timing(records), without_timing(expected)):
+    assert record == pytest.approx(reference, rel=1e-5), record['step']
 
 
 def test_corrupt_latest_checkpoint_is_skipped(full_run, tiny_data, tmp_path, caplog):
   import shutil
   workdir = str(tmp_path / 'copy')
   shutil.copytree(full_run[0], workdir)
-  latest = os.path.join(workdir, 'checkpoints', '12', 'state')
+  latest = os.path.join(workdir, 'checkpoints', '12', 'variables')
   for root, _, files in os.walk(latest):
     for name in files:
       with open(os.path.join(root, name), 'wb') as f:
         f.write(b'garbage')
   ckpts = checkpointing.Checkpoints(workdir)
   target = checkpointing.Checkpoints(full_run[0])
-  reference = target.periodic.restore(8)['state']
+  reference = target.periodic.restore(8)
+  reference = {**reference['variables'], **reference['train']}
   target.close()
   state, record = ckpts.restore_latest(checkpointing.abstract(reference))
   assert record['step'] == 8
@@ -224,7 +254,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
   ckpts = checkpointing.Checkpoints(str(tmp_path))
   steps = ckpts.periodic.all_steps()
   assert steps == [4]
-  params = ckpts.periodic.restore(4)['state']['params']
+  params = ckpts.periodic.restore(4)['variables']['params']
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
   ckpts.close()
 

@@ -176,7 +176,7 @@ def get_config():
   c.compute_dtype = 'float32'
   c.model = ml_collections.ConfigDict(dict(
       name='unet', ngf=8, ndf=8, num_downs=6, fusion='asym', fusion_blocks=(2, 3, 4, 5),
-      dropout_rate=0.5))
+      dropout_rate=0.5, kernels='auto'))
   return c
 '''
 

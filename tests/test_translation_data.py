@@ -20,10 +20,11 @@ import pytest
 from asymfusion_jax.data import batching
 from asymfusion_jax.data import layout
 from asymfusion_jax.data import pil_resize
-from asymfusion_jax.data import synthetic
-from asymfusion_jax.data import synthetic_taskonomy
-from asymfusion_jax.data import taskonomy
-from asymfusion_jax.data import translation_pipeline as tp
+from asymfusion_jax.data import synthetic as synthetic_cli
+from asymfusion_jax.data.nyudv2 import layout as nyudv2_layout
+from asymfusion_jax.data.taskonomy import layout as taskonomy
+from asymfusion_jax.data.taskonomy import pipeline as tp
+from asymfusion_jax.data.taskonomy import synthetic as synthetic_taskonomy
 from tests import tiny
 
 LOAD, CROP = 40, 32
@@ -80,7 +81,7 @@ def _take(iterator, n):
 
 
 def test_import_does_not_load_tensorflow():
-  code = ('import sys; import asymfusion_jax.data.translation_pipeline; '
+  code = ('import sys; import asymfusion_jax.data.taskonomy; '
           'sys.exit("tensorflow" in sys.modules)')
   assert subprocess.run([sys.executable, '-c', code], check=False, cwd=tiny.REPO).returncode == 0
 
@@ -278,8 +279,8 @@ def test_counts_and_config_checks(hand):
 
 
 def test_synthetic_taskonomy_is_deterministic_and_geometric(tmp_path):
-  synthetic.write_taskonomy(tmp_path / 'a', num_train=2, num_val=1, size=48, seed=3)
-  synthetic.write_taskonomy(tmp_path / 'b', num_train=3, num_val=1, size=48, seed=3)
+  synthetic_taskonomy.write_taskonomy(tmp_path / 'a', num_train=2, num_val=1, size=48, seed=3)
+  synthetic_taskonomy.write_taskonomy(tmp_path / 'b', num_train=3, num_val=1, size=48, seed=3)
   entry = taskonomy.read_list(tmp_path / 'a', 'train')[1]
   for domain in synthetic_taskonomy.DOMAINS:
     a = (tmp_path / 'a' / entry.path(domain)).read_bytes()
@@ -309,9 +310,9 @@ def test_synthetic_cli_taskonomy_and_default_kind(tmp_path):
                   '--out', str(tmp_path / 't'), '--num-train', '2', '--num-val', '1',
                   '--size', '24'], check=True, env=env, capture_output=True)
   assert len(taskonomy.read_list(tmp_path / 't', 'train')) == 2
-  synthetic.main(['--out', str(tmp_path / 'n'), '--num_train', '1', '--num_val', '1',
+  synthetic_cli.main(['--out', str(tmp_path / 'n'), '--num_train', '1', '--num_val', '1',
                   '--height', '16', '--width', '20'])
-  assert layout.read_list(tmp_path / 'n', 'val')[0].rgb == 'rgb/000002.png'
+  assert nyudv2_layout.read_list(tmp_path / 'n', 'val')[0].rgb == 'rgb/000002.png'
 
 
 def test_prepare_generates_synthetic_data_and_rebuilds_on_change(tmp_path):
@@ -328,7 +329,7 @@ def test_prepare_generates_synthetic_data_and_rebuilds_on_change(tmp_path):
   tp.prepare(config)
   assert info.stat().st_mtime_ns == built
   # Regenerated at another size: the fingerprint changes and prepare rebuilds.
-  synthetic.write_taskonomy(config.data.manual_dir, 4, 2, size=40, seed=1)
+  synthetic_taskonomy.write_taskonomy(config.data.manual_dir, 4, 2, size=40, seed=1)
   tp.prepare(config)
   assert info.stat().st_mtime_ns != built
   assert tp.load_split(config, 'val').images['rgb'].shape == (2, 32, 32, 3)

@@ -228,7 +228,7 @@ def translation_config(**model):
   c.compute_dtype = 'bfloat16'
   c.model = ml_collections.ConfigDict({
       'name': 'unet', 'ngf': 16, 'ndf': 32, 'num_downs': 7, 'fusion': 'none',
-      'fusion_blocks': [2, 3], 'dropout_rate': 0.25, **model})
+      'fusion_blocks': [2, 3], 'dropout_rate': 0.25, 'kernels': 'auto', **model})
   return c
 
 

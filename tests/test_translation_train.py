@@ -8,18 +8,21 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from asymfusion_jax import checkpointing, export, fid, sharding, train, validation, variables_io
-from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax import (checkpointing, export, fid, local_cluster, running_sums, sharding,
+                            train, validation, variables_io)
+from asymfusion_jax.data import predict_io
+from asymfusion_jax.data.taskonomy import pipeline as translation_pipeline
 from asymfusion_jax.models import build_discriminator, build_generator
 from asymfusion_jax.tasks.translation import evaluation as translation_eval
 from asymfusion_jax.tasks.translation import task as translation
-from tests import tiny
+from tests import fid_stand_in, tiny
 
 BRANCHES = ('reshading', 'depth_euclidean', 'ensemble')
 TRAIN_KEYS = {'step', 'train/d_loss', 'train/g_loss', 'train/g_adv', 'train/l1',
@@ -55,7 +58,8 @@ def read_metrics(workdir):
 def restore(workdir, step):
   ckpts = checkpointing.Checkpoints(workdir)
   try:
-    return jax.tree.map(np.asarray, ckpts.periodic.restore(step)['state'])
+    restored = ckpts.periodic.restore(step)
+    return jax.tree.map(np.asarray, {**restored['variables'], **restored['train']})
   finally:
     ckpts.close()
 
@@ -152,7 +156,9 @@ def test_train_step_is_d_then_g_against_the_updated_d(data_dir, monkeypatch):
 
 
 def test_evaluation_counts_every_image_once(run, data_dir):
-  """6 val images in batches of 4: the masked padding adds nothing."""
+  """6 val images in batches of 4: the masked padding adds nothing. The sums the devices keep
+  across batches are those the host took of each batch's sums (in float64, as it accumulated
+  before), to double-float rounding."""
   config = tiny.translation_config(data_dir)
   params = restore(run[0], 12)['params']['generator']
   outputs, targets = [], []
@@ -161,30 +167,38 @@ def test_evaluation_counts_every_image_once(run, data_dir):
     targets.append(batch['target'][batch['mask']])
   out, target = np.concatenate(outputs, axis=1), np.concatenate(targets)
   assert out.shape[1] == 6
-  results = translation_eval.Evaluator(config, sharding.make_mesh()).run(
-      {'params': {'generator': params}})
+  mesh = sharding.make_mesh()
+  evaluator = translation_eval.Evaluator(config, mesh)
+  results = evaluator.run({'params': {'generator': params}})
   for i, name in enumerate(BRANCHES):
     diff = out[i].astype(np.float64) - target
     assert results[name]['l1'] == pytest.approx(np.mean(np.abs(diff)), rel=1e-5)
     assert results[name]['l2'] == pytest.approx(
         np.sqrt(np.mean(np.mean(diff ** 2, axis=(1, 2, 3)))), rel=1e-5)
 
-
-class _PixelFeatures:
-  """Stands in for the Inception network: 2048 pixel values of each uint8 image."""
-
-  def __init__(self, variables, batch_size):
-    del variables, batch_size
-
-  def __call__(self, images):
-    return images.reshape(len(images), -1)[:, :2048].astype(np.float32) / 255.0
+  host = {'abs_sum': 0.0, 'mse_sum': 0.0, 'count': 0}
+  batches = list(translation_pipeline.eval_batches(config))
+  assert [int(b['mask'].sum()) for b in batches] == [4, 2]
+  for batch in batches:  # The Evaluator's compiled step, from zero sums at every batch.
+    totals, _ = evaluator._step(params, sharding.global_batch(mesh, batch), evaluator._zeros())
+    host['count'] += int(running_sums.counts_to_host(totals['count']))
+    for key in ('abs_sum', 'mse_sum'):
+      host[key] = host[key] + running_sums.floats_to_host(totals[key])
+  assert host['count'] == 6
+  for i, name in enumerate(BRANCHES):
+    assert results[name]['l1'] == pytest.approx(host['abs_sum'][i] / (6 * 64 * 64 * 3), rel=1e-12)
+    assert results[name]['l2'] == pytest.approx(np.sqrt(host['mse_sum'][i] / 6), rel=1e-12)
 
 
 def test_fid_kid_per_branch_and_best_by_fid(run, data_dir, tmp_path, monkeypatch):
-  monkeypatch.setattr(fid, 'load_weights', lambda path: {})
-  monkeypatch.setattr(fid, 'FeatureExtractor', _PixelFeatures)
+  """FID and KID of the checkpoint (the Inception replaced by fid_stand_in) on one device, by
+  hand, and on 2 processes x 2 devices, where each process extracts the features of its own
+  rows only: the same L1, L2, FID and KID."""
+  fid_stand_in.install(monkeypatch.setattr)
   workdir = str(tmp_path / 'copy')
   shutil.copytree(run[0], workdir)
+  two_processes = str(tmp_path / 'two_processes')
+  shutil.copytree(run[0], two_processes)
   config = tiny.translation_config(data_dir, eval__inception_weights='weights.pth')
   results = train.evaluate_checkpoint(config, workdir, step=12)
   params = restore(workdir, 12)['params']['generator']
@@ -194,8 +208,8 @@ def test_fid_kid_per_branch_and_best_by_fid(run, data_dir, tmp_path, monkeypatch
     out = np.asarray(translation_eval.to_uint8(
         generate(config, params, batch['inputs'])))
     for i in range(len(BRANCHES)):
-      generated[i].append(_PixelFeatures(None, None)(out[i]))
-    real.append(_PixelFeatures(None, None)(np.asarray(translation_eval.to_uint8(batch['target']))))
+      generated[i].append(fid_stand_in.pixel_features(out[i]))
+    real.append(fid_stand_in.pixel_features(np.asarray(translation_eval.to_uint8(batch['target']))))
   real = np.concatenate(real)
   for i, name in enumerate(BRANCHES):
     gen = np.concatenate(generated[i]).astype(np.float64)
@@ -205,6 +219,23 @@ def test_fid_kid_per_branch_and_best_by_fid(run, data_dir, tmp_path, monkeypatch
     kid, _ = fid.kernel_inception_distance(gen.astype(np.float32), real)
     assert results[name]['kid'] == pytest.approx(kid * fid.KID_SCALE, rel=1e-4)
   assert translation.Translation().best_metric(config) == ('ensemble/fid', False)
+
+  # Eval batches of 4 on 4 devices: process 0 holds val images 0, 1, 4, 5 and process 1 holds
+  # images 2, 3 and two padding rows.
+  outputs = local_cluster.launch(
+      2, ['--config=configs/demo_translation.py', f'--workdir={two_processes}', '--mode=eval',
+          '--step=12'] + tiny.translation_flags(data_dir, eval__inception_weights='weights.pth'),
+      timeout=600, devices_per_process=2, module='tests.fid_stand_in', cwd=tiny.REPO)
+  for i, count in enumerate((4, 2)):
+    assert f'FID: Inception features of {count} validation images on process {i} of 2' in (
+        outputs[i]), outputs[i][-3000:]
+  with open(os.path.join(two_processes, 'eval', 'step_12', 'results.json')) as f:
+    spread = json.load(f)
+  for name in BRANCHES:
+    for metric in ('fid', 'kid'):
+      assert spread[name][metric] == pytest.approx(results[name][metric], rel=1e-6), (name, metric)
+    for metric in ('l1', 'l2'):
+      assert spread[name][metric] == pytest.approx(results[name][metric], rel=1e-6), (name, metric)
 
 
 def test_export_runs_the_generator(run, data_dir, tmp_path):
@@ -326,3 +357,49 @@ def test_batch_1_runs_on_2_devices_with_the_losses_and_gradients_of_1(tmp_path):
   out = subprocess.run([sys.executable, '-c', _TWO_DEVICE_SCRIPT, str(tmp_path)], env=env,
                        capture_output=True, text=True, timeout=600, check=False, cwd=tiny.REPO)
   assert out.returncode == 0 and 'equal' in out.stdout, out.stderr[-3000:]
+
+
+def test_predict_writes_every_branch_at_any_size_from_workdir_and_artifact(run, data_dir,
+                                                                           tmp_path):
+  """72x72 runs padded to 128x128 (2**num_downs = 64) with the pad value 0 and cropped back;
+  61x70 padded to 64x128; in 64x64 tiles, from the workdir and from a 64x64 artifact."""
+  from asymfusion_jax import predict  # pylint: disable=g-import-not-at-top
+  folders = {m: str(tmp_path / m) for m in BRANCHES[:2]}
+  for m, folder in folders.items():
+    os.makedirs(folder)
+    shutil.copy(os.path.join(data_dir, 'synthetic', m, f'point_0_view_0_domain_{m}.png'), folder)
+    image = cv2.imread(os.path.join(data_dir, 'synthetic', m, f'point_1_view_0_domain_{m}.png'),
+                       cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(os.path.join(folder, f'odd_domain_{m}.png'), image[:61, :70])
+  model = predict.from_workdir(run[0])
+  images = predict.images(model.config, folders)
+  assert [im.stem for im in images] == ['odd', 'point_0_view_0']
+  out = str(tmp_path / 'whole')
+  done = predict.predict(model, images, out, predict.Options(branches=True, batch_size=1))
+  assert [s[2:4] for s in done['compiled']] == [(64, 128), (128, 128)]
+  got = {b: cv2.imread(os.path.join(out, b, 'rgb', 'point_0_view_0.png'))[..., ::-1]
+         for b in BRANCHES}
+  assert cv2.imread(os.path.join(out, 'ensemble', 'rgb', 'odd.png')).shape == (61, 70, 3)
+  arrays = predict.inputs.read(images[1], predict_io.get(model.config))
+  x = np.stack([arrays[m] for m in BRANCHES[:2]])[:, None]
+  padded = np.zeros((2, 1, 128, 128, 3), np.float32)
+  padded[:, :, :72, :72] = x
+  params = model.variables['params']['generator']
+  expected = translation_eval.to_uint8(generate(model.config, params, padded))[:, 0, :72, :72]
+  for i, branch in enumerate(BRANCHES):
+    assert np.abs(got[branch].astype(int) - np.asarray(expected[i])).max() <= 1, branch
+
+  tiled = str(tmp_path / 'tiled')
+  done = predict.predict(model, images, tiled, predict.Options(tile=(64, 64), batch_size=1))
+  assert done['compiled'] == [(2, 1, 64, 64, 3)]
+  artifact = str(tmp_path / 'generator.jax')
+  export.write_jax(export.from_workdir(run[0]), artifact, 64, 64, platforms=('cpu',))
+  exported = str(tmp_path / 'artifact')
+  predict.predict(predict.from_artifact(artifact), images, exported,
+                  predict.Options(batch_size=1))
+  for stem in ('odd', 'point_0_view_0'):
+    a, b = (cv2.imread(os.path.join(d, 'ensemble', 'rgb', stem + '.png')).astype(int)
+            for d in (tiled, exported))
+    assert np.abs(a - b).max() <= 1, stem
+  with pytest.raises(ValueError, match='--logits applies to segmentation models'):
+    predict.predict(model, images, tiled, predict.Options(logits=True))

@@ -10,8 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_io, sharding, train
-from asymfusion_jax.data import layout, pipeline, synthetic
+from asymfusion_jax import (checkpointing, config_io, config_lib, running_sums, sharding, train,
+                            validation)
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.nyudv2 import pipeline, synthetic
 from asymfusion_jax.models import build_model
 from asymfusion_jax.tasks.segmentation import evaluation
 from asymfusion_jax.tasks.segmentation import task as segmentation
@@ -36,6 +38,7 @@ BAD_VALUES = [
     ('eval_batch_size', -1, r'a positive integer'),
     ('model.num_classes', 0, r'a positive integer'),
     ('model.dropout_rate', 1.0, r'in \[0, 1\)'),
+    ('model.kernels', 'gpu', r"one of \('auto', 'xla', 'cpu'\)"),
     ('modalities', ('rgb', 'normals'), r'known modalities'),
     ('modalities', ('rgb', 'rgb'), r'without repeats'),
     ('data.ignore_label', 3, r'outside the classes 0\.\.4'),
@@ -43,6 +46,8 @@ BAD_VALUES = [
     ('seed', -1, r'an integer >= 0'),
     ('num_prediction_images', -1, r'an integer >= 0'),
     ('batch_size', 17, r'larger than the 16 training examples'),
+    # The build's 48x64 images at the largest scale 1.25 of the tiny config: 60.
+    ('crop_size', 61, r'larger than the training data: .*48x64.* at most 60$'),
 ]
 
 
@@ -155,15 +160,25 @@ def test_eval_batches_are_padded_to_the_mesh(tiny_data):
 
 def test_padded_rows_change_no_metric(full_run, tiny_data):
   """The 6 val images in one unpadded batch score exactly as in the training run's evaluation,
-  whose second batch of 4 rows held 2 padded ones."""
+  whose second batch of 4 rows held 2 padded ones. The confusion matrices summed on the device
+  across those batches are those the host summed batch by batch in int64."""
   config = tiny.config(tiny_data)
   config.eval_batch_size = 6
   mesh = sharding.make_mesh()
   ckpts = checkpointing.Checkpoints(full_run[0], create=False)
-  state, _ = ckpts.restore(train.abstract_train_state(config, mesh), 12)
+  variables, _ = ckpts.restore_variables(train.abstract_train_state(config, mesh), 12)
   ckpts.close()
-  results = evaluation.Evaluator(build_model(config), config, mesh).run(state.variables())
+  results = evaluation.Evaluator(build_model(config), config, mesh).run(variables)
   assert results == full_run[1]
+
+  padded = evaluation.Evaluator(build_model(config), tiny.config(tiny_data), mesh)
+  host = 0
+  for batch in pipeline.eval_batches(padded.config):
+    batch.pop('name')
+    host = host + running_sums.counts_to_host(padded._eval(  # From zero at every batch.
+        state.variables(), sharding.global_batch(mesh, batch), padded._zeros()))
+  assert host.dtype == np.int64 and host.sum() > 0
+  np.testing.assert_array_equal(padded.confusion_matrices(state.variables()), host)
 
 
 # ------------------------------------------------------------------------------ label range
@@ -211,6 +226,45 @@ def test_a_resumed_run_with_another_config_keeps_config_json(tiny_data, tmp_path
   assert config_io.from_json((tmp_path / 'config.step_8.json').read_text()) == config
   lines = [r.getMessage() for r in caplog.records if 'config.step_8.json' in r.getMessage()]
   assert len(lines) == 1 and 'in log_every_steps, optim.lr_encoder;' in lines[0]
+
+
+def test_a_missing_key_is_named(tiny_data):
+  config = tiny.config(tiny_data)
+  del config.data['prefetch_to_device']
+  with pytest.raises(validation.ConfigError, match=r'config\.data\.prefetch_to_device is missing'):
+    validation.check_config(config)
+
+
+def test_a_crop_larger_than_synthetic_data_still_to_generate(tmp_path):
+  """The demo's synthetic 96x128 images at scale 1.25: 120, known before anything is written."""
+  config = train.resolve_data_paths(config_lib.get_config('demo'), str(tmp_path / 'run'))
+  config.crop_size = 120
+  segmentation_validation.check_training(config)
+  config.crop_size = 1000
+  with pytest.raises(validation.ConfigError, match=r'crop_size=1000 .*96x128.* at most 120$'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('name', ['demo_translation', 'demo_cityscapes', 'demo'])
+def test_an_unchanged_resume_records_no_config_change(name, tmp_path, caplog):
+  """Compared as written: another dataset's defaults are no difference; a field that an older
+  config.json predates counts as its default."""
+  workdir = str(tmp_path)
+  config = train.resolve_data_paths(config_lib.get_config(name), workdir)
+  train.write_config(config, workdir, 0)
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  older = json.loads((tmp_path / 'config.json').read_text())
+  del older['keep_checkpoints']
+  (tmp_path / 'config.json').write_text(json.dumps(older))
+  with caplog.at_level(logging.WARNING):
+    train.write_config(config, workdir, 8)
+  assert os.listdir(tmp_path) == ['config.json']
+  assert not [r for r in caplog.records if 'another config' in r.getMessage()]
+  config.keep_checkpoints = 3  # Not the default: a change.
+  train.write_config(config, workdir, 8)
+  assert json.loads((tmp_path / 'config.step_8.json').read_text())['keep_checkpoints'] == 3
 
 
 # ------------------------------------------------------------------------------- --mode=eval

@@ -46,11 +46,15 @@ def config(data_dirs: dict, variant: str = 'fused', extra: dict | None = None):
   return c
 
 
-def flags(data_dirs: dict, **extra) -> list[str]:
-  """The same overrides (updated by `extra`) as flags for `python -m asymfusion_jax.main`."""
+def _flags(values: dict) -> list[str]:
   def fmt(v):
     return '(' + ','.join(map(str, v)) + ')' if isinstance(v, tuple) else str(v)
-  return [f'--config.{k}={fmt(v)}' for k, v in {**OVERRIDES, **data_dirs, **extra}.items()]
+  return [f'--config.{k}={fmt(v)}' for k, v in values.items()]
+
+
+def flags(data_dirs: dict, **extra) -> list[str]:
+  """The same overrides (updated by `extra`) as flags for `python -m asymfusion_jax.main`."""
+  return _flags({**OVERRIDES, **data_dirs, **extra})
 
 
 # Overrides of configs/demo_translation.py: 16 training scenes of 72x72 resized to 72 and cropped
@@ -77,7 +81,7 @@ TRANSLATION_OVERRIDES = {
 def translation_config(tmp_dir, **overrides):
   """configs/demo_translation.py with TRANSLATION_OVERRIDES on synthetic data in `tmp_dir`.
 
-  translation_pipeline.prepare writes and builds the data into tmp_dir/synthetic and
+  data.taskonomy.prepare writes and builds the data into tmp_dir/synthetic and
   tmp_dir/tfds. `overrides` are dotted keys with '__' for '.', e.g.
   translation_config(d, data__num_workers=0).
   """
@@ -88,6 +92,15 @@ def translation_config(tmp_dir, **overrides):
   _set(c, {**TRANSLATION_OVERRIDES, **dirs,
            **{k.replace('__', '.'): v for k, v in overrides.items()}})
   return c
+
+
+def translation_flags(tmp_dir, **overrides) -> list[str]:
+  """translation_config's overrides as flags for `python -m asymfusion_jax.main` (with
+  --config=configs/demo_translation.py)."""
+  c = translation_config(tmp_dir)
+  dirs = {'data.manual_dir': c.data.manual_dir, 'data.tfds_data_dir': c.data.tfds_data_dir}
+  return _flags({**TRANSLATION_OVERRIDES, **dirs,
+                 **{k.replace('__', '.'): v for k, v in overrides.items()}})
 
 
 def _set(c, values: dict) -> None:

@@ -1,46 +1,47 @@
-"""Input data: the NYUDv2, Cityscapes and Taskonomy TFDS builders, synthetic stand-ins and the
-pipelines.
+"""Input data: one package per dataset behind one interface (`base`), in one registry.
 
-Importing this package imports nothing heavy; TensorFlow is only loaded by the functions that
-build or read a TFDS dataset.
+  nyudv2/      NYUDv2 RGB-D segmentation (and its synthetic stand-in)
+  cityscapes/  Cityscapes RGB-D segmentation
+  taskonomy/   Taskonomy domains for image translation
+  rgbx/        your own multimodal segmentation data in the RGB-X layout (any modalities)
+each with its `layout` (files on disk), TFDS `builder`, `pipeline` (batches) and `synthetic`
+generator; what they share (reading a build by index, batching, workers, augmentation, modality
+encoding, layout helpers) sits beside them. `get(config)` gives the dataset of
+config.data.name.
+
+Importing this package imports nothing heavy: a dataset is imported when first asked for, and
+TensorFlow only by the functions that build or read a TFDS dataset.
 """
 
-# config.data.name of each segmentation dataset.
-SEGMENTATION_DATASETS = ('nyudv2', 'cityscapes', 'rgbx')
+import importlib
+
+# config.data.name -> the dataset: the module path of a package with data/base.py's members
+# (imported on first use), or such an object itself. A new dataset is a package and a line here.
+DATASETS = {
+    'nyudv2': 'asymfusion_jax.data.nyudv2',
+    'cityscapes': 'asymfusion_jax.data.cityscapes',
+    'taskonomy': 'asymfusion_jax.data.taskonomy',
+    'rgbx': 'asymfusion_jax.data.rgbx',
+}
 
 
-def segmentation_pipeline(config):
-  """The pipeline module of a segmentation config's dataset (config.data.name).
+def get(config_or_name):
+  """The dataset (data/base.py's interface) of a config's data.name, or of a name.
 
-  Both modules have the same functions: prepare, planned_num_examples, num_examples,
-  steps_per_epoch, read, train_batches and eval_batches. Both read examples by index from an
-  ArrayRecord build (`common.Reader`) and batch them through `batching`; they differ in the
-  files they build from, the augmentation, the input encoding and the evaluation shape (NYUDv2
-  pads val images to the largest, which its build records; Cityscapes requires one size, that
-  of its first val image).
+  An unknown name is a validation.ConfigError listing the known ones.
   """
   # pylint: disable=g-import-not-at-top
-  name = config.data.name
-  if name == 'cityscapes':
-    from asymfusion_jax.data import cityscapes_pipeline
-    return cityscapes_pipeline
-  if name == 'nyudv2':
-    from asymfusion_jax.data import pipeline
-    return pipeline
-  if name == 'rgbx':  # Any modalities in the RGB-X layout; the package is its pipeline.
-    from asymfusion_jax.data import rgbx
-    return rgbx
-  raise ValueError(f'config.data.name={name!r} is not a segmentation dataset; choose one of '
-                   f'{SEGMENTATION_DATASETS}')
+  from asymfusion_jax.data import base
+  name = config_or_name if isinstance(config_or_name, str) else config_or_name.data.name
+  if name not in DATASETS:
+    from asymfusion_jax import validation  # Imports this package: not at the top.
+    raise validation.ConfigError(f'config.data.name={name!r} must be one of {sorted(DATASETS)}')
+  entry = DATASETS[name]
+  dataset = importlib.import_module(entry) if isinstance(entry, str) else entry
+  base.check_interface(dataset, name)
+  return dataset
 
 
-def dataset_function(config, name: str):
-  """The function `name` of a segmentation config's dataset, or None where the dataset has none.
-
-  For the hooks only some datasets define (rgbx): check_config (its own keys and modalities),
-  normalisation (its own Modality per modality), input_encoding (the export sidecar's inputs),
-  class_names and palette. Configs of other tasks or unknown datasets get None.
-  """
-  if config.get('data') is None or config.data.get('name') not in SEGMENTATION_DATASETS:
-    return None
-  return getattr(segmentation_pipeline(config), name, None)
+def for_model(model_name: str) -> list[str]:
+  """The names of the registered datasets that serve config.model.name=`model_name`."""
+  return sorted(name for name in DATASETS if model_name in get(name).MODELS)

@@ -64,6 +64,23 @@ def draw_augmentation(rng: np.random.Generator, height: int, width: int, crop_si
   return Augmentation(scale, scaled, pad, flip, top, left)
 
 
+def largest_filled_crop(size: tuple[int, int], scale_range: tuple[float, float],
+                        min_short_side: int) -> tuple[int, str]:
+  """(the largest crop_size this augmentation fills from train images of at most `size`, why).
+
+  A crop is padded where the scaled image is smaller (`draw_augmentation`); one larger than the
+  short side of the largest image at the largest scale (or min_short_side) is padding in every
+  crop.
+  """
+  high, floor = float(scale_range[1]), int(min_short_side)
+  short = max(int(np.rint(min(size) * high)), floor)
+  why = (f'the train images of at most {size[0]}x{size[1]} have a short side of at most {short} '
+         f'pixels at the largest scale {high:g} of config.data.scale_range')
+  if short == floor:
+    why += f' and config.data.min_short_side={floor}'
+  return short, why
+
+
 def paste(canvas: np.ndarray, image: np.ndarray, row: int, col: int) -> None:
   """Copies `image` into `canvas` with its top-left corner at (row, col), clipped to the canvas.
 

@@ -8,7 +8,8 @@ share layout.decode_image and LayoutError.)
 - `configure_tensorflow`, `is_prepared`: TensorFlow's settings, and whether a build is complete.
 - `write_synthetic`, `build`: the synthetic stand-in when asked for, then the TFDS build from
   config.data.manual_dir, reused while the source files are unchanged.
-- `planned_num_examples`: a split's size before anything is written.
+- `planned_num_examples`, `planned_image_size`: a split's size and the train images' largest
+  size before anything is written; `synthetic_image_size`.
 - `warn_about_split_sizes`: after a build, the splits whose size is not the config's.
 - `Reader`: example i of a split of an ArrayRecord build, read from disk; `IndexedDataset`: the
   builder, split sizes and readers of such a build (NYUDv2, Cityscapes).
@@ -90,6 +91,15 @@ def build(config: ml_collections.ConfigDict, builder, fingerprint: Callable[[str
   return True
 
 
+def synthetic_image_size(config: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """(height, width) of the synthetic images when config.data.synthetic, else None: a
+  segmentation dataset's eval_image_size where only its build knows the real size."""
+  if not config.data.synthetic:
+    return None
+  height, width = config.data.synthetic_image_size
+  return int(height), int(width)
+
+
 def planned_num_examples(config: ml_collections.ConfigDict, split: str,
                          count_source: Callable[[str], int | None],
                          num_examples: Callable[[ml_collections.ConfigDict, str], int]
@@ -113,6 +123,22 @@ def planned_num_examples(config: ml_collections.ConfigDict, split: str,
   try:
     return num_examples(config, split)
   except FileNotFoundError:
+    return None
+
+
+def planned_image_size(config: ml_collections.ConfigDict, has_source: Callable[[str], bool],
+                       prepared_size: Callable[[ml_collections.ConfigDict], tuple[int, int]]
+                       ) -> tuple[int, int] | None:
+  """The largest (height, width) of the train images `prepare` will give, known before anything
+  is written: config.data.synthetic_image_size for synthetic data that `prepare` will generate
+  (has_source(manual_dir) is False); else the prepared build's, prepared_size(config). None
+  when neither is known (source files not built yet, or a build that did not record it)."""
+  manual_dir = config.data.manual_dir
+  if config.data.synthetic and not (manual_dir and has_source(manual_dir)):
+    return tuple(int(x) for x in config.data.synthetic_image_size)
+  try:
+    return tuple(int(x) for x in prepared_size(config))
+  except (FileNotFoundError, KeyError):
     return None
 
 
@@ -192,8 +218,8 @@ class IndexedDataset:
   def _check(self, config: ml_collections.ConfigDict, split: str) -> None:
     if config.data.name != self.name:
       raise ValueError(f'config.data.name={config.data.name!r}, but {self._module} reads '
-                       f'{self.name!r}; asymfusion_jax.data.segmentation_pipeline(config) gives '
-                       "the config's pipeline.")
+                       f'{self.name!r}; asymfusion_jax.data.get(config) gives the config\'s '
+                       'dataset.')
     if split not in self.splits:
       raise ValueError(f'Unknown split {split!r}; expected one of {self.splits}.')
 

@@ -71,11 +71,20 @@ def normalised_pad_value(name: str) -> np.ndarray:
   return normalise(name, np.asarray(RAW_PAD_VALUE, np.float32).reshape(1, 1, 3))[0, 0]
 
 
+def known(config) -> tuple[str, ...]:
+  """The modality names a segmentation config may use: those of its dataset where the dataset
+  names its own (the optional member modality_names(config), rgbx: its modality folders), else
+  this table's."""
+  from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
+  own = getattr(data.get(config), 'modality_names', None)
+  return tuple(own(config)) if own else tuple(MODALITIES)
+
+
 def of_config(config) -> dict[str, Modality]:
-  """The Modality of each of config.modalities: the dataset's own where it defines
-  `normalisation(config)` (rgbx), else this table's."""
-  from asymfusion_jax.data import dataset_function  # pylint: disable=g-import-not-at-top
-  own = dataset_function(config, 'normalisation')
+  """The Modality of each of config.modalities: the dataset's own where it defines the optional
+  member normalisation(config) (rgbx), else this table's."""
+  from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
+  own = getattr(data.get(config), 'normalisation', None)
   return own(config) if own else {name: get(name) for name in config.modalities}
 
 

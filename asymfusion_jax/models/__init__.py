@@ -52,7 +52,8 @@ def build_generator(config) -> UNetGenerator:
       fusion=config.model.fusion,
       fusion_blocks=tuple(config.model.fusion_blocks),
       dropout_rate=config.model.dropout_rate,
-      dtype=resolve_compute_dtype(config.compute_dtype))
+      dtype=resolve_compute_dtype(config.compute_dtype),
+      kernels=config.model.kernels)
 
 
 # config.model.name -> the function that builds that model from a config. Segmentation takes

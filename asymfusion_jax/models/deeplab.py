@@ -78,6 +78,12 @@ class DeepLab(nn.Module):
     """The input size over the logits' size: 1 with upsample_logits, else the decoder's 4."""
     return 1 if self.upsample_logits else 4
 
+  # How to run it on an image of any size (asymfusion_jax.predict): as it is (TF-DeepLab's fixed
+  # padding and scale_dimension serve every size, and Cityscapes evaluation runs the full images
+  # unpadded), stride-4 logits brought to the input size as the model itself does.
+  input_multiple = 1
+  output_resize = 'bilinear_align_corners'
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if x.ndim != 5 or x.shape[0] != self.num_modalities:

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from asymfusion_jax.models import kernels as kernels_lib
+
 Dtype = Any
 
 # torchvision's ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
@@ -19,8 +21,9 @@ torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in'
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
-                         precision=None, **kwargs) -> jax.Array:
-  """lax.conv_general_dilated, with unpadded 1x1 NHWC convolutions run as one matrix product.
+                         precision=None, kernels: str = 'auto', **kwargs) -> jax.Array:
+  """lax.conv_general_dilated, with unpadded 1x1 NHWC convolutions run as one matrix product
+  where `kernels` (models.kernels) chooses the CPU rewrite.
 
   A 1x1 convolution is x (N*H*W, C) @ w (C, O) after the stride's subsampling. Written as a
   dot_general, its two gradients are matrix products too (g @ w^T, x^T @ g), which XLA:CPU runs
@@ -38,33 +41,41 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
           and tuple(dimension_numbers.out_spec) == (0, 3, 1, 2))
   unpadded = (padding == 'VALID' or (not isinstance(padding, str)
                                      and all(tuple(p) == (0, 0) for p in padding)))
-  if (nhwc and rhs.shape[:2] == (1, 1) and unpadded and trivial(lhs_dilation)
-      and trivial(rhs_dilation) and feature_group_count == 1 and not kwargs):
+  def stock(lhs, rhs):
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kwargs)
+
+  def matmul(lhs, rhs):
     sh, sw = window_strides
     if (sh, sw) != (1, 1):
       lhs = lhs[:, ::sh, ::sw, :]
     y = jax.lax.dot_general(lhs.reshape(-1, lhs.shape[-1]), rhs[0, 0],
                             (((1,), (0,)), ((), ())), precision=precision)
     return y.reshape(lhs.shape[:-1] + (rhs.shape[-1],))
-  return jax.lax.conv_general_dilated(
-      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-      dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-      precision=precision, **kwargs)
+
+  if (nhwc and rhs.shape[:2] == (1, 1) and unpadded and trivial(lhs_dilation)
+      and trivial(rhs_dilation) and feature_group_count == 1 and not kwargs):
+    return kernels_lib.choose(kernels, matmul, stock, lhs, rhs)
+  return stock(lhs, rhs)
 
 
 def shared_conv(features: int, kernel: int, *, stride: int = 1, use_bias: bool = False,
-                dtype: Dtype = jnp.float32, kernel_init=resnet_kernel_init, name: str) -> nn.Conv:
+                dtype: Dtype = jnp.float32, kernel_init=resnet_kernel_init, name: str,
+                kernels: str = 'auto') -> nn.Conv:
   """A convolution whose one kernel is applied to all M * B images of an (M, B, H, W, C) input.
 
   Flax flattens the leading (M, B) axes, so all modalities run as one batched convolution.
   Padding is explicit and symmetric, as in PyTorch (kernel // 2 on every side). 1x1 kernels run
-  as matrix products (conv_general_dilated above); the parameters are nn.Conv's either way.
+  as matrix products where `kernels` chooses the CPU rewrite (conv_general_dilated above); the
+  parameters are nn.Conv's either way.
   """
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=kernel_init, name=name,
-                 conv_general_dilated=conv_general_dilated)
+                 conv_general_dilated=functools.partial(conv_general_dilated, kernels=kernels))
 
 
 # pix2pix's init of every (transposed) convolution kernel: N(0, 0.02).
@@ -133,14 +144,22 @@ def _conv_transpose4x4_bwd(residuals, g):
 conv_transpose4x4.defvjp(_conv_transpose4x4_fwd, _conv_transpose4x4_bwd)
 
 
+def _stock_conv_transpose4x4(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """conv_transpose4x4 as nn.ConvTranspose computes it, gradients by JAX (the 'xla' kernel)."""
+  return jax.lax.conv_transpose(x, kernel, (2, 2), ((2, 2), (2, 2)),
+                                dimension_numbers=('NHWC', 'HWIO', 'NHWC'), transpose_kernel=True)
+
+
 class ConvTranspose4x4(nn.Module):
   """nn.ConvTranspose((4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), transpose_kernel=True)
   with the same parameters ('kernel' (4, 4, features, in), 'bias' (features,)) and outputs,
-  over any leading axes, computed by conv_transpose4x4 (whose gradients XLA:CPU runs fast)."""
+  over any leading axes, computed by conv_transpose4x4 (whose gradients XLA:CPU runs fast) or
+  by nn.ConvTranspose's lax.conv_transpose, as `kernels` (models.kernels) chooses."""
   features: int
   dtype: Dtype = jnp.float32
   kernel_init: Any = pix2pix_kernel_init
   bias_init: Any = nn.initializers.zeros
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -149,15 +168,30 @@ class ConvTranspose4x4(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     lead = x.shape[:-3]
     flat = x.reshape((-1,) + x.shape[-3:]).astype(self.dtype)
-    y = conv_transpose4x4(flat, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+    y = kernels_lib.choose(self.kernels, conv_transpose4x4, _stock_conv_transpose4x4, flat,
+                           kernel.astype(self.dtype))
+    y = y + bias.astype(self.dtype)
     return y.reshape(lead + y.shape[1:])
 
 
-def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """Max-pooling with PyTorch's -inf padding of window // 2 on every side, any leading axes."""
+def max_pool(x: jax.Array, window: int, stride: int, kernels: str = 'auto') -> jax.Array:
+  """Max-pooling with PyTorch's -inf padding of window // 2 on every side, any leading axes.
+
+  The gradient is _max_pool's or JAX's own (select_and_scatter), as `kernels` (models.kernels)
+  chooses; the values and gradients are the same.
+  """
   lead = x.shape[:-3]
-  out = _max_pool(x.reshape((-1,) + x.shape[-3:]), window, stride)
+  out = kernels_lib.choose(kernels, lambda x: _max_pool(x, window, stride),
+                           lambda x: _stock_max_pool(x, window, stride),
+                           x.reshape((-1,) + x.shape[-3:]))
   return out.reshape(lead + out.shape[1:])
+
+
+def _stock_max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """(N, H, W, C) max-pooling with PyTorch's padding, differentiated by JAX."""
+  pad = window // 2
+  return nn.max_pool(x, (window, window), strides=(stride, stride),
+                     padding=((pad, pad), (pad, pad)))
 
 
 def _window_taps(window: int) -> list[tuple[int, int]]:
@@ -178,9 +212,7 @@ def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
   unchanged; it is two fusible elementwise passes instead (5x faster on the CPU for the 5x5
   pools, the same bits).
   """
-  pad = window // 2
-  return nn.max_pool(x, (window, window), strides=(stride, stride),
-                     padding=((pad, pad), (pad, pad)))
+  return _stock_max_pool(x, window, stride)
 
 
 def _max_pool_fwd(x, window, stride):

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from asymfusion_jax import fusion as fusion_ops
 from asymfusion_jax import resize
+from asymfusion_jax.models import kernels as kernels_lib
 from asymfusion_jax.models.layers import max_pool, shared_conv, torch_default_kernel_init
 from asymfusion_jax.models.resnet import ResNet
 
@@ -23,6 +24,7 @@ COMPUTE_DTYPES = ('float32', 'bfloat16', 'auto')
 
 
 def _conv3x3(features, name, dtype, use_bias=False):
+  # A 3x3 convolution is the stock op under every models.kernels value.
   return shared_conv(features, 3, use_bias=use_bias, dtype=dtype,
                      kernel_init=torch_default_kernel_init, name=name)
 
@@ -56,12 +58,14 @@ class CRP(nn.Module):
   features: int
   num_stages: int = 4
   dtype: Any = jnp.float32
+  kernels: str = 'auto'  # models.kernels: the max-pooling's.
 
   @nn.compact
   def __call__(self, x):
     top = x
     for i in range(1, self.num_stages + 1):
-      top = _conv3x3(self.features, f'{i}_outvar_dimred', self.dtype)(max_pool(top, 5, 1))
+      top = _conv3x3(self.features, f'{i}_outvar_dimred', self.dtype)(
+          max_pool(top, 5, 1, self.kernels))
       x = x + top
     return x
 
@@ -92,6 +96,8 @@ class RefineNet(nn.Module):
       RCU and CRP unit of the decoder, whose stride-4 activations at 256 channels are the
       largest of the model. Trades compute for memory; outputs are unchanged and gradients
       agree to float32 rounding.
+    kernels: models.kernels.KERNELS (config.model.kernels): the CPU rewrites ('cpu'), the stock
+      ops ('xla'), or the rewrites only where the program is lowered for a CPU ('auto').
   """
   depth: int = 101
   num_classes: int = 40
@@ -103,11 +109,18 @@ class RefineNet(nn.Module):
   decoder_width: int = 256
   dropout_rate: float = 0.5
   remat: str = 'none'
+  kernels: str = 'auto'
 
   @property
   def logits_stride(self) -> int:
     """The input size over the logits' size: 4 (ceil(H / 4) x ceil(W / 4) logits)."""
     return 4
+
+  # How to run it on an image of any size (asymfusion_jax.predict): padded to a multiple of the
+  # backbone's stride, so that every feature map and the stride-4 logits cover the padded image
+  # exactly, with the logits brought to the input size as evaluation does (OpenCV's bicubic).
+  input_multiple = 32
+  output_resize = 'cubic_opencv'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -119,7 +132,9 @@ class RefineNet(nn.Module):
     dt, w = self.dtype, self.decoder_width
     rcu, crp = (nn.remat(RCU), nn.remat(CRP)) if self.remat == 'all' else (RCU, CRP)
     method = fusion_ops.method(self.fusion)
+    kernels_lib.check(self.kernels)
     feats = ResNet(self.depth, 'none' if method == 'late' else method, self.width, dt, remat=self.remat != 'none',
+                   kernels=self.kernels,
                    name='backbone')(x, use_running_average=self.frozen_bn or not train)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     l1, l2 = feats['l1'], feats['l2']
@@ -127,7 +142,7 @@ class RefineNet(nn.Module):
 
     x4 = _conv3x3(2 * w, 'p_ims1d2_outl1_dimred', dt)(l4)
     x4 = rcu(2 * w, 2, dt, name='adapt_stage1_b')(x4)
-    x4 = crp(2 * w, dtype=dt, name='mflow_conv_g1_pool')(jax.nn.relu(x4))
+    x4 = crp(2 * w, dtype=dt, kernels=self.kernels, name='mflow_conv_g1_pool')(jax.nn.relu(x4))
     x4 = rcu(2 * w, 3, dt, name='mflow_conv_g1_b')(x4)
     x4 = _conv3x3(w, 'mflow_conv_g1_b3_joint_varout_dimred', dt)(x4)
     top = upsample(x4, l3)
@@ -137,7 +152,7 @@ class RefineNet(nn.Module):
       y = rcu(w, 2, dt, name=f'adapt_stage{g}_b')(y)
       y = _conv3x3(w, f'adapt_stage{g}_b2_joint_varout_dimred', dt)(y)
       y = jax.nn.relu(y + top)
-      y = crp(w, dtype=dt, name=f'mflow_conv_g{g}_pool')(y)
+      y = crp(w, dtype=dt, kernels=self.kernels, name=f'mflow_conv_g{g}_pool')(y)
       y = rcu(w, 3, dt, name=f'mflow_conv_g{g}_b')(y)
       if g < 4:
         y = _conv3x3(w, f'mflow_conv_g{g}_b3_joint_varout_dimred', dt)(y)
@@ -185,4 +200,5 @@ def build_model(config) -> RefineNet:
       width=config.model.width,
       decoder_width=config.model.decoder_width,
       dropout_rate=config.model.dropout_rate,
-      remat=config.model.remat)
+      remat=config.model.remat,
+      kernels=config.model.kernels)

@@ -7,6 +7,7 @@ exchanges information between modalities through channel shuffle and pixel shift
 one aggregate of its M outputs to every branch.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -44,28 +45,31 @@ class Bottleneck(nn.Module):
   aggregation: str | None = None
   use_running_average: bool = True
   dtype: Any = jnp.float32
+  kernels: str = 'auto'  # models.kernels.
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     def bn(name):
       return ModalBatchNorm(self.use_running_average, dtype=self.dtype, name=name)
 
-    h = jax.nn.relu(bn('bn1')(shared_conv(self.features, 1, dtype=self.dtype, name='conv1')(x)))
+    conv = functools.partial(shared_conv, dtype=self.dtype, kernels=self.kernels)
+
+    h = jax.nn.relu(bn('bn1')(conv(self.features, 1, name='conv1')(x)))
     if self.fuse:
       shifted = fusion.pixel_shift(h)
       h = fusion.channel_shuffle(h)
-    h = shared_conv(self.features, 3, stride=self.stride, dtype=self.dtype, name='conv2')(h)
+    h = conv(self.features, 3, stride=self.stride, name='conv2')(h)
     h = jax.nn.relu(bn('bn2')(h))
     if self.fuse:
       # Modality m receives the shifted features of its partner (m + 1) mod M.
       h = h + jnp.roll(shifted, -1, axis=0)
       h = fusion.channel_shuffle(h)
-    h = bn('bn3')(shared_conv(self.features * EXPANSION, 1, dtype=self.dtype, name='conv3')(h))
+    h = bn('bn3')(conv(self.features * EXPANSION, 1, name='conv3')(h))
 
     shortcut = x
     if self.downsample:
-      shortcut = shared_conv(self.features * EXPANSION, 1, stride=self.stride, dtype=self.dtype,
-                             name='downsample_conv')(x)
+      shortcut = conv(self.features * EXPANSION, 1, stride=self.stride,
+                      name='downsample_conv')(x)
       shortcut = bn('downsample_bn')(shortcut)
     out = jax.nn.relu(h + shortcut)
     if self.aggregation is not None:
@@ -89,12 +93,15 @@ class ResNet(nn.Module):
       intermediate activations (only block inputs are kept): less memory, one more forward
       pass of the backbone. Outputs are unchanged; gradients agree to float32 rounding (XLA
       fuses and sums the recomputed graph in another order: 5e-6 relative, tiny model).
+    kernels: models.kernels.KERNELS: the 1x1 convolutions and the stem's max-pooling as the
+      CPU rewrites ('cpu'), the stock ops ('xla'), or per lowering platform ('auto').
   """
   depth: int = 101
   fusion: str = 'asym'
   width: int = 64
   dtype: Any = jnp.float32
   remat: bool = False
+  kernels: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = True) -> dict[str, jax.Array]:
@@ -108,7 +115,7 @@ class ResNet(nn.Module):
     x = ModalBatchNorm(use_running_average, dtype=self.dtype, name='bn1')(x)
     x = jax.nn.relu(x)
     features = {'stem': x}
-    x = max_pool(x, 3, 2)
+    x = max_pool(x, 3, 2, self.kernels)
     block = nn.remat(Bottleneck) if self.remat else Bottleneck
     for s, num_blocks in enumerate(stage_sizes(self.depth)):
       for i in range(num_blocks):
@@ -121,6 +128,7 @@ class ResNet(nn.Module):
             aggregation=aggregation if fusion_point else None,
             use_running_average=use_running_average,
             dtype=self.dtype,
+            kernels=self.kernels,
             name=f'layer{s + 1}_{i}')(x)
       features[STAGE_NAMES[s]] = x
     return features

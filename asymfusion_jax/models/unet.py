@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from asymfusion_jax import fusion as fusion_ops
+from asymfusion_jax.models import kernels as kernels_lib
 from asymfusion_jax.models.layers import ConvTranspose4x4, ModalInstanceNorm, conv4x4
 from asymfusion_jax.models.layers import pix2pix_kernel_init
 from asymfusion_jax.models.layers import torch_default_bias_init
@@ -71,6 +72,7 @@ class DecoderBlock(nn.Module):
   norm: bool
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
+  kernels: str = 'auto'  # models.kernels: the transposed convolution's.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -79,10 +81,12 @@ class DecoderBlock(nn.Module):
     # kernel is the PyTorch weight (in, out, kh, kw) transposed to (kh, kw, out, in)), and the
     # padding of the stride-dilated input is k - 1 - p = 2 on every side (output = 2 x input).
     # layers.ConvTranspose4x4 is nn.ConvTranspose with these settings, with the gradients
-    # written out (XLA:CPU ran nn.ConvTranspose's kernel gradient 33x slower).
+    # written out where `kernels` chooses the CPU rewrite (XLA:CPU ran nn.ConvTranspose's
+    # kernel gradient 33x slower).
     y = ConvTranspose4x4(
         self.features, dtype=self.dtype, kernel_init=pix2pix_kernel_init,
-        bias_init=torch_default_bias_init(self.features * 16), name='deconv')(jax.nn.relu(x))
+        bias_init=torch_default_bias_init(self.features * 16), kernels=self.kernels,
+        name='deconv')(jax.nn.relu(x))
     if self.norm:
       y = ModalInstanceNorm(self.num_modalities, dtype=self.dtype, name='insnorm_deconv')(y)
     if self.dropout_rate > 0:
@@ -117,6 +121,9 @@ class UNetGenerator(nn.Module):
     dropout_rate: dropout of the num_downs - 5 decoder blocks nearest the bottleneck (training
       only).
     dtype: compute dtype; parameters, normalisation statistics and the outputs are float32.
+    kernels: models.kernels.KERNELS (config.model.kernels): the decoder's transposed
+      convolutions with the CPU rewrite's gradients ('cpu'), JAX's ('xla'), or the rewrite only
+      where the program is lowered for a CPU ('auto').
   """
   num_modalities: int
   ngf: int = 64
@@ -125,8 +132,18 @@ class UNetGenerator(nn.Module):
   fusion_blocks: Sequence[int] = (2, 3, 4, 5, 6, 7)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  kernels: str = 'auto'
+
+  # How to run it on an image of any size (asymfusion_jax.predict): padded to the multiple of
+  # 2**num_downs it needs; its outputs are at the input size.
+  output_resize = None
+
+  @property
+  def input_multiple(self) -> int:
+    return 2 ** self.num_downs
 
   def _check(self, x: jax.Array) -> None:
+    kernels_lib.check(self.kernels)
     if self.num_downs < 2:
       raise ValueError(f'UNetGenerator needs num_downs >= 2, got {self.num_downs}')
     if x.ndim != 5 or x.shape[0] != self.num_modalities:
@@ -159,7 +176,7 @@ class UNetGenerator(nn.Module):
       features = encoder_channels(self.ngf, n - k) if k < n else 3
       dropout = self.dropout_rate if k <= n - _LEVELS_WITHOUT_DROPOUT else 0.0
       h = DecoderBlock(features, m, norm=k < n, dropout_rate=dropout, dtype=self.dtype,
-                       name=f'deconv{k}')(h, train)
+                       kernels=self.kernels, name=f'deconv{k}')(h, train)
       if k < n:  # Channels [decoder, encoder block n - k].
         h = jnp.concatenate([h, skips[n - k - 1]], axis=-1)
     out = jnp.tanh(h.astype(jnp.float32))

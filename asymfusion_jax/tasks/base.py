@@ -11,6 +11,11 @@ from typing import Any, Iterator
 
 import flax
 import jax
+import numpy as np
+
+from asymfusion_jax.data import predict_io
+
+from asymfusion_jax import data
 
 
 @flax.struct.dataclass
@@ -35,6 +40,8 @@ class Task(abc.ABC):
 
   # Values of the training metrics (train step outputs) that the progress line shows.
   progress_metric = 'loss'
+  # The batch key of the (M, B, H, W, C) network inputs (what missing modalities replace).
+  input_key = 'image'
 
   @abc.abstractmethod
   def check_config(self, config) -> None:
@@ -79,9 +86,15 @@ class Task(abc.ABC):
     return {}
 
   @abc.abstractmethod
-  def evaluator(self, config, mesh):
+  def evaluator(self, config, mesh, wrap=None):
     """An object whose run(variables, out_dir, step) evaluates the whole validation set and
-    returns {branch: {metric: value}}."""
+    returns {branch: {metric: value}}. wrap: model -> the model evaluated (missing.py's
+    MissingModel), or None."""
+
+  def predictor(self, config, logits: bool = False) -> 'Predictor':
+    """What `python -m asymfusion_jax.predict` runs and writes for this task. logits: also
+    write the float outputs (segmentation only)."""
+    raise NotImplementedError(f'{type(self).__name__} has no predict support')
 
   @abc.abstractmethod
   def best_metric(self, config) -> tuple[str, bool]:
@@ -119,8 +132,11 @@ class Task(abc.ABC):
     """The task's part of an export's sidecar: what the inputs are, what the outputs mean."""
 
   def export_image_size(self, config) -> tuple[int, int]:
-    """(H, W) of an export's input when --height and --width are not given."""
-    return int(config.crop_size), int(config.crop_size)
+    """(H, W) of an export's input when --height and --width are not given: the size of the
+    dataset's evaluation images where the config knows it (its eval_image_size), else the
+    training crop."""
+    size = data.get(config).eval_image_size(config)
+    return size if size is not None else (int(config.crop_size), int(config.crop_size))
 
   def torch_state_dict(self, config, variables: dict) -> dict:
     """The variables as a state_dict of the reference PyTorch implementation (export
@@ -129,3 +145,47 @@ class Task(abc.ABC):
     raise ValueError(f'--format=torch writes the reference PyTorch RefineNet; config.model.name '
                      f'is {config.model.name!r}, which has no PyTorch reference layout: use '
                      '--format=jax')
+
+
+class Predictor(abc.ABC):
+  """What `python -m asymfusion_jax.predict` runs and writes for a task (Task.predictor).
+
+  Attributes:
+    config: the model's config.
+    model: the Flax module that predicts (the one evaluation runs); its input_multiple and
+      output_resize say how to run it at any size (asymfusion_jax.predict.windows.Geometry).
+    io: the dataset's predict I/O (data/predict_io.py): input encoding, pad values, label
+      convention and palette.
+  """
+
+  def __init__(self, config, model):
+    self.config, self.model, self.io = config, model, predict_io.get(config)
+
+  @property
+  def input_multiple(self) -> int:
+    return self.model.input_multiple
+
+  @property
+  def output_resize(self) -> str | None:
+    return self.model.output_resize
+
+  def apply(self, params, x: jax.Array) -> jax.Array:
+    """The eval forward pass: (M, B, H, W, 3) inputs -> (M + 1, B, h, w, C) outputs."""
+    return self.model.apply(params, x, train=False)
+
+  @abc.abstractmethod
+  def params(self, variables: dict):
+    """What apply takes of a checkpoint's {'params', 'batch_stats'}."""
+
+  @staticmethod
+  @abc.abstractmethod
+  def combine(passes: list[jax.Array]) -> jax.Array:
+    """One (M + 1, B, H, W, C) output of the passes of scales and mirroring."""
+
+  @abc.abstractmethod
+  def kinds(self) -> list[tuple[str, str]]:
+    """(folder, file extension) of every file written per image and branch."""
+
+  @abc.abstractmethod
+  def host_outputs(self, combined: jax.Array) -> dict[str, np.ndarray]:
+    """{folder: array (R, B, ...)}, the files' contents, of the rows R of `combined`."""

@@ -20,14 +20,42 @@ Config keys (config_lib.rgbx_refinenet gives the defaults):
                           build time)
   data.class_names, data.palette   optional, one per class
 
-Modules: `layout` (list files, finding and decoding files), `builder` (the TFDS build, files kept
-as they are, read by index), `normalisation`, `pipeline` (the batches and what evaluation and
-export ask of a dataset), `checks` (config checks), `synthetic` (a generated dataset). This
-package exposes the pipeline's functions, so it is what data.segmentation_pipeline returns.
-Importing it imports neither TensorFlow nor TFDS.
+  layout         list files, finding and decoding the files of each sample
+  builder        the TFDS build (files kept byte for byte, ArrayRecord read by index)
+  normalisation  each modality's normalisation and interpolation
+  pipeline       the batches, and what evaluation, export and predict ask of a dataset
+  checks         the config checks of the rgbx keys
+  prediction     predict's reading and writing (data/predict_io.py)
+  synthetic      a generated dataset whose classes need every modality
+
+This module is the dataset: data/base.py's SegmentationDataset, for RefineNet configs, plus the
+optional members modality_names and normalisation. Importing it imports neither TensorFlow nor
+TFDS.
 """
 
-from asymfusion_jax.data.rgbx.pipeline import (  # pylint: disable=unused-import
-    DATASET_NAME, check_config, check_labels, class_names, eval_batches, input_encoding,
-    normalisation, num_examples, palette, planned_num_examples, prepare, read, steps_per_epoch,
-    train_batches)
+from asymfusion_jax.data.rgbx.pipeline import check_config
+from asymfusion_jax.data.rgbx.pipeline import check_labels
+from asymfusion_jax.data.rgbx.pipeline import class_names
+from asymfusion_jax.data.rgbx.pipeline import eval_batches
+from asymfusion_jax.data.rgbx.pipeline import eval_image_size
+from asymfusion_jax.data.rgbx.pipeline import image_id
+from asymfusion_jax.data.rgbx.pipeline import input_encoding
+from asymfusion_jax.data.rgbx.pipeline import largest_crop
+from asymfusion_jax.data.rgbx.pipeline import modality_names
+from asymfusion_jax.data.rgbx.pipeline import normalisation
+from asymfusion_jax.data.rgbx.pipeline import num_examples
+from asymfusion_jax.data.rgbx.pipeline import palette
+from asymfusion_jax.data.rgbx.pipeline import planned_num_examples
+from asymfusion_jax.data.rgbx.pipeline import predict_io
+from asymfusion_jax.data.rgbx.pipeline import prepare
+from asymfusion_jax.data.rgbx.pipeline import read
+from asymfusion_jax.data.rgbx.pipeline import steps_per_epoch
+from asymfusion_jax.data.rgbx.pipeline import train_batches
+
+MODELS = ('refinenet',)
+EVALUATION = 'single_scale'
+
+__all__ = ['MODELS', 'EVALUATION', 'check_config', 'check_labels', 'class_names', 'eval_batches',
+           'eval_image_size', 'image_id', 'input_encoding', 'largest_crop', 'modality_names',
+           'normalisation', 'num_examples', 'palette', 'planned_num_examples', 'predict_io',
+           'prepare', 'read', 'steps_per_epoch', 'train_batches']

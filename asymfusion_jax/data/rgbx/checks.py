@@ -1,8 +1,8 @@
 """Checks of an rgbx config's data keys and modalities, run before anything is written.
 
-tasks/segmentation/validation.check_config calls `check_config` for a config whose data.name is
-'rgbx', in place of its check of the built-in modality table: the modalities are the dataset's
-own, any names that config.data.modality_folders maps to folders.
+validation.check_dataset calls `check_config` for a config whose data.name is 'rgbx'. The
+modalities are the dataset's own, any names that config.data.modality_folders maps to folders
+(the segmentation checks ask `pipeline.modality_names` for them).
 """
 
 import math
@@ -44,25 +44,27 @@ def _channels(key: str, value, positive: bool) -> None:
     _fail(key, value, f'one finite number{" > 0" if positive else ""}, or three (per channel)')
 
 
-def check_config(config) -> None:
-  """Raises validation.ConfigError naming the first invalid rgbx key."""
+def folders(config) -> dict[str, str]:
+  """config.data.modality_folders, checked: {modality name: folder}, distinct folders inside
+  the dataset folder, none of them the label folder."""
   data = config.data
-  folders = _mapping(data.get('modality_folders'))
-  if not folders:
+  found = _mapping(data.get('modality_folders'))
+  if not found:
     _fail('data.modality_folders', data.get('modality_folders'),
           "a non-empty mapping of modality name -> folder, e.g. {'rgb': 'RGB', 'depth': 'Depth'}")
   named = {name: _folder(f'data.modality_folders.{name}', folder)
-           for name, folder in folders.items()}
+           for name, folder in found.items()}
   label_folder = _folder('data.label_folder', data.get('label_folder'))
   if len(set(named.values()) | {label_folder}) != len(named) + 1:
-    _fail('data.modality_folders', folders, f'distinct folders, none of them the label folder '
-                                            f'{label_folder!r}')
-  names = tuple(config.modalities)
-  if not names or not all(name in named for name in names):
-    _fail('modalities', names, f'a non-empty sequence of the dataset\'s modalities, among '
-                               f'{sorted(named)} (config.data.modality_folders)')
-  if len(set(names)) != len(names):
-    _fail('modalities', names, 'a sequence without repeats')
+    _fail('data.modality_folders', found, f'distinct folders, none of them the label folder '
+                                          f'{label_folder!r}')
+  return named
+
+
+def check_config(config) -> None:
+  """Raises validation.ConfigError naming the first invalid rgbx key."""
+  data = config.data
+  named = folders(config)  # config.modalities are checked against them (modality_names).
   lists = _mapping(data.get('list_files')) or {}
   for split in ('train', 'val'):
     if not isinstance(lists.get(split), str) or not lists[split]:
@@ -72,6 +74,8 @@ def check_config(config) -> None:
   if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
     _fail('data.label_offset', offset, 'an integer >= 0: 1 when 0 marks unlabelled pixels and '
                                        'classes are 1..N (DFormer), 0 when labels are classes')
+  from asymfusion_jax import validation  # pylint: disable=g-import-not-at-top
+  validation.integer(config, 'data.min_short_side', 0)
   _check_normalisation(config, named)
   _check_classes(config)
 

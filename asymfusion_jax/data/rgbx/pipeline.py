@@ -1,10 +1,11 @@
 """Train and evaluation batches of an RGB-X dataset, read by index from its TFDS build.
 
-The module functions are those of the NYUDv2 pipeline (prepare, planned_num_examples,
-num_examples, steps_per_epoch, read, train_batches, eval_batches, check_labels), plus what
-evaluation and export ask of a dataset: `normalisation` (each modality's Modality),
-`input_encoding` (the export sidecar's description of the inputs), `class_names` and `palette`;
-and `check_config`, the config checks of the rgbx keys.
+The module functions are data/base.py's SegmentationDataset members (prepare,
+planned_num_examples, num_examples, steps_per_epoch, train_batches, eval_batches, largest_crop,
+input_encoding, class_names, palette, image_id; check_config from `checks`), plus `read`,
+`check_labels` and the two optional members through which the rest of the program learns this
+dataset's own modalities: `modality_names` (the names config.modalities may use) and
+`normalisation` (each modality's Modality, for the prediction panels and predict).
 
 The build (`builder`) keeps each sample's files as they are; `read` decodes example i of a split,
 maps its labels through config.data.label_offset, and the batches normalise each modality
@@ -31,6 +32,7 @@ from asymfusion_jax.data import common
 from asymfusion_jax.data import modalities as modality_lib
 from asymfusion_jax.data.rgbx import layout as layout_lib
 from asymfusion_jax.data.rgbx import normalisation as norm_lib
+from asymfusion_jax.data.rgbx import checks
 from asymfusion_jax.data.rgbx.checks import check_config  # pylint: disable=unused-import
 from asymfusion_jax.data.rgbx.layout import LayoutError
 
@@ -94,8 +96,7 @@ def prepare(config: ml_collections.ConfigDict) -> None:
                             config.data.num_val, height, width, label_folder=layout.label_folder,
                             list_files=dict(layout.list_files))
 
-  common.write_synthetic(
-      config, lambda _: (epath.Path(layout.root) / layout.list_file('train')).exists(), write)
+  common.write_synthetic(config, lambda _: _has_source(config), write)
   if common.build(config, DATASET.builder(DATASET.where(config)),
                   lambda _: layout_lib.fingerprint(layout), f'rgbx dataset of {layout.root}',
                   'the dataset folder'):
@@ -113,6 +114,21 @@ def prepare(config: ml_collections.ConfigDict) -> None:
       logging.info('Modality %r is normalised with the statistics of its train split measured '
                    'at build time: mean %s, std %s (config.data.normalisation.%s sets them).',
                    name, _rounded(measured['mean']), _rounded(measured['std']), name)
+
+
+def _has_source(config: ml_collections.ConfigDict) -> bool:
+  layout = layout_lib.Layout.from_config(config)
+  return (epath.Path(layout.root) / layout.list_file('train')).exists()
+
+
+def largest_crop(config: ml_collections.ConfigDict) -> tuple[int, str] | None:
+  """(the largest crop_size the planned train images fill, why), or None when their size is
+  not known yet (augment.largest_filled_crop of common.planned_image_size)."""
+  size = common.planned_image_size(config, lambda _: _has_source(config),
+                                   lambda c: DATASET.metadata(c)[MAX_IMAGE_SIZE]['train'])
+  if size is None:
+    return None
+  return augment.largest_filled_crop(size, config.data.scale_range, config.data.min_short_side)
 
 
 def _rounded(values) -> list[float]:
@@ -232,7 +248,13 @@ def input_encoding(config: ml_collections.ConfigDict) -> dict:
           'raw_pad_value': {n: d['raw_pad_value'] for n, d in described.items()},
           'formula': norm_lib.FORMULA, 'label_offset': int(config.data.label_offset),
           'class_names': list(class_names(config) or ()),
-          'palette': [list(map(int, c)) for c in palette(config) or ()]}
+          'palette': [list(map(int, c)) for c in config.data.palette]}
+
+
+def modality_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The modalities config.modalities may name: the keys of config.data.modality_folders
+  (a ConfigError when that is not a mapping of distinct folders)."""
+  return tuple(checks.folders(config))
 
 
 def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
@@ -240,9 +262,29 @@ def class_names(config: ml_collections.ConfigDict) -> tuple[str, ...] | None:
   return tuple(config.data.class_names) or None
 
 
-def palette(config: ml_collections.ConfigDict) -> tuple[tuple[int, int, int], ...] | None:
-  """config.data.palette (an RGB colour per class), or None for the default colours."""
-  return tuple(tuple(int(v) for v in c) for c in config.data.palette) or None
+def palette(config: ml_collections.ConfigDict) -> np.ndarray | None:
+  """uint8 (256, 3): config.data.palette's colour for each class, the prediction panels'
+  default colours for the other label values; None when the config gives no palette."""
+  if not config.data.palette:
+    return None
+  from asymfusion_jax.tasks.segmentation import visualize  # pylint: disable=g-import-not-at-top
+  colours = visualize.PALETTE.copy()
+  colours[:len(config.data.palette)] = np.asarray(config.data.palette, np.uint8)
+  return colours
+
+
+def image_id(name: str) -> str:
+  """A sample's name, sub-folders joined by '_', names its prediction files."""
+  return name.replace('/', '_')
+
+
+eval_image_size = common.synthetic_image_size  # None for a real dataset: its build knows.
+
+
+def predict_io(config: ml_collections.ConfigDict):
+  """What `python -m asymfusion_jax.predict` asks of this dataset (prediction.PredictIO)."""
+  from asymfusion_jax.data.rgbx import prediction  # pylint: disable=g-import-not-at-top
+  return prediction.PredictIO(config)
 
 
 # Batches.

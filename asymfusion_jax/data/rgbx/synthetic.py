@@ -17,14 +17,18 @@ there is no 'rgb'.
   python -m asymfusion_jax.data.synthetic --kind=rgbx --modalities=rgb,depth,thermal --out DIR
 """
 
+import argparse
 import os
 
 import numpy as np
 
-from asymfusion_jax.data.rgbx import layout as layout_lib
 # The shapes and textures of the NYUDv2-layout synthetic set.
-from asymfusion_jax.data.synthetic import _shape_mask, _texture  # pylint: disable=protected-access
+from asymfusion_jax.data.nyudv2.synthetic import _shape_mask, _texture  # pylint: disable=protected-access
+from asymfusion_jax.data.rgbx import layout as layout_lib
 
+DESCRIPTION = ('any modalities (--modalities) in the RGB-X layout of DFormer and CMX, classes '
+               'that need every modality')
+DEFAULT_HEIGHT = 96
 LABEL_OFFSET = 1
 # Per modality, the names of its attribute's two values (bit 0, bit 1).
 _ATTRIBUTES = {'rgb': ('warm', 'cool'), 'depth': ('near', 'far'), 'thermal': ('hot', 'cold')}
@@ -130,3 +134,22 @@ def write_dataset(out_dir: os.PathLike | str, modality_folders: dict, num_train:
   for split, split_lines in lines.items():
     with open(os.path.join(out_dir, list_files[split]), 'w') as f:
       f.write(''.join(line + '\n' for line in split_lines))
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--modalities', default='rgb,depth,thermal',
+                      help='--kind=rgbx: comma-separated modality names, each written to its '
+                      'folder (RGB/, Depth/, Thermal/, ...); default rgb,depth,thermal.')
+
+
+def write_from_flags(args: argparse.Namespace) -> str:
+  """Writes the set that the CLI's flags describe; returns the line it prints."""
+  names = [n.strip() for n in args.modalities.split(',') if n.strip()]
+  if not names or len(set(names)) != len(names):
+    raise ValueError(f'--modalities={args.modalities!r}: give distinct names, e.g. '
+                     'rgb,depth,thermal')
+  write_dataset(args.out, {n: default_folder(n) for n in names}, args.num_train, args.num_val,
+                args.height, args.width, args.seed)
+  return (f'Wrote {args.num_train} train and {args.num_val} val RGB-X samples of {args.height}x'
+          f'{args.width} ({", ".join(names)}; {num_classes(names)} classes, label offset '
+          f'{LABEL_OFFSET}: {", ".join(class_names(names))}) to {args.out}')

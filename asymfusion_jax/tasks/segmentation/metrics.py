@@ -4,8 +4,8 @@ docs/method.md section 6.
 
 mIoU is not a mean of per-batch mIoUs: the confusion matrices of the whole evaluation set are
 summed first and the scores taken once at the end. Per batch the device returns int32 counts
-(a batch cannot hold 2**31 pixels); the caller accumulates them on the host in int64, since a full
-evaluation set can exceed int32 in the background class.
+(a batch cannot hold 2**31 pixels); the evaluation sums them across batches on the device in two
+uint32 words (running_sums), since a full evaluation set can exceed int32 in the background class.
 """
 
 import jax

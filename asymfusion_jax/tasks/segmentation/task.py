@@ -2,7 +2,7 @@
 
 Two setups share it: NYUDv2 with RefineNet and the paper's staged SGD, and Cityscapes with
 DeepLabv3+ and TF-DeepLab's poly SGD. The model is config.model.name's (models.build_model), the
-data config.data.name's pipeline (data.segmentation_pipeline), the optimiser
+data config.data.name's dataset (data.get), the optimiser
 config.optim.schedule's (optim.py); the loss is the sum of the M + 1 outputs' cross-entropies
 (losses.py). Evaluation computes pixel accuracy, mean accuracy and mIoU per branch
 (evaluation.py), and the best checkpoint is the one with the highest ensemble mIoU.
@@ -21,20 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asymfusion_jax import convert, initialization, sharding, variables_io
-from asymfusion_jax.data import dataset_function, modalities
-from asymfusion_jax.data import segmentation_pipeline
+from asymfusion_jax import data, initialization, sharding, variables_io
+from asymfusion_jax.convert import refinenet as refinenet_convert
 from asymfusion_jax.models import RefineNet, build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, validation
-
-# How a Cityscapes DeepLab's inputs are made from the raw files (docs/method.md section 13), for
-# the export sidecar.
-CITYSCAPES_INPUTS = {
-    'rgb': 'uint8 RGB x -> x / 127.5 - 1',
-    'depth': ('uint16 disparity d -> clip(max(d - 1, 0) / 256 / 128, 0, 1) * 2 - 1, repeated '
-              'to 3 channels (d = 0, invalid, reads as -1)'),
-}
+from asymfusion_jax.tasks.segmentation import evaluation, losses, optim, predict, validation
 
 
 def init_variables(model, config, rng) -> dict:
@@ -98,14 +89,14 @@ class Segmentation(base.Task):
     validation.check_training(config)
 
   def prepare_data(self, config) -> None:
-    segmentation_pipeline(config).prepare(config)
+    data.get(config).prepare(config)
 
   def steps_per_epoch(self, config) -> int:
-    data = segmentation_pipeline(config)
-    steps = data.steps_per_epoch(config)
+    dataset = data.get(config)
+    steps = dataset.steps_per_epoch(config)
     if steps < 1:
       raise ValueError(f'config.batch_size={config.batch_size} is larger than the '
-                       f'{data.num_examples(config, "train")} training examples')
+                       f'{dataset.num_examples(config, "train")} training examples')
     return steps
 
   def total_steps(self, config, steps_per_epoch: int) -> int:
@@ -127,7 +118,7 @@ class Segmentation(base.Task):
                    'of the %d devices with unlabelled rows (with frozen BatchNorm they change '
                    'nothing but the dropout masks drawn).', rows * jax.process_count(),
                    config.batch_size, jax.device_count())
-    batches = segmentation_pipeline(config).train_batches(
+    batches = data.get(config).train_batches(
         config, start_step=start_step, process_index=jax.process_index(),
         process_count=jax.process_count())
     return (sharding.pad_rows(b, rows, config.data.ignore_label) for b in batches)
@@ -143,8 +134,9 @@ class Segmentation(base.Task):
     return {'train/lr_encoder': float(lr['encoder'](step)),
             'train/lr_decoder': float(lr['decoder'](step))}
 
-  def evaluator(self, config, mesh):
-    return evaluation.Evaluator(build_model(config), config, mesh)
+  def evaluator(self, config, mesh, wrap=None):
+    model = build_model(config)
+    return evaluation.Evaluator(wrap(model) if wrap else model, config, mesh)
 
   def best_metric(self, config):
     return 'ensemble/miou', True
@@ -191,31 +183,19 @@ class Segmentation(base.Task):
     return lambda x: model.apply(variables, x, train=False)
 
   def export_sidecar(self, config):
-    """How raw pixels become the inputs, and the logits' classes and stride."""
-    own = dataset_function(config, 'input_encoding')  # rgbx: its modalities' own.
-    if own:
-      inputs = own(config)
-    elif config.data.get('name') == 'cityscapes':
-      inputs = {'modalities': list(config.modalities),
-                'formula': {name: CITYSCAPES_INPUTS[name] for name in config.modalities}}
-    else:
-      inputs = modalities.to_json(config.modalities)
+    """How raw pixels become the inputs (the dataset's input_encoding), and the logits' classes
+    and stride."""
     return {
-        **inputs,
+        **data.get(config).input_encoding(config),
         'num_classes': int(config.model.num_classes),
         'ignore_label': int(config.data.ignore_label),
         'output_stride': build_model(config).logits_stride,
     }
 
-  def export_image_size(self, config):
-    """The synthetic dataset's image size (the config knows it), else the training crop. For
-    NYUDv2 evaluation at full resolution export with --height=480 --width=640."""
-    if config.data.get('synthetic', False):
-      height, width = config.data.synthetic_image_size
-      return int(height), int(width)
-    return int(config.crop_size), int(config.crop_size)
-
   def torch_state_dict(self, config, variables):
     if not isinstance(build_model(config), RefineNet):
       return super().torch_state_dict(config, variables)
-    return convert.refinenet_to_torch(variables)
+    return refinenet_convert.refinenet_to_torch(variables)
+
+  def predictor(self, config, logits: bool = False):
+    return predict.SegmentationPredictor(config, logits)

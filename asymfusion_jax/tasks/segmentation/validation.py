@@ -1,17 +1,16 @@
 """The segmentation task's config checks (Task.check_config, Task.check_training).
 
-RefineNet configs train on NYUDv2, DeepLab configs on Cityscapes; each model's keys are checked
-by its own function. The NYUDv2 label range is checked once the dataset is prepared
-(pipeline.check_labels).
+Each model's keys are checked by its own function, the dataset's by the dataset of
+config.data.name (validation.check_dataset: RefineNet configs train on NYUDv2, DeepLab configs on
+Cityscapes). The NYUDv2 label range is checked once the dataset is prepared (its prepare).
 """
 
 import jax
 
+from asymfusion_jax import data
 from asymfusion_jax import sharding
 from asymfusion_jax import validation as v
-from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import modalities as modality_lib
-from asymfusion_jax.data import dataset_function, segmentation_pipeline
 from asymfusion_jax.models import deeplab, refinenet, resnet
 from asymfusion_jax.tasks.segmentation import optim
 
@@ -23,17 +22,15 @@ def check_config(config) -> None:
   can run it too.
   """
   v.integer(config, 'seed', 0)
-  dataset_check = dataset_function(config, 'check_config')
-  if dataset_check is not None:  # The dataset has modalities of its own (rgbx).
-    dataset_check(config)
-  else:
-    v.modalities(config, modality_lib.MODALITIES, 'modalities')
+  v.modalities(config, modality_lib.known(config), 'modalities')
 
   model_name = v.value(config, 'model.name')
   if model_name not in MODEL_CHECKS:
     v.fail('model.name', model_name, f'one of {tuple(MODEL_CHECKS)} for segmentation')
   num_classes = MODEL_CHECKS[model_name](config)
+  v.check_dataset(config)
   v.compute_dtype(config)
+  v.kernels(config)
   v.boolean(config, 'frozen_bn')
 
   ignore = v.value(config, 'data.ignore_label')
@@ -50,6 +47,7 @@ def check_config(config) -> None:
   if not (v.is_number(low) and v.is_number(high) and 0 < low <= high):
     v.fail('data.scale_range', (low, high), '(low, high) with 0 < low <= high')
   v.integer(config, 'data.num_workers', 0)
+  v.integer(config, 'data.prefetch_to_device', 0)
 
   for key in ('batch_size', 'eval_batch_size', 'crop_size'):
     v.integer(config, key, 1)
@@ -76,8 +74,7 @@ def check_config(config) -> None:
 
 
 def _check_refinenet(config) -> int:
-  """The RefineNet keys and the NYUDv2 (or rgbx) data keys; returns num_classes."""
-  v.choice(config, 'data.name', ('nyudv2', 'rgbx'))
+  """The RefineNet keys; returns num_classes."""
   v.choice(config, 'model.depth', resnet.STAGE_SIZES)
   num_classes = v.integer(config, 'model.num_classes', 1)
   v.fusion(config)
@@ -85,20 +82,12 @@ def _check_refinenet(config) -> int:
   v.integer(config, 'model.decoder_width', 1)
   v.number(config, 'model.dropout_rate', 0, 1)
   v.choice(config, 'model.remat', refinenet.REMAT)
-  v.integer(config, 'data.min_short_side', 0)
   return num_classes
 
 
 def _check_deeplab(config) -> int:
-  """The DeepLab keys and the Cityscapes data and evaluation keys; returns num_classes."""
-  v.choice(config, 'data.name', ('cityscapes',))
-  names = tuple(config.modalities)
-  if not set(names) <= {'rgb', 'depth'}:
-    v.fail('modalities', names, "a sequence of the Cityscapes modalities 'rgb' and 'depth'")
-  num_classes = v.value(config, 'model.num_classes')
-  if num_classes != cityscapes.NUM_CLASSES:
-    v.fail('model.num_classes', num_classes, f'{cityscapes.NUM_CLASSES}: the Cityscapes train '
-                                             'ids the data pipeline produces')
+  """The DeepLab keys; returns num_classes."""
+  num_classes = v.integer(config, 'model.num_classes', 1)
   if v.value(config, 'model.fusion') not in ('asym', 'none'):
     v.fail('model.fusion', config.model.fusion, "'asym' or 'none': DeepLab has AsymFusion or no "
            'fusion; the fusion baselines are built for RefineNet and the translation U-Net')
@@ -117,16 +106,11 @@ def _check_deeplab(config) -> int:
   if not config.model.upsample_logits:
     v.fail('model.upsample_logits', False, 'True for training and evaluation (the loss and the '
                                            'metrics take logits at the label size)')
-  v.number(config, 'data.scale_step', 0)
-  eval_scales = v.sequence(config, 'eval.scales')
-  if not all(v.is_number(x) and x > 0 for x in eval_scales):
-    v.fail('eval.scales', eval_scales, 'a non-empty sequence of positive scales')
-  v.boolean(config, 'eval.flip')
   return num_classes
 
 
-# The models segmentation trains (config.model.name), each with the check of its own keys and
-# its dataset's, which returns num_classes.
+# The models segmentation trains (config.model.name), each with the check of its own keys, which
+# returns num_classes.
 MODEL_CHECKS = {'refinenet': _check_refinenet, 'deeplab': _check_deeplab}
 
 
@@ -159,10 +143,26 @@ def train_batch_rows(config, devices: int | None = None, processes: int | None =
 
 def check_train_data(config) -> None:
   """The train split holds at least one batch; reads its size without writing anything."""
-  available = segmentation_pipeline(config).planned_num_examples(config, 'train')
+  available = data.get(config).planned_num_examples(config, 'train')
   if available is not None and config.batch_size > available:
     raise v.ConfigError(f'config.batch_size={config.batch_size} is larger than the {available} '
                         'training examples, so an epoch would have no step')
+
+
+def check_crop(config) -> None:
+  """The train crop fits in the train images at their largest augmentation scale.
+
+  The images' size is the planned data's (recorded by its build, or config.data.
+  synthetic_image_size for synthetic data still to generate); data not built yet is checked
+  once it is (train.prepare_data checks again). A larger crop would train on padding, and
+  slowly: a crop of 1000 on 96x128 images takes minutes and gigabytes for its first step.
+  """
+  largest = data.get(config).largest_crop(config)
+  if largest is not None and config.crop_size > largest[0]:
+    limit, why = largest
+    raise v.ConfigError(f'config.crop_size={config.crop_size} is larger than the training data: '
+                        f'{why}, so every crop would be partly padding; choose a crop_size of at '
+                        f'most {limit}')
 
 
 def check_training(config) -> None:
@@ -170,3 +170,4 @@ def check_training(config) -> None:
   check_config(config)
   check_devices(config)
   check_train_data(config)
+  check_crop(config)

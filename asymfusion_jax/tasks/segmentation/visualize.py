@@ -32,14 +32,16 @@ def _make_palette() -> np.ndarray:
 PALETTE = _make_palette()
 
 
-def colorize(label_map, palette: np.ndarray | None = None) -> np.ndarray:
+def colorize(label_map, palette=None) -> np.ndarray:
   """(..., H, W) integer labels -> (..., H, W, 3) uint8 RGB; 255 and out-of-range labels black.
 
-  palette: (256, 3) uint8 colours (`palette(config)`); default PALETTE.
+  palette: uint8 (256, 3), the colour of each label (a dataset's palette(config)); None for
+  PALETTE.
   """
+  palette = PALETTE if palette is None else np.asarray(palette, np.uint8)
   labels = np.asarray(label_map).astype(np.int64)
   labels = np.where((labels >= 0) & (labels < IGNORE_LABEL), labels, IGNORE_LABEL)
-  return (PALETTE if palette is None else palette)[labels]
+  return palette[labels]
 
 
 def _to_uint8_image(x) -> np.ndarray:
@@ -54,44 +56,10 @@ def _to_uint8_image(x) -> np.ndarray:
   return np.repeat(out[..., None], 3, axis=-1) if out.ndim == 2 else out
 
 
-# NYUDv2's 40 classes (Gupta et al.'s mapping), in label order 0..39.
-NYUDV2_CLASS_NAMES = (
-    'wall', 'floor', 'cabinet', 'bed', 'chair', 'sofa', 'table', 'door', 'window', 'bookshelf',
-    'picture', 'counter', 'blinds', 'desk', 'shelves', 'curtain', 'dresser', 'pillow', 'mirror',
-    'floor mat', 'clothes', 'ceiling', 'books', 'refrigerator', 'television', 'paper', 'towel',
-    'shower curtain', 'box', 'whiteboard', 'person', 'night stand', 'toilet', 'sink', 'lamp',
-    'bathtub', 'bag', 'other structure', 'other furniture', 'other prop')
-
-
-def palette(config) -> np.ndarray:
-  """(256, 3) uint8: PALETTE with the dataset's own class colours first, where it has some
-  (rgbx: config.data.palette)."""
-  from asymfusion_jax.data import dataset_function  # pylint: disable=g-import-not-at-top
-  own = dataset_function(config, 'palette')
-  colours = PALETTE.copy()
-  if own and own(config):
-    colours[:len(own(config))] = np.asarray(own(config), np.uint8)
-  return colours
-
-
 # Panel layout, in pixels: tiles are scaled up (nearest neighbour, by a whole factor) to at least
 # MIN_TILE_HEIGHT; each has a title bar above it (drawing.TITLE_HEIGHT); drawing.GAP separates
 # tiles and rows.
 MIN_TILE_HEIGHT = 256
-
-
-def class_names(config) -> tuple[str, ...] | None:
-  """The class names of a config's dataset: its own (rgbx: config.data.class_names), synthetic,
-  NYUDv2 (40 classes), else None (ids)."""
-  from asymfusion_jax.data import dataset_function, synthetic  # pylint: disable=g-import-not-at-top
-  own = dataset_function(config, 'class_names')
-  if own and own(config):
-    return own(config)
-  if config.data.synthetic and config.model.num_classes == synthetic.NUM_CLASSES:
-    return synthetic.CLASS_NAMES
-  if config.model.num_classes == len(NYUDV2_CLASS_NAMES):
-    return NYUDV2_CLASS_NAMES
-  return None
 
 
 def _pixel_accuracy(pred: np.ndarray, label: np.ndarray) -> float | None:
@@ -100,7 +68,7 @@ def _pixel_accuracy(pred: np.ndarray, label: np.ndarray) -> float | None:
   return 100.0 * float(np.mean(pred[valid] == label[valid])) if valid.any() else None
 
 
-def _legend(classes, names, width: int, colours: np.ndarray) -> np.ndarray:
+def _legend(classes, names, width: int, palette) -> np.ndarray:
   """Rows of colour swatches and class names, wrapped at `width` pixels."""
   entries = []
   for c in classes:
@@ -125,7 +93,7 @@ def _legend(classes, names, width: int, colours: np.ndarray) -> np.ndarray:
   for r, row in enumerate(rows):
     x, top = GAP, r * row_height + GAP // 2
     for (c, text), size in row:
-      colour = tuple(int(v) for v in colours[c])
+      colour = tuple(int(v) for v in colorize(c, palette))
       cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), colour, -1)
       cv2.rectangle(legend, (x, top + 4), (x + swatch, top + 4 + swatch), (96, 96, 96), 1)
       drawing.put_text(legend, text, x + swatch + 6, top + 4 + swatch - 3, width)
@@ -134,7 +102,7 @@ def _legend(classes, names, width: int, colours: np.ndarray) -> np.ndarray:
 
 
 def prediction_panel(rgb_uint8, depth, label, predictions: dict,
-                     names=None, palette: np.ndarray | None = None) -> np.ndarray:
+                     names=None, palette=None) -> np.ndarray:
   """A figure of one image: inputs and ground truth above, predictions below, a legend under.
 
   Tiles are enlarged (nearest neighbour) to at least MIN_TILE_HEIGHT pixels, so that classes of
@@ -147,8 +115,9 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
     label: (H, W) ground-truth labels (255: unlabelled).
     predictions: {name: (H, W) predicted labels}, e.g. {'rgb': .., 'depth': .., 'ensemble': ..};
       a name other than 'ensemble' is titled as a branch.
-    names: class names, indexed by label (e.g. class_names(config)); None shows class ids.
-    palette: (256, 3) uint8 class colours (e.g. palette(config)); default PALETTE.
+    names: class names, indexed by label (e.g. a dataset's class_names(config)); None shows
+      class ids.
+    palette: uint8 (256, 3) label colours (a dataset's palette(config)); None for PALETTE.
 
   Returns:
     The (height, width, 3) uint8 RGB figure.
@@ -196,12 +165,12 @@ def prediction_panel(rgb_uint8, depth, label, predictions: dict,
   parts = [gap]
   for r in rows:
     parts += [r, gap]
-  parts.append(_legend(classes, names, width, PALETTE if palette is None else palette))
+  parts.append(_legend(classes, names, width, palette))
   return np.concatenate(parts, axis=0)
 
 
 def save_prediction_panel(path: str, rgb_uint8, depth, label, predictions: dict,
-                          names=None, palette: np.ndarray | None = None) -> np.ndarray:
+                          names=None, palette=None) -> np.ndarray:
   """Writes prediction_panel(...) as a PNG (creating its directory) and returns it."""
   return drawing.write_png(path, prediction_panel(rgb_uint8, depth, label, predictions, names,
-                                                   palette))
+                                                  palette))

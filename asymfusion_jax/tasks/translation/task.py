@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from asymfusion_jax import initialization, sharding, variables_io
-from asymfusion_jax.data import translation_pipeline
+from asymfusion_jax import data, initialization, sharding, variables_io
 from asymfusion_jax.models import build_discriminator, build_model
 from asymfusion_jax.tasks import base
-from asymfusion_jax.tasks.translation import evaluation, validation
+from asymfusion_jax.tasks.translation import evaluation, predict, validation
 
 # Train metrics (logged as train/<name>): the discriminator loss, the generator's total loss,
 # its adversarial part, and its L1 part before weighting (the sum over the M + 1 outputs).
@@ -187,6 +186,7 @@ class Translation(base.Task):
   """The translation task for train.py (see base.Task)."""
 
   progress_metric = 'g_loss'
+  input_key = 'inputs'
 
   def check_config(self, config) -> None:
     validation.check_config(config)
@@ -195,10 +195,10 @@ class Translation(base.Task):
     validation.check_training(config)
 
   def prepare_data(self, config) -> None:
-    translation_pipeline.prepare(config)
+    data.get(config).prepare(config)
 
   def steps_per_epoch(self, config) -> int:
-    return translation_pipeline.steps_per_epoch(config)
+    return data.get(config).steps_per_epoch(config)
 
   def total_steps(self, config, steps_per_epoch: int) -> int:
     full = int(config.num_epochs) * steps_per_epoch
@@ -215,9 +215,9 @@ class Translation(base.Task):
     """Batches with the rows the mesh runs: a batch that does not split over the devices is
     filled up with zero rows that its mask leaves out of the losses (pad_rows)."""
     rows = validation.train_batch_rows(config)
-    batches = translation_pipeline.train_batches(config, start_step=start_step,
-                                                 process_index=jax.process_index(),
-                                                 process_count=jax.process_count())
+    batches = data.get(config).train_batches(config, start_step=start_step,
+                                             process_index=jax.process_index(),
+                                             process_count=jax.process_count())
     if rows * jax.process_count() == config.batch_size:
       return batches
     logging.info('Training on %d rows per step: config.batch_size=%d filled up to a multiple of '
@@ -228,8 +228,8 @@ class Translation(base.Task):
   def jit_train_step(self, config, mesh, steps_per_epoch, state, batch):
     return jit_train_step(config, mesh, state, batch)
 
-  def evaluator(self, config, mesh):
-    return evaluation.Evaluator(config, mesh)
+  def evaluator(self, config, mesh, wrap=None):
+    return evaluation.Evaluator(config, mesh, wrap)
 
   def best_metric(self, config):
     """The ensemble's FID when the Inception weights are given, else its L1."""
@@ -276,10 +276,9 @@ class Translation(base.Task):
     return lambda x: generator.apply(params, x, train=False)
 
   def export_sidecar(self, config):
-    return {
-        'modalities': list(config.modalities),
-        'target': config.target,
-        'formula': ('input = decoded 8-bit domain image (docs/method.md section 11) / 127.5 - 1, '
-                    'resized to the input size; output in [-1, 1], as uint8 '
-                    'round((output + 1) * 127.5)'),
-    }
+    """The domains, the target and how both map to and from [-1, 1] (the dataset's
+    input_encoding)."""
+    return data.get(config).input_encoding(config)
+
+  def predictor(self, config, logits: bool = False):
+    return predict.TranslationPredictor(config, logits)

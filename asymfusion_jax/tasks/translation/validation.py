@@ -2,21 +2,15 @@
 
 import jax
 
+from asymfusion_jax import data
 from asymfusion_jax import sharding
 from asymfusion_jax import validation as v
-from asymfusion_jax.data import taskonomy
-from asymfusion_jax.data import translation_pipeline
 
 
 def check_config(config) -> None:
-  """Raises ConfigError naming the first invalid key of a translation config."""
+  """Raises ConfigError naming the first invalid key of a translation config; the domains
+  (config.modalities, config.target) are the dataset's to check (validation.check_dataset)."""
   v.integer(config, 'seed', 0)
-  names = v.modalities(config, taskonomy.DOMAINS, 'Taskonomy domains')
-  target = v.value(config, 'target')
-  if target not in taskonomy.DOMAINS or target in names:
-    v.fail('target', target, f'a known domain that is not an input, among '
-                             f'{sorted(taskonomy.DOMAINS)}')
-
   v.choice(config, 'model.name', ('unet',))
   num_downs = v.integer(config, 'model.num_downs', 1)
   v.integer(config, 'model.ngf', 1)
@@ -29,15 +23,17 @@ def check_config(config) -> None:
                                           f'with an InstanceNorm for model.num_downs={num_downs})')
   v.number(config, 'model.dropout_rate', 0, 1, high_open=True)
   v.compute_dtype(config)
+  v.kernels(config)
 
   v.boolean(config, 'data.synthetic')
-  for key in ('data.num_train', 'data.num_val', 'data.synthetic_image_size'):
+  for key in ('data.num_train', 'data.num_val'):
     v.integer(config, key, 1)
   v.integer(config, 'data.num_workers', 0)
+  v.integer(config, 'data.prefetch_to_device', 0)
   crop = v.integer(config, 'crop_size', 1)
   if crop % 2 ** num_downs:
     v.fail('crop_size', crop, f'a multiple of 2**model.num_downs = {2 ** num_downs}')
-  v.integer(config, 'data.load_size', crop)
+  v.check_dataset(config)
   for key in ('batch_size', 'eval_batch_size'):
     v.integer(config, key, 1)
 
@@ -74,7 +70,7 @@ def check_training(config) -> None:
   """Every check that can run before a training run creates its workdir."""
   check_config(config)
   check_devices(config)
-  available = translation_pipeline.planned_num_examples(config, 'train')
+  available = data.get(config).planned_num_examples(config, 'train')
   if available is not None and config.batch_size > available:
     raise v.ConfigError(
         f'config.batch_size={config.batch_size} is larger than the {available} training '

@@ -211,6 +211,14 @@ def depth_input(disparity: np.ndarray) -> np.ndarray:
   return np.repeat(x[..., None], 3, axis=-1)
 
 
+# How each modality's input is made from the raw files, as the export sidecar states it.
+INPUT_FORMULAS = {
+    'rgb': 'uint8 RGB x -> x / 127.5 - 1',
+    'depth': ('uint16 disparity d -> clip(max(d - 1, 0) / 256 / 128, 0, 1) * 2 - 1, repeated '
+              'to 3 channels (d = 0, invalid, reads as -1)'),
+}
+
+
 def network_input(name: str, raw: np.ndarray) -> np.ndarray:
   """The float32 (H, W, 3) input of modality 'rgb' (raw uint8 RGB) or 'depth' (raw disparity)."""
   if name == 'rgb':
@@ -230,11 +238,3 @@ def pad_value(name: str) -> float:
 def raw_key(name: str) -> str:
   """The example key holding modality `name`'s raw pixels."""
   return 'disparity' if name == 'depth' else name
-
-
-def colorize(train_ids: np.ndarray) -> np.ndarray:
-  """(H, W) train ids -> (H, W, 3) uint8 RGB in the Cityscapes palette; 255 and others black."""
-  ids = np.asarray(train_ids).astype(np.int64)
-  table = np.zeros((256, 3), np.uint8)
-  table[:NUM_CLASSES] = PALETTE
-  return table[np.where((ids >= 0) & (ids < 256), ids, IGNORE_LABEL)]

@@ -27,16 +27,22 @@ edge_texture carries the texture and the outlines but no colour. Combining domai
 is what the fusion models are for.
 """
 
+import argparse
+import os
+
 import cv2
 import numpy as np
 
-from asymfusion_jax.data import taskonomy
+from asymfusion_jax.data import layout
+from asymfusion_jax.data.taskonomy import layout as taskonomy
 
 AMBIENT = 0.25
 NEAR_COLOUR = np.array((220.0, 95.0, 60.0))  # Albedo of objects 3 m away...
 FAR_COLOUR = np.array((60.0, 115.0, 215.0))  # ... and 10 m away, linear in between.
 EDGE_TEXTURE_SCALE = 11355.0
 EDGE_OCCLUSION_SCALE = 11584.0
+# What the synthetic CLI (asymfusion_jax.data.synthetic) says of --kind=taskonomy.
+DESCRIPTION = 'rendered scenes in the Taskonomy layout, for image translation'
 
 
 def _normalise(v: np.ndarray) -> np.ndarray:
@@ -167,3 +173,42 @@ def render_taskonomy(rng: np.random.Generator, size: int) -> dict[str, np.ndarra
 
 DOMAINS = ('rgb', 'reshading', 'normal', 'depth_euclidean', 'depth_zbuffer', 'edge_texture',
            'edge_occlusion')
+
+
+def write_taskonomy(out_dir: os.PathLike | str, num_train: int = 200, num_val: int = 50,
+                    size: int = 96, seed: int = 0) -> None:
+  """Writes a synthetic Taskonomy set of size x size scenes to `out_dir`.
+
+  One folder per domain of `DOMAINS` with
+  `{domain}/point_{i}_view_0_domain_{domain}.png`, and train.txt / val.txt whose lines carry the
+  `{domain}` placeholder. Scene i (train first, then val) is drawn from
+  np.random.default_rng([seed, i]), so a scene does not depend on how many others are written.
+  """
+  if num_train < 1 or num_val < 1:
+    raise ValueError(f'Need at least one train and one val image, got {num_train}, {num_val}.')
+  if size < 8:
+    raise ValueError(f'Synthetic Taskonomy images need a side of at least 8 pixels, got {size}.')
+  os.makedirs(out_dir, exist_ok=True)
+  for domain in DOMAINS:
+    os.makedirs(os.path.join(out_dir, domain), exist_ok=True)
+  lines = {'train': [], 'val': []}
+  for i in range(num_train + num_val):
+    images = render_taskonomy(np.random.default_rng([seed, i]), size)
+    for domain, image in images.items():
+      layout.write_png(os.path.join(out_dir, taskonomy.file_name(domain, i, 0)), image)
+    lines['train' if i < num_train else 'val'].append(
+        taskonomy.file_name(taskonomy.PLACEHOLDER, i, 0))
+  for split, split_lines in lines.items():  # Last, so a list file means a complete set.
+    layout.write_list(out_dir, split, split_lines)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--size', type=int, default=96,
+                      help='Side of the square Taskonomy images (default 96; --kind=taskonomy).')
+
+
+def write_from_flags(args: argparse.Namespace) -> str:
+  """Writes the set that the CLI's flags describe; returns the line it prints."""
+  write_taskonomy(args.out, args.num_train, args.num_val, args.size, args.seed)
+  return (f'Wrote {args.num_train} train and {args.num_val} val Taskonomy scenes of '
+          f'{args.size}x{args.size} ({", ".join(DOMAINS)}) to {args.out}')

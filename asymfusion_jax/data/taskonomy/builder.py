@@ -1,4 +1,4 @@
-"""TFDS builder for Taskonomy domains from the folder layout of `taskonomy` (manual_dir only).
+"""TFDS builder for Taskonomy domains from the folder layout of `layout` (manual_dir only).
 
 A build stores the decoded images (uint8, 3 channels, see `taskonomy.decode`) of one set of
 domains, so reading it costs no decoding rule. Each domain set is its own builder config, named
@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from asymfusion_jax.data import manual_builder
-from asymfusion_jax.data import taskonomy
+from asymfusion_jax.data.taskonomy import layout as taskonomy
 
 # The metadata key of {split: {'HxW': 'the first list line of that size'}}.
 SIZES = 'sizes'

@@ -2,7 +2,7 @@
 
 TFDS's own `cityscapes` builder cannot serve this: its configurations with disparity
 (`stereo_disparity*`) have no labels, and it declares the disparity an 8-bit image. This one
-reads the official folders or archives (`cityscapes` module) and keeps the disparity as a 16-bit
+reads the official folders or archives (`layout` module) and keeps the disparity as a 16-bit
 PNG, so the prepared dataset decodes to exactly the uint16 values on disk; labels are stored as
 train ids.
 
@@ -16,8 +16,8 @@ position (`index`), which readers check.
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import manual_builder
+from asymfusion_jax.data.cityscapes import layout as cityscapes
 
 
 class CityscapesRgbd(manual_builder.IndexedBuilder):

@@ -1,7 +1,7 @@
 """Train and evaluation batches for Cityscapes RGB-D, read by index from the TFDS build.
 
 Cityscapes decodes to about 35 GB, so no split is held in memory: the build is ArrayRecord in
-list order (`cityscapes_builder`) and `common.Reader` reads example i from disk, as NYUDv2's
+list order (`builder`) and `common.Reader` reads example i from disk, as NYUDv2's
 pipeline does. Each process reads only its own rows of each batch; worker threads (`batching`)
 read, decode and augment them while the caller trains, with `batching.PREFETCH` batches ahead,
 so memory is a few batches whatever the dataset size. The dataset's random access is TFDS's own
@@ -35,15 +35,15 @@ import ml_collections
 import numpy as np
 
 from asymfusion_jax.data import batching
-from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import common
-from asymfusion_jax.data import synthetic_cityscapes
+from asymfusion_jax.data.cityscapes import layout as cityscapes
+from asymfusion_jax.data.cityscapes import synthetic as synthetic_cityscapes
 
 DATASET_NAME = 'cityscapes'
 
 
 DATASET = common.IndexedDataset(DATASET_NAME,
-                                'asymfusion_jax.data.cityscapes_builder.CityscapesRgbd', __name__)
+                                'asymfusion_jax.data.cityscapes.builder.CityscapesRgbd', __name__)
 # The build's example counts, and example `index` of a split read and decoded from disk:
 # {'rgb': uint8 (H, W, 3), 'disparity': uint16 (H, W), 'label': uint8 (H, W), 'name': str,
 # 'index': index}.
@@ -86,6 +86,20 @@ def planned_num_examples(config: ml_collections.ConfigDict, split: str) -> int |
   def count_source(manual_dir):
     return len(cityscapes.Files(manual_dir).list(split)) if _has_images(manual_dir) else None
   return common.planned_num_examples(config, split, count_source, num_examples)
+
+
+def largest_crop(config: ml_collections.ConfigDict) -> tuple[int, str] | None:
+  """(the largest crop_size the train images fill, why) for the planned train images
+  (common.planned_image_size: Cityscapes images share one size, that of the first); None when
+  their size is not known yet. A larger crop is padding in every crop (apply_augmentation)."""
+  size = common.planned_image_size(config, _has_images,
+                                   lambda c: read(c, 'train', 0)['label'].shape[:2])
+  if size is None:
+    return None
+  high = float(scales(config.data.scale_range, config.data.scale_step).max())
+  short = int(min(size) * high)
+  return short, (f'the {size[0]}x{size[1]} train images have a short side of {short} pixels at '
+                 f'the largest scale {high:g} of config.data.scale_range')
 
 
 def scales(scale_range, scale_step: float) -> np.ndarray:

@@ -20,8 +20,8 @@ that evaluation pads every val image to.
 import numpy as np
 import tensorflow_datasets as tfds
 
-from asymfusion_jax.data import layout
 from asymfusion_jax.data import manual_builder
+from asymfusion_jax.data.nyudv2 import layout
 
 IGNORE_LABEL = 255
 

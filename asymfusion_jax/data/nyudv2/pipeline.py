@@ -26,14 +26,15 @@ import numpy as np
 from asymfusion_jax.data import augment
 from asymfusion_jax.data import batching
 from asymfusion_jax.data import common
-from asymfusion_jax.data import layout
 from asymfusion_jax.data import modalities
-from asymfusion_jax.data import synthetic
+from asymfusion_jax.data.nyudv2 import layout
+from asymfusion_jax.data.nyudv2 import synthetic
 
 DATASET_NAME = 'nyudv2'
 
 
-DATASET = common.IndexedDataset(DATASET_NAME, 'asymfusion_jax.data.builder.Nyudv2', __name__)
+DATASET = common.IndexedDataset(DATASET_NAME, 'asymfusion_jax.data.nyudv2.builder.Nyudv2',
+                                __name__)
 # The build's example counts, and example `index` of a split read and decoded from disk:
 # {'rgb': uint8 (H, W, 3), 'depth': uint16 (H, W), 'label': uint8 (H, W), 'name': the rgb file
 # of the list line, 'index': index}.
@@ -58,14 +59,27 @@ def prepare(config: ml_collections.ConfigDict) -> None:
                  config.data.num_train, config.data.num_val, height, width, manual_dir)
     synthetic.write_dataset(manual_dir, config.data.num_train, config.data.num_val, height, width)
 
-  common.write_synthetic(
-      config, lambda manual_dir: (epath.Path(manual_dir) / layout.LIST_FILES['train']).exists(),
-      write)
+  common.write_synthetic(config, _has_source, write)
   if common.build(config, DATASET.builder(config.data.tfds_data_dir), layout.fingerprint,
                   f'{DATASET_NAME} dataset',
                   'the folder with rgb/, depth/, masks/, train.txt and val.txt'):
     DATASET.forget_readers()
   check_labels(config)
+
+
+def _has_source(manual_dir: str) -> bool:
+  return (epath.Path(manual_dir) / layout.LIST_FILES['train']).exists()
+
+
+def largest_crop(config: ml_collections.ConfigDict) -> tuple[int, str] | None:
+  """(the largest crop_size the train images fill, why) for the planned train images
+  (common.planned_image_size, augment.largest_filled_crop); None when their size is not known
+  yet."""
+  size = common.planned_image_size(
+      config, _has_source, lambda c: DATASET.metadata(c)[layout.MAX_IMAGE_SIZE]['train'])
+  if size is None:
+    return None
+  return augment.largest_filled_crop(size, config.data.scale_range, config.data.min_short_side)
 
 
 def check_labels(config: ml_collections.ConfigDict) -> None:

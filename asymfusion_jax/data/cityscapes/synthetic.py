@@ -12,15 +12,18 @@ road. Object rims and a band of void ('ego vehicle', label id 1) at the bottom a
 Files are written with Cityscapes names (`cityscapes.Entry.path`), in two synthetic cities per
 split; labels are Cityscapes label ids, disparity is 16-bit with d = 256 p + 1 for a disparity of
 p pixels and 0 where there is none.
+
+  python -m asymfusion_jax.data.synthetic --kind=cityscapes --out /tmp/synthetic_cityscapes
 """
 
+import argparse
 import os
 
 import cv2
 import numpy as np
 
-from asymfusion_jax.data import cityscapes
 from asymfusion_jax.data import layout
+from asymfusion_jax.data.cityscapes import layout as cityscapes
 
 # Label ids (cityscapesScripts' labels.py).
 SKY, BUILDING, ROAD, EGO_VEHICLE = 23, 11, 7, 1
@@ -30,6 +33,10 @@ OBJECTS = {26: ((205.0, 80.0, 55.0), True),    # car
            24: ((55.0, 95.0, 205.0), True),    # person
            25: ((55.0, 95.0, 205.0), False)}   # rider
 CITIES = ('synthville', 'fakeburg')
+# What the synthetic CLI (asymfusion_jax.data.synthetic) says of --kind=cityscapes, its default
+# height.
+DESCRIPTION = 'street scenes in the Cityscapes layout'
+DEFAULT_HEIGHT = 64
 
 
 def render_scene(rng: np.random.Generator, height: int,
@@ -108,3 +115,10 @@ def write_cityscapes(out_dir: os.PathLike | str, num_train: int = 40, num_val: i
       path = os.path.join(out_dir, entry.path(folder))
       os.makedirs(os.path.dirname(path), exist_ok=True)
       layout.write_png(path, image)
+
+
+def write_from_flags(args: argparse.Namespace) -> str:
+  """Writes the set that the CLI's flags describe; returns the line it prints."""
+  write_cityscapes(args.out, args.num_train, args.num_val, args.height, args.width, args.seed)
+  return (f'Wrote {args.num_train} train and {args.num_val} val Cityscapes-layout scenes of '
+          f'{args.height}x{args.width} to {args.out}')

@@ -1,8 +1,8 @@
 """Train and evaluation batches for image translation (Taskonomy domains -> a target domain).
 
-The dataset is the TFDS build of `taskonomy_builder` for the domains the config names
+The dataset is the TFDS build of `builder` for the domains the config names
 (config.modalities, the inputs in order, and config.target), read from `config.data.manual_dir`
-in the layout of `taskonomy`. Every image is resized once when its split is loaded into memory,
+in the layout of `layout`. Every image is resized once when its split is loaded into memory,
 with PIL's antialiased bilinear filter (`pil_resize`): train images to
 load_size x load_size, val images to crop_size x crop_size. The resize does not depend on the
 step, so doing it once gives the same batches as doing it per step, at a fraction of the cost.
@@ -39,9 +39,8 @@ import numpy as np
 from asymfusion_jax.data import batching
 from asymfusion_jax.data import common
 from asymfusion_jax.data import pil_resize
-from asymfusion_jax.data import synthetic
-from asymfusion_jax.data import synthetic_taskonomy
-from asymfusion_jax.data import taskonomy
+from asymfusion_jax.data.taskonomy import layout as taskonomy
+from asymfusion_jax.data.taskonomy import synthetic
 
 SPLITS = ('train', 'val')
 DATASET_NAME = 'taskonomy'
@@ -64,15 +63,13 @@ def domains(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def _builder(tfds_data_dir: str, names: tuple[str, ...], num_threads: int):
   common.configure_tensorflow(max(num_threads, 1))
-  from asymfusion_jax.data import taskonomy_builder  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from asymfusion_jax.data.taskonomy import builder as taskonomy_builder
   return taskonomy_builder.builder_class(names)(data_dir=tfds_data_dir or None,
                                               config=taskonomy_builder.config_name(names))
 
 
 def _builder_args(config: ml_collections.ConfigDict) -> tuple[str, tuple[str, ...], int]:
-  if config.data.name != DATASET_NAME:
-    raise ValueError(f'The translation pipeline reads config.data.name={DATASET_NAME!r}, got '
-                     f'{config.data.name!r}.')
   return config.data.tfds_data_dir, tuple(sorted(domains(config))), int(config.data.num_workers)
 
 
@@ -82,7 +79,7 @@ def _prepared_builder(tfds_data_dir: str, names: tuple[str, ...], num_threads: i
     raise FileNotFoundError(
         f'No prepared {DATASET_NAME} dataset of the domains {", ".join(names)} (version '
         f'{builder.version}) in '
-        f'{builder.data_dir_root}; run asymfusion_jax.data.translation_pipeline.prepare(config) '
+        f'{builder.data_dir_root}; run asymfusion_jax.data.taskonomy.prepare(config) '
         'first.')
   return builder
 
@@ -109,10 +106,10 @@ def prepare(config: ml_collections.ConfigDict) -> None:
   """
   names = domains(config)
   if config.data.synthetic:
-    missing = sorted(set(names) - set(synthetic_taskonomy.DOMAINS))
+    missing = sorted(set(names) - set(synthetic.DOMAINS))
     if missing:
       raise ValueError(f'The synthetic Taskonomy set has no domain {", ".join(missing)}; it '
-                       f'renders {", ".join(synthetic_taskonomy.DOMAINS)}.')
+                       f'renders {", ".join(synthetic.DOMAINS)}.')
 
   def write(manual_dir):
     size = synthetic_size(config)
