@@ -31,7 +31,7 @@ def test_unknown_and_incomplete_datasets_are_one_line_errors(monkeypatch):
   with pytest.raises(validation.ConfigError) as error:
     data.get('nyu')
   assert str(error.value) == ("config.data.name='nyu' must be one of ['cityscapes', 'nyudv2', "
-                              "'taskonomy']")
+                              "'rgbx', 'taskonomy']")
   incomplete = types.SimpleNamespace(MODELS=('refinenet',), prepare=lambda config: None)
   monkeypatch.setitem(data.DATASETS, 'half', incomplete)
   with pytest.raises(TypeError, match=r"^Dataset 'half' .* lacks check_config, "
