@@ -35,7 +35,7 @@ def test_unknown_and_incomplete_datasets_are_one_line_errors(monkeypatch):
   incomplete = types.SimpleNamespace(MODELS=('refinenet',), prepare=lambda config: None)
   monkeypatch.setitem(data.DATASETS, 'half', incomplete)
   with pytest.raises(TypeError, match=r"^Dataset 'half' .* lacks check_config, "
-                                      r'planned_num_examples, .*input_encoding of '
+                                      r'planned_num_examples, .*input_encoding, predict_io of '
                                       r'data\.base\.Dataset\.$'):
     data.get('half')
   wrong = types.SimpleNamespace(**{m: None for m in base.members(base.SegmentationDataset)})
