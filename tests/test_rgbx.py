@@ -20,7 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_lib, export, sharding, train, validation
+from asymfusion_jax import checkpointing, config_lib, export, predict, sharding, train
+from asymfusion_jax import validation
 from asymfusion_jax.data import rgbx
 from asymfusion_jax.data.layout import LayoutError
 from asymfusion_jax.data.rgbx import layout as rgbx_layout
@@ -348,6 +349,21 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
     raw = raw[..., None] if raw.ndim == 2 else raw
     np.testing.assert_allclose(batch['image'][m, 0], (raw * n['scale'] - n['mean']) / n['std'],
                                rtol=1e-5, atol=1e-5)
+
+  # predict on two of the dataset's own files (batch 2 at 48x64: tests/test_predict.py's
+  # program): labels come back in the dataset's convention, class c as c + 1.
+  folders = {}
+  for name, folder, ext in (('rgb', 'RGB', '.jpg'), ('depth', 'Depth', '.png')):
+    folders[name] = str(tmp_path / 'new' / folder)
+    os.makedirs(folders[name])
+    for stem in ('img016', 'img017'):
+      shutil.copy(os.path.join(dirs['data.manual_dir'], folder, stem + ext), folders[name])
+  model = predict.from_workdir(workdir, step=12)
+  out = tmp_path / 'predicted'
+  predict.predict(model, predict.images(model.config, folders), str(out),
+                  predict.Options(batch_size=2))
+  labels = cv2.imread(str(out / 'ensemble' / 'labels' / 'img016.png'), cv2.IMREAD_UNCHANGED)
+  assert labels.shape == (HEIGHT, WIDTH) and 1 <= labels.min() and labels.max() <= K
 
 
 @pytest.mark.parametrize('spec,modalities,folders', [

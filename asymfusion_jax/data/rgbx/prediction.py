@@ -10,27 +10,21 @@ dataset's own convention: class c as the raw value c + config.data.label_offset.
 import numpy as np
 
 from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.data.nyudv2 import prediction as nyudv2_prediction
 from asymfusion_jax.data.rgbx import layout
 from asymfusion_jax.data.rgbx import pipeline
 
 
-class PredictIO:
-  """An RGB-X dataset's modalities, as the config's build normalises them."""
+class PredictIO(nyudv2_prediction.PredictIO):
+  """An RGB-X dataset's modalities, as the config's build normalises them. Files pair by their
+  name and outputs are named after it, as NYUDv2's (pairing_key, output_stem)."""
 
-  def __init__(self, config):
+  def __init__(self, config):  # pylint: disable=super-init-not-called (NYUDv2's table check)
     self.norms = pipeline.normalisation(config)
     self.offset = int(config.data.label_offset)
     top = int(config.model.num_classes) - 1 + self.offset
     self.label_dtype = np.uint8 if top < 256 else np.uint16
     self.colours = pipeline.palette(config)
-
-  def pairing_key(self, modality: str, stem: str) -> str:
-    """Files of one sample share their name, as in the dataset's folders."""
-    del modality
-    return stem
-
-  def output_stem(self, key: str) -> str:
-    return key
 
   def network_input(self, modality: str, image: np.ndarray) -> np.ndarray:
     """float32 (H, W, 3) network input of a decoded image of `modality`."""
