@@ -80,6 +80,44 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   return _missing_modality_keys(c)
 
 
+def rgbx_refinenet(modality_folders: dict, modalities=None, num_classes: int = 40,
+                   label_offset: int = 1, depth: int = 101, fusion: str = 'asym',
+                   epochs_per_stage: int = 100) -> ml_collections.ConfigDict:
+  """The paper's RefineNet recipe (`nyudv2_paper`) on your own data in the RGB-X layout.
+
+  config.data.name is 'rgbx' (asymfusion_jax/data/rgbx): DATASET/ with one folder per modality
+  (modality_folders, {name: folder}), Label/ and the list files train.txt and test.txt.
+  modalities: the inputs, in order (default: every modality of modality_folders, sorted).
+  label_offset: 1 when 0 marks unlabelled pixels and classes are 1..N (DFormer), 0 when the
+  label values are the classes.
+  """
+  c = nyudv2_paper(depth=depth, modalities=tuple(modalities or sorted(modality_folders)),
+                   fusion=fusion, epochs_per_stage=epochs_per_stage)
+  c.model.num_classes = num_classes
+  c.data.name = 'rgbx'
+  c.data.manual_dir = ''  # The dataset folder: RGB/, one folder per modality, Label/, lists.
+  c.data.modality_folders = dict(modality_folders)  # Modality name -> its folder.
+  c.data.label_folder = 'Label'
+  c.data.list_files = {'train': 'train.txt', 'val': 'test.txt'}  # 'val': the evaluated split.
+  c.data.label_offset = label_offset  # Raw label v is class v - offset; below it: unlabelled.
+  # Modality name -> {scale, mean, std, interpolation}, each optional: by default 'rgb' gets
+  # ImageNet's normalisation and bicubic resizing, any other modality the statistics of its
+  # train split (measured at build time) and nearest-neighbour resizing.
+  c.data.normalisation = {}
+  c.data.class_names = ()  # Optional: one name per class (prediction legends, export sidecar).
+  c.data.palette = ()  # Optional: one RGB colour per class for the prediction images.
+  return c
+
+
+def rgbx_variant(variant: str, x: str) -> tuple[str, ...]:
+  """The modalities of an RGB-X config's variant: 'rgbx' (default) ('rgb', x), and the unimodal
+  rows 'rgb' ('rgb',) and 'x' (x,)."""
+  variants = {'rgbx': ('rgb', x), 'rgb': ('rgb',), 'x': (x,)}
+  if variant not in variants:
+    raise ValueError(f'unknown variant {variant!r}; choose one of {sorted(variants)}')
+  return variants[variant]
+
+
 def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
                        output_stride: int = 16) -> ml_collections.ConfigDict:
   """DeepLabv3+ / Xception-65 on Cityscapes RGB-D and its recipe (docs/method.md section 13).
@@ -230,7 +268,9 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
 # The paper config of each dataset (config.data.name), whose values a config.json written before
 # a field existed gets for it (config_io.load_workdir_config).
 PAPER_CONFIGS = {'nyudv2': nyudv2_paper, 'cityscapes': cityscapes_deeplab,
-                 'taskonomy': taskonomy_paper}
+                 'taskonomy': taskonomy_paper,
+                 # No folders: a config.json's own modality_folders must not gain any.
+                 'rgbx': lambda: rgbx_refinenet({})}
 
 
 def paper_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -15,13 +15,13 @@ from tests import tiny, toy_dataset
 
 def test_every_registered_dataset_has_the_interface():
   kinds = {'nyudv2': base.SegmentationDataset, 'cityscapes': base.SegmentationDataset,
-           'taskonomy': base.Dataset}
+           'taskonomy': base.Dataset, 'rgbx': base.SegmentationDataset}
   assert set(data.DATASETS) == set(kinds)
   for name, protocol in kinds.items():
     dataset = data.get(name)
     base.check_interface(dataset, name, protocol)
     assert dataset is data.get(name)  # Imported once.
-  assert data.for_model('refinenet') == ['nyudv2'] and data.for_model('unet') == ['taskonomy']
+  assert data.for_model('refinenet') == ['nyudv2', 'rgbx'] and data.for_model('unet') == ['taskonomy']
   assert data.get('nyudv2').image_id('rgb/000123.png') == '000123'
   assert data.get('cityscapes').image_id(
       'leftImg8bit/val/lindau/lindau_000000_000019_leftImg8bit.png') == 'lindau_000000_000019'
@@ -31,7 +31,7 @@ def test_unknown_and_incomplete_datasets_are_one_line_errors(monkeypatch):
   with pytest.raises(validation.ConfigError) as error:
     data.get('nyu')
   assert str(error.value) == ("config.data.name='nyu' must be one of ['cityscapes', 'nyudv2', "
-                              "'taskonomy']")
+                              "'rgbx', 'taskonomy']")
   incomplete = types.SimpleNamespace(MODELS=('refinenet',), prepare=lambda config: None)
   monkeypatch.setitem(data.DATASETS, 'half', incomplete)
   with pytest.raises(TypeError, match=r"^Dataset 'half' .* lacks check_config, "
@@ -54,7 +54,7 @@ def test_the_config_checks_ask_the_dataset():
   config.data.name = 'cityscapes'
   with pytest.raises(validation.ConfigError,
                      match=r"config\.data\.name='cityscapes' must be a dataset for "
-                           r"config\.model\.name='refinenet', one of \['nyudv2'\]"):
+                           r"config\.model\.name='refinenet', one of \['nyudv2', 'rgbx'\]"):
     task.check_config(config)
   config.data.name = 'nyudv2'
   config.data.min_short_side = -1

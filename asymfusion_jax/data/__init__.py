@@ -3,6 +3,7 @@
   nyudv2/      NYUDv2 RGB-D segmentation (and its synthetic stand-in)
   cityscapes/  Cityscapes RGB-D segmentation
   taskonomy/   Taskonomy domains for image translation
+  rgbx/        your own multimodal segmentation data in the RGB-X layout (any modalities)
 each with its `layout` (files on disk), TFDS `builder`, `pipeline` (batches) and `synthetic`
 generator; what they share (reading a build by index, batching, workers, augmentation, modality
 encoding, layout helpers) sits beside them. `get(config)` gives the dataset of
@@ -20,6 +21,7 @@ DATASETS = {
     'nyudv2': 'asymfusion_jax.data.nyudv2',
     'cityscapes': 'asymfusion_jax.data.cityscapes',
     'taskonomy': 'asymfusion_jax.data.taskonomy',
+    'rgbx': 'asymfusion_jax.data.rgbx',
 }
 
 

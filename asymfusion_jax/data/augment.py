@@ -25,7 +25,8 @@ import numpy as np
 
 from asymfusion_jax.data import modalities
 
-_INTERPOLATION = {'cubic': cv2.INTER_CUBIC, 'nearest': cv2.INTER_NEAREST}
+_INTERPOLATION = {'cubic': cv2.INTER_CUBIC, 'linear': cv2.INTER_LINEAR,
+                  'nearest': cv2.INTER_NEAREST}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +64,23 @@ def draw_augmentation(rng: np.random.Generator, height: int, width: int, crop_si
   return Augmentation(scale, scaled, pad, flip, top, left)
 
 
+def largest_filled_crop(size: tuple[int, int], scale_range: tuple[float, float],
+                        min_short_side: int) -> tuple[int, str]:
+  """(the largest crop_size this augmentation fills from train images of at most `size`, why).
+
+  A crop is padded where the scaled image is smaller (`draw_augmentation`); one larger than the
+  short side of the largest image at the largest scale (or min_short_side) is padding in every
+  crop.
+  """
+  high, floor = float(scale_range[1]), int(min_short_side)
+  short = max(int(np.rint(min(size) * high)), floor)
+  why = (f'the train images of at most {size[0]}x{size[1]} have a short side of at most {short} '
+         f'pixels at the largest scale {high:g} of config.data.scale_range')
+  if short == floor:
+    why += f' and config.data.min_short_side={floor}'
+  return short, why
+
+
 def paste(canvas: np.ndarray, image: np.ndarray, row: int, col: int) -> None:
   """Copies `image` into `canvas` with its top-left corner at (row, col), clipped to the canvas.
 
@@ -90,27 +108,35 @@ def _rescale(image: np.ndarray, aug: Augmentation, interpolation: str) -> np.nda
 
 
 def apply_augmentation(aug: Augmentation, images: dict[str, np.ndarray], label: np.ndarray,
-                       crop_size: int, ignore_label: int):
+                       crop_size: int, ignore_label: int,
+                       interpolation: dict[str, str] | None = None,
+                       raw_pad: dict[str, np.ndarray] | None = None):
   """Applies one draw to every modality and the label.
 
   Args:
     aug: the draw, from `draw_augmentation` for this example's size.
     images: modality name -> raw image, (H, W, 3) or (H, W); resized with the modality's
-      interpolation from `modalities.MODALITIES`.
+      interpolation.
     label: uint8 (H, W).
     crop_size: side of the square output.
     ignore_label: label of padded pixels.
+    interpolation: modality name -> 'cubic', 'linear' or 'nearest'; by default the modality's
+      of `modalities.MODALITIES` (a dataset with modalities of its own, rgbx, passes them).
+    raw_pad: modality name -> its (3,) raw pad value; by default `RAW_PAD_VALUE` for every one.
 
   Returns:
-    (modality name -> float32 (crop, crop, 3) raw values, padded with `RAW_PAD_VALUE`,
+    (modality name -> float32 (crop, crop, 3) raw values, padded with the raw pad value,
      int32 (crop, crop) label, padded with `ignore_label`).
   """
   row, col = aug.pad[0] - aug.top, aug.pad[1] - aug.left
   out = {}
   for name, image in images.items():
     canvas = np.empty((crop_size, crop_size, 3), np.float32)
-    canvas[...] = np.asarray(modalities.RAW_PAD_VALUE, np.float32)
-    paste(canvas, _rescale(image, aug, modalities.get(name).interpolation), row, col)
+    canvas[...] = np.asarray(modalities.RAW_PAD_VALUE if raw_pad is None else raw_pad[name],
+                             np.float32)
+    method = (modalities.get(name).interpolation if interpolation is None
+              else interpolation[name])
+    paste(canvas, _rescale(image, aug, method), row, col)
     out[name] = canvas
   label_canvas = np.full((crop_size, crop_size), ignore_label, np.int32)
   paste(label_canvas, _rescale(label, aug, 'nearest'), row, col)

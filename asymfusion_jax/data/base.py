@@ -10,7 +10,11 @@ workers.py, augment.py, modalities.py, manual_builder.py, layout.py, pil_resize.
 
 `Dataset` lists what every dataset provides; `SegmentationDataset` what a dataset of the
 segmentation task provides besides. The protocols are documentation and the checklist that
-`check_interface` (run by `data.get`) holds a dataset to; nothing subclasses them.
+`check_interface` (run by `data.get`) holds a dataset to; nothing subclasses them. A
+segmentation dataset whose modalities are its own rather than data/modalities.py's table (rgbx)
+also has the optional members modality_names(config) (the names config.modalities may use) and
+normalisation(config) ({modality: modalities.Modality}); modalities.known and
+modalities.of_config ask for them.
 
 Batches are dicts of NumPy arrays in the layout the config's task reads, B being this process's
 share of the global batch and M = len(config.modalities):

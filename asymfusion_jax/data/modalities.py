@@ -51,13 +51,14 @@ def get(name: str) -> Modality:
   return MODALITIES[name]
 
 
-def normalise(name: str, raw: np.ndarray) -> np.ndarray:
+def normalise(name: str | Modality, raw: np.ndarray) -> np.ndarray:
   """Normalises raw pixels (H, W), (H, W, 1) or (H, W, 3) to float32 (H, W, 3).
 
+  `name` names a modality of the table, or is the Modality itself (a dataset's own, rgbx).
   Single-channel images (depth) are repeated to 3 channels, so every modality fits the same
   3-channel stem convolution.
   """
-  m = get(name)
+  m = name if isinstance(name, Modality) else get(name)
   x = np.asarray(raw, np.float32)
   if x.ndim == 2:
     x = x[..., None]
@@ -68,6 +69,23 @@ def normalise(name: str, raw: np.ndarray) -> np.ndarray:
 def normalised_pad_value(name: str) -> np.ndarray:
   """The float32 (3,) value of a padded pixel of modality `name` after normalisation."""
   return normalise(name, np.asarray(RAW_PAD_VALUE, np.float32).reshape(1, 1, 3))[0, 0]
+
+
+def known(config) -> tuple[str, ...]:
+  """The modality names a segmentation config may use: those of its dataset where the dataset
+  names its own (the optional member modality_names(config), rgbx: its modality folders), else
+  this table's."""
+  from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
+  own = getattr(data.get(config), 'modality_names', None)
+  return tuple(own(config)) if own else tuple(MODALITIES)
+
+
+def of_config(config) -> dict[str, Modality]:
+  """The Modality of each of config.modalities: the dataset's own where it defines the optional
+  member normalisation(config) (rgbx), else this table's."""
+  from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
+  own = getattr(data.get(config), 'normalisation', None)
+  return own(config) if own else {name: get(name) for name in config.modalities}
 
 
 def to_json(names: Sequence[str]) -> dict:

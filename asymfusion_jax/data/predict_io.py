@@ -18,6 +18,9 @@ its prediction.py; get(config) asks the dataset. The built-in ones:
               files pair by the stem before _domain_<domain>; padded with 0 (mid-grey). The
               U-Net's InstanceNorm sees padded pixels, so give images at a multiple of
               2**model.num_downs, or tile them (predict --tile) at the training size.
+  rgbx        any modalities, read as the build reads them (no .npy: predict reads images) and
+              normalised as in training; labels written as the dataset's raw values (class +
+              config.data.label_offset), coloured with config.data.palette.
 
 Every read error is a ValueError whose message says what is wrong with the image; predict adds
 the file's path.

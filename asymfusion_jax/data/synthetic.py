@@ -17,6 +17,11 @@ disparity/, gtFine/; `cityscapes.synthetic`), 64x128 by default:
 
   python -m asymfusion_jax.data.synthetic --kind=cityscapes --out /tmp/synthetic_cityscapes
 
+With --kind=rgbx it writes any modalities in the RGB-X layout (RGB/, Depth/, Thermal/, ...,
+Label/, train.txt, test.txt; `rgbx.synthetic`: classes that need every modality):
+
+  python -m asymfusion_jax.data.synthetic --kind=rgbx --modalities=rgb,depth,thermal --out DIR
+
 A kind is one line of KINDS: the module of its generator, which provides
   DESCRIPTION: what it writes, for --help;
   write_from_flags(args) -> str: writes the set the parsed flags describe (args.out,
@@ -31,6 +36,7 @@ KINDS = {
     'nyudv2': 'asymfusion_jax.data.nyudv2.synthetic',
     'taskonomy': 'asymfusion_jax.data.taskonomy.synthetic',
     'cityscapes': 'asymfusion_jax.data.cityscapes.synthetic',
+    'rgbx': 'asymfusion_jax.data.rgbx.synthetic',
 }
 DEFAULT_KIND = 'nyudv2'
 from asymfusion_jax import cli

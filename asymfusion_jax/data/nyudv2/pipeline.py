@@ -73,23 +73,13 @@ def _has_source(manual_dir: str) -> bool:
 
 def largest_crop(config: ml_collections.ConfigDict) -> tuple[int, str] | None:
   """(the largest crop_size the train images fill, why) for the planned train images
-  (common.planned_image_size); None when their size is not known yet.
-
-  A crop is padded where the scaled image is smaller (augment.draw_augmentation); one larger
-  than the short side of the largest image at the largest scale (or min_short_side) is padding
-  in every crop.
-  """
+  (common.planned_image_size, augment.largest_filled_crop); None when their size is not known
+  yet."""
   size = common.planned_image_size(
       config, _has_source, lambda c: DATASET.metadata(c)[layout.MAX_IMAGE_SIZE]['train'])
   if size is None:
     return None
-  high, floor = float(config.data.scale_range[1]), int(config.data.min_short_side)
-  short = max(int(np.rint(min(size) * high)), floor)
-  why = (f'the train images of at most {size[0]}x{size[1]} have a short side of at most {short} '
-         f'pixels at the largest scale {high:g} of config.data.scale_range')
-  if short == floor:
-    why += f' and config.data.min_short_side={floor}'
-  return short, why
+  return augment.largest_filled_crop(size, config.data.scale_range, config.data.min_short_side)
 
 
 def check_labels(config: ml_collections.ConfigDict) -> None:

@@ -88,9 +88,8 @@ def tf_deeplab_eval_step(variables, batch, totals, *, model, num_classes, scales
           jnp.argmax(probabilities, axis=-1).astype(jnp.uint8))
 
 
-def _unnormalise(name: str, x: np.ndarray) -> np.ndarray:
+def _unnormalise(m: modality_lib.Modality, x: np.ndarray) -> np.ndarray:
   """Raw pixel values of a normalised (H, W, 3) input, for display."""
-  m = modality_lib.get(name)
   return (x * np.asarray(m.std) + np.asarray(m.mean)) / m.scale
 
 
@@ -187,8 +186,9 @@ class Evaluator:
     names = branch_names(self.config)
     folder = os.path.join(out_dir, 'predictions')
     count = 0
+    norms = modality_lib.of_config(self.config)  # The dataset's own (rgbx), else the table's.
     for b in np.flatnonzero(local['mask'])[:limit]:
-      raw = {name: _unnormalise(name, local['image'][m, b])
+      raw = {name: _unnormalise(norms[name], local['image'][m, b])
              for m, name in enumerate(self.config.modalities)}
       blank = np.zeros(local['label'].shape[1:] + (3,), np.uint8)
       rgb = np.clip(np.rint(raw['rgb']), 0, 255).astype(np.uint8) if 'rgb' in raw else blank

@@ -22,7 +22,7 @@ def check_config(config) -> None:
   can run it too.
   """
   v.integer(config, 'seed', 0)
-  v.modalities(config, modality_lib.MODALITIES, 'modalities')
+  v.modalities(config, modality_lib.known(config), 'modalities')
 
   model_name = v.value(config, 'model.name')
   if model_name not in MODEL_CHECKS:
