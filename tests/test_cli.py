@@ -109,8 +109,8 @@ def _poisoned_copy(full_run, workdir: str) -> None:
   ckpts.periodic.reload()
   state = {**restored[checkpointing.VARIABLES], **restored[checkpointing.TRAIN]}
   state['params'] = jax.tree.map(lambda p: np.asarray(p) * np.nan, state['params'])
-  ckpts.save(state, restored['record'])
-  ckpts.close()
+  ckpts.save(state, restored[checkpointing.RECORD])
+  ckpts.close()  # Waits for the save and its checksums.
 
 
 def _garble_best(workdir: str) -> None:
