@@ -8,7 +8,9 @@ names it (`decode_image`), and writing PNGs (`write_png`). Every problem with an
 repaired one bad file at a time.
 """
 
+import hashlib
 import os
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -67,3 +69,29 @@ def write_png(path: os.PathLike | str, image: np.ndarray) -> None:
 def write_list(manual_dir: os.PathLike | str, split: str, lines: list[str]) -> None:
   """Writes the list file of `split`."""
   (epath.Path(manual_dir) / LIST_FILES[split]).write_text(''.join(line + '\n' for line in lines))
+
+
+def folder_fingerprint(manual_dir: os.PathLike | str, list_files: dict[str, str],
+                       listed_files: Callable[[epath.Path, str], Iterable[str]],
+                       digest=None) -> str:
+  """A hash of a manual folder's list files and the size of every file they list.
+
+  listed_files(root, split) gives the listed files' paths relative to the folder; a missing list
+  file or listed file is hashed as missing. `digest` may hold what else the build depends on.
+  Builds record it, so that preparing again notices a changed folder (for example regenerated
+  with another seed) and rebuilds instead of serving stale data; file sizes rather than
+  modification times keep it stable when the folder is copied.
+  """
+  digest = hashlib.sha256() if digest is None else digest
+  root = epath.Path(manual_dir)
+  for split in sorted(list_files):
+    path = root / list_files[split]
+    if not path.exists():
+      digest.update(f'{split}:missing'.encode())
+      continue
+    digest.update(path.read_bytes())
+    for relative in listed_files(root, split):
+      file = root / relative
+      size = file.stat().length if file.exists() else -1
+      digest.update(f'{relative}:{size};'.encode())
+  return digest.hexdigest()

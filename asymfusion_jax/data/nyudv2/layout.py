@@ -8,7 +8,6 @@ raises `layout.LayoutError` naming the file and the list line.
 """
 
 import dataclasses
-import hashlib
 import os
 
 import cv2
@@ -131,20 +130,10 @@ def fingerprint(manual_dir: os.PathLike | str) -> str:
   (for example regenerated with another seed) and rebuilds instead of serving stale data. File
   sizes rather than modification times keep it stable when the folder is copied.
   """
-  digest = hashlib.sha256()
-  root = epath.Path(manual_dir)
-  for split in sorted(LIST_FILES):
-    path = root / LIST_FILES[split]
-    if not path.exists():
-      digest.update(f'{split}:missing'.encode())
-      continue
-    digest.update(path.read_bytes())
-    for entry in read_list(root, split):
-      for relative in (entry.rgb, entry.mask, entry.depth):
-        file = root / relative
-        size = file.stat().length if file.exists() else -1
-        digest.update(f'{relative}:{size};'.encode())
-  return digest.hexdigest()
+  return layout.folder_fingerprint(
+      manual_dir, LIST_FILES,
+      lambda root, split: [relative for entry in read_list(root, split)
+                           for relative in (entry.rgb, entry.mask, entry.depth)])
 
 
 def write_example(manual_dir: os.PathLike | str, stem: str, rgb: np.ndarray, depth: np.ndarray,

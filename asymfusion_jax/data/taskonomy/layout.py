@@ -161,21 +161,12 @@ def fingerprint(manual_dir: os.PathLike | str, domains: Sequence[str]) -> str:
   A prepared dataset records it, so that preparing again notices a changed manual folder (for
   example regenerated with another seed) and rebuilds instead of serving stale data.
   """
-  digest = hashlib.sha256()
-  root = epath.Path(manual_dir)
-  digest.update(','.join(sorted(domains)).encode())
-  for split in sorted(LIST_FILES):
-    path = root / LIST_FILES[split]
-    if not path.exists():
-      digest.update(f'{split}:missing'.encode())
-      continue
-    digest.update(path.read_bytes())
-    for entry in read_list(root, split):
-      for domain in sorted(domains):
-        file = root / entry.path(domain)
-        size = file.stat().length if file.exists() else -1
-        digest.update(f'{entry.path(domain)}:{size};'.encode())
-  return digest.hexdigest()
+  digest = hashlib.sha256(','.join(sorted(domains)).encode())
+  return layout.folder_fingerprint(
+      manual_dir, LIST_FILES,
+      lambda root, split: [entry.path(domain) for entry in read_list(root, split)
+                           for domain in sorted(domains)],
+      digest)
 
 
 def encode_depth(metres: np.ndarray) -> np.ndarray:
