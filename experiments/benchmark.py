@@ -21,7 +21,8 @@ Both modes use the config's batch_size and a square crop_size image, so that the
 compare (the real evaluation runs eval_batch_size full-resolution images).
 
 Reported: compile time (`compile_s` = tracing and lowering, `lower_s`, plus XLA's compilation,
-`xla_compile_s`); the median step time over --steps steps after --warmup steps; images per
+`xla_compile_s`; `compile_cpu_s`, the CPU seconds they took); the median step time over --steps
+steps after --warmup steps; images per
 second (B images of M modalities each count as B); the process's CPU time per step
 (`process_cpu_s_per_step`, steadier than wall time on a CPU shared with other jobs); peak
 memory; XLA's FLOP count of the compiled step and the FLOP/s achieved, as a fraction of
@@ -106,12 +107,13 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
   """Compiles and times the step; returns every reported figure as a flat dict."""
   step, args = build_step(config, mode, seed, abstract=compile_only)
 
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   lowered = step.lower(*args)
   lower_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = lowered.compile()
   xla_s = time.perf_counter() - start
+  compile_cpu_s = time.process_time() - cpu_start
 
   cost = _as_dict(compiled.cost_analysis())
   flops = float(cost.get('flops', float('nan')))
@@ -158,6 +160,9 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
       'mode': mode,
       'lower_s': lower_s,
       'xla_compile_s': xla_s,
+      # CPU seconds of this process's threads to lower and compile (steadier than compile_s on
+      # a CPU shared with other jobs).
+      'compile_cpu_s': compile_cpu_s,
       'step_ms_min': min(times) * 1e3 if times else None,
       'step_ms_max': max(times) * 1e3 if times else None,
       # CPU seconds of all this process's threads per step (median). On a CPU backend shared
@@ -183,6 +188,7 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
       'device_count': jax.device_count(),
       'jax_version': jax.__version__,
       'remat': str(config.model.get('remat', 'none')),
+      'scan_blocks': bool(config.model.get('scan_blocks', False)),
   }
   if hlo:
     result['hlo'] = hlo

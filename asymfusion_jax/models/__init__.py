@@ -40,7 +40,8 @@ def build_deeplab(config) -> DeepLab:
       dropout_rate=config.model.dropout_rate,
       remat=config.model.remat,
       upsample_logits=config.model.upsample_logits,
-      bn_momentum=config.model.get('bn_momentum', BN_MOMENTUM))
+      bn_momentum=config.model.get('bn_momentum', BN_MOMENTUM),
+      scan_blocks=config.model.get('scan_blocks', False))
 
 
 def build_generator(config) -> UNetGenerator:

@@ -59,6 +59,8 @@ class DeepLab(nn.Module):
     upsample_logits: resize the logits to the input size (bilinear, align_corners=True).
     bn_momentum: of every BatchNorm's running statistics; TF-DeepLab's 0.9997 suits long
       fine-tuning, a short run from scratch needs a smaller one for its statistics to converge.
+    scan_blocks: config.model.scan_blocks: the backbone's middle-flow units as nn.scan
+      (Xception65.scan_blocks; the variables' layout is models.scan_layout's).
   """
   num_classes: int = 19
   num_modalities: int = 2
@@ -72,6 +74,7 @@ class DeepLab(nn.Module):
   remat: str = 'none'
   upsample_logits: bool = True
   bn_momentum: float = BN_MOMENTUM
+  scan_blocks: bool = False
 
   @property
   def logits_stride(self) -> int:
@@ -99,7 +102,7 @@ class DeepLab(nn.Module):
     use_running_average = self.frozen_bn or not train
     features, low_level = Xception65(
         self.output_stride, self.fusion, self.width_divisor, self.middle_flow_units, dt,
-        remat=self.remat != 'none', bn_momentum=self.bn_momentum,
+        remat=self.remat != 'none', bn_momentum=self.bn_momentum, scan_blocks=self.scan_blocks,
         name='backbone')(x, use_running_average)
 
     depth = 256 // self.width_divisor

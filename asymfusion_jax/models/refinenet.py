@@ -98,6 +98,8 @@ class RefineNet(nn.Module):
       agree to float32 rounding.
     kernels: models.kernels.KERNELS (config.model.kernels): the CPU rewrites ('cpu'), the stock
       ops ('xla'), or the rewrites only where the program is lowered for a CPU ('auto').
+    scan_blocks: config.model.scan_blocks: the encoder's runs of identical blocks as nn.scan
+      (ResNet.scan_blocks; the variables' layout is models.scan_layout's).
   """
   depth: int = 101
   num_classes: int = 40
@@ -110,6 +112,7 @@ class RefineNet(nn.Module):
   dropout_rate: float = 0.5
   remat: str = 'none'
   kernels: str = 'auto'
+  scan_blocks: bool = False
 
   @property
   def logits_stride(self) -> int:
@@ -134,7 +137,7 @@ class RefineNet(nn.Module):
     method = fusion_ops.method(self.fusion)
     kernels_lib.check(self.kernels)
     feats = ResNet(self.depth, 'none' if method == 'late' else method, self.width, dt, remat=self.remat != 'none',
-                   kernels=self.kernels,
+                   kernels=self.kernels, scan_blocks=self.scan_blocks,
                    name='backbone')(x, use_running_average=self.frozen_bn or not train)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     l1, l2 = feats['l1'], feats['l2']
@@ -201,4 +204,5 @@ def build_model(config) -> RefineNet:
       decoder_width=config.model.decoder_width,
       dropout_rate=config.model.dropout_rate,
       remat=config.model.remat,
-      kernels=config.model.kernels)
+      kernels=config.model.kernels,
+      scan_blocks=config.model.get('scan_blocks', False))

@@ -15,12 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from asymfusion_jax import fusion
+from asymfusion_jax.models import scan_layout
 from asymfusion_jax.models.layers import ModalBatchNorm, max_pool, shared_conv
 
-# Bottleneck blocks per stage. 26 is a tiny depth for tests (two blocks per stage, so every stage
-# still has a fusion block).
+# Bottleneck blocks per stage. 26 and 32 are tiny depths for tests (two blocks per stage, so every
+# stage still has a fusion block; 32 has four in its third stage, two of which scan_blocks scans).
 STAGE_SIZES = {
     26: (2, 2, 2, 2),
+    32: (2, 2, 4, 2),
     50: (3, 4, 6, 3),
     101: (3, 4, 23, 3),
     152: (3, 8, 36, 3),
@@ -95,6 +97,9 @@ class ResNet(nn.Module):
       fuses and sums the recomputed graph in another order: 5e-6 relative, tiny model).
     kernels: models.kernels.KERNELS: the 1x1 convolutions and the stem's max-pooling as the
       CPU rewrites ('cpu'), the stock ops ('xla'), or per lowering platform ('auto').
+    scan_blocks: run every stage's blocks after the first (but a last one that fuses) as one
+      nn.scan (models.scan_layout, which also gives the variables' layout): the same outputs,
+      less to compile.
   """
   depth: int = 101
   fusion: str = 'asym'
@@ -102,6 +107,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   kernels: str = 'auto'
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = True) -> dict[str, jax.Array]:
@@ -118,9 +124,12 @@ class ResNet(nn.Module):
     x = max_pool(x, 3, 2, self.kernels)
     block = nn.remat(Bottleneck) if self.remat else Bottleneck
     for s, num_blocks in enumerate(stage_sizes(self.depth)):
-      for i in range(num_blocks):
+      # Blocks 1.. are alike, but for the last one where it fuses (scan_layout.runs).
+      fuses = num_blocks >= 2 and (method == 'asym' or aggregation is not None)
+      for run in scan_layout.runs(num_blocks, 1, num_blocks - 1 - fuses, self.scan_blocks):
+        i = run.start
         fusion_point = num_blocks >= 2 and i == num_blocks - 1
-        x = block(
+        x = scan_layout.apply(block(
             features=self.width * 2**s,
             stride=2 if (s > 0 and i == 0) else 1,
             downsample=(i == 0),
@@ -129,6 +138,6 @@ class ResNet(nn.Module):
             use_running_average=use_running_average,
             dtype=self.dtype,
             kernels=self.kernels,
-            name=f'layer{s + 1}_{i}')(x)
+            name=scan_layout.name(f'layer{s + 1}_', run)), x, run)
       features[STAGE_NAMES[s]] = x
     return features

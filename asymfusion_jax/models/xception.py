@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from asymfusion_jax import fusion
+from asymfusion_jax.models import scan_layout
 from asymfusion_jax.models.layers import ModalBatchNorm
 
 # TF-DeepLab's batch_norm_decay 0.9997 as Flax momentum, and the epsilons of the backbone and head.
@@ -178,6 +179,9 @@ class Xception65(nn.Module):
     width_divisor, middle_flow_units: see xception65_blocks (1 and 16 for Xception-65).
     remat: recompute every unit in the backward pass instead of keeping its activations.
     bn_momentum: of every BatchNorm's running statistics (TF-DeepLab's decay 0.9997).
+    scan_blocks: run the middle-flow units (but a last one that fuses) as one nn.scan
+      (models.scan_layout, which also gives the variables' layout): the same outputs, less to
+      compile.
   """
   output_stride: int = 16
   fusion: bool = True
@@ -186,6 +190,7 @@ class Xception65(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   bn_momentum: float = BN_MOMENTUM
+  scan_blocks: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool = True):
@@ -203,16 +208,27 @@ class Xception65(nn.Module):
     stride, rate, low_level = 2, 1, None
     for flow, block, depths, skip, unit_stride, units, relu_inside, fused in xception65_blocks(
         self.width_divisor, self.middle_flow_units):
-      for i in range(units):
-        if stride == self.output_stride:
-          this_stride, this_rate = 1, rate
-          rate *= unit_stride
-        else:
-          this_stride, this_rate = unit_stride, 1
-          stride *= unit_stride
-        x, low = unit_cls(depths, skip, this_stride, this_rate, relu_inside,
-                          fuse and fused and i == units - 1, name=f'{flow}_{block}_unit_{i + 1}',
-                          **common)(x)
+      # The middle flow's units are alike, but for the last one where it fuses.
+      last_fuses = fuse and fused
+      for run in scan_layout.runs(units, 0, units - 1 - last_fuses,
+                                  self.scan_blocks and flow == 'middle_flow'):
+        strides_rates = set()
+        for _ in run:
+          if stride == self.output_stride:
+            strides_rates.add((1, rate))
+            rate *= unit_stride
+          else:
+            strides_rates.add((unit_stride, 1))
+            stride *= unit_stride
+        if len(strides_rates) != 1:
+          raise ValueError(f'{flow} {block}: units {run} differ in stride or rate, so they '
+                           'cannot be scanned')
+        (this_stride, this_rate), = strides_rates
+        unit = unit_cls(depths, skip, this_stride, this_rate, relu_inside,
+                        last_fuses and run.stop == units,
+                        name=scan_layout.name(f'{flow}_{block}_unit_', run, base=1), **common)
         if (flow, block) == ('entry_flow', 'block2'):
-          low_level = low
+          x, low_level = unit(x)
+        else:
+          x = scan_layout.apply(unit, x, run, carry=lambda y: y[0])
     return x, low_level
