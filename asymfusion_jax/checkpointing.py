@@ -39,6 +39,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from asymfusion_jax import checksums
+from asymfusion_jax.models import scan_layout
 from asymfusion_jax.checkpoint_failures import (SAVE_LOG, disk_full, quiet_abandoned_reads,
                                                 reason, remove_partial_save)
 
@@ -280,22 +281,25 @@ class Checkpoints:
       multihost_utils.sync_global_devices('unreadable checkpoints set aside')
     self.periodic.reload()
 
-  def _check_fits(self, manager, step, abstract_state, item: str) -> None:
-    """Raises CheckpointMismatchError if the stored parameters differ in names or shapes.
+  def _check_fits(self, manager, step, abstract_state, item: str):
+    """Raises CheckpointMismatchError if the stored parameters differ in names or shapes (in
+    the canonical layout: a checkpoint of the other config.model.scan_blocks fits). Returns
+    the stored parameters' metadata, or None where it cannot be read.
 
     Only readable metadata is compared; a checkpoint whose metadata cannot be read is left to
     the restore, which treats it as unreadable.
     """
     try:
-      stored = manager.item_metadata(step)[item]['params']
+      metadata = manager.item_metadata(step)[item]['params']
+      stored = scan_layout.canonical(metadata)
     except Exception:  # pylint: disable=broad-except
-      return
-    expected = _as_dict(abstract_state)['params']
+      return None
+    expected = scan_layout.canonical(_as_dict(abstract_state)['params'])
     shapes = lambda tree: {jax.tree_util.keystr(path): tuple(leaf.shape)
                            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
     stored, expected = shapes(stored), shapes(expected)
     if stored == expected:
-      return
+      return metadata
     differences = [f'{k}: stored {stored[k]}, the config\'s model has {expected[k]}'
                    for k in sorted(stored.keys() & expected.keys()) if stored[k] != expected[k]]
     differences += [f'{k}: only in the checkpoint' for k in sorted(stored.keys() - expected.keys())]
@@ -343,28 +347,37 @@ class Checkpoints:
 
   def _restore(self, manager, step, abstract_state, variables_only: bool = False):
     """Checks the checksums of `step`, then restores it (see restore_latest and
-    restore_variables), as either layout."""
+    restore_variables), as either layout, converted to abstract_state's scan_layout (a
+    checkpoint holds the layout of the run that wrote it)."""
     directory = _step_dir(manager, step)
     checksums.verify(directory)
     quiet_abandoned_reads()
     whole = os.path.isdir(os.path.join(directory, STATE))  # The layout before `variables`.
-    self._check_fits(manager, step, abstract_state, STATE if whole else VARIABLES)
+    stored = self._check_fits(manager, step, abstract_state, STATE if whole else VARIABLES)
     tree = _as_dict(abstract_state)
-    if whole:
-      args = {STATE: ocp.args.StandardRestore(tree)}
-    else:
-      args = {VARIABLES: ocp.args.StandardRestore({k: tree[k] for k in COLLECTIONS})}
-      if not variables_only:
-        args[TRAIN] = ocp.args.StandardRestore(
-            {k: v for k, v in tree.items() if k not in COLLECTIONS})
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **args, **{RECORD: ocp.args.JsonRestore()}))
-    values = dict(restored[STATE]) if whole else {
-        **restored[VARIABLES], **(restored[TRAIN] if TRAIN in args else {})}
+    if variables_only and not whole:
+      tree = {k: tree[k] for k in COLLECTIONS}
+    records = []
+
+    def read(tree):  # In the checkpoint's scan_layout.
+      if whole:
+        args = {STATE: ocp.args.StandardRestore(tree)}
+      else:
+        args = {VARIABLES: ocp.args.StandardRestore({k: tree[k] for k in COLLECTIONS})}
+        if not variables_only:
+          args[TRAIN] = ocp.args.StandardRestore(
+              {k: v for k, v in tree.items() if k not in COLLECTIONS})
+      restored = manager.restore(step, args=ocp.args.Composite(
+          **args, **{RECORD: ocp.args.JsonRestore()}))
+      records.append(restored[RECORD])
+      return dict(restored[STATE]) if whole else {
+          **restored[VARIABLES], **(restored[TRAIN] if TRAIN in args else {})}
+
+    values = scan_layout.restore(read, tree if stored is None else stored, tree)
     if variables_only:
-      return {k: values[k] for k in COLLECTIONS}, restored[RECORD]
+      return {k: values[k] for k in COLLECTIONS}, records[0]
     state = values if isinstance(abstract_state, dict) else type(abstract_state)(**values)
-    return state, restored[RECORD]
+    return state, records[0]
 
   def close(self) -> None:
     """Waits for the pending save (its failure raises CheckpointSaveError), then closes."""

@@ -16,12 +16,15 @@ import numpy as np
 from asymfusion_jax import torch_pickle, variables_io
 from asymfusion_jax.convert import deeplab as deeplab_convert
 from asymfusion_jax.convert import refinenet as refinenet_convert
+from asymfusion_jax.models import scan_layout
 
 
 def merge(variables: dict, pretrained: dict, source: str) -> dict:
-  """Replaces the leaves of `variables` named in `pretrained` (same shapes required)."""
+  """Replaces the leaves of `variables` named in `pretrained` (same shapes required), either in
+  variables' models.scan_layout (pretrained weights of the other layout are converted)."""
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables), sep='/')
-  new = flax.traverse_util.flatten_dict(flax.core.unfreeze(pretrained), sep='/')
+  pretrained = scan_layout.to_layout(flax.core.unfreeze(pretrained), variables)
+  new = flax.traverse_util.flatten_dict(pretrained, sep='/')
   unexpected = sorted(set(new) - set(flat))
   if unexpected:
     raise KeyError(f'{source}: entries not in the model: {unexpected[:10]}'

@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from asymfusion_jax import checkpointing, checksums
+from asymfusion_jax.models import scan_layout
 
 COLLECTIONS = ('params', 'batch_stats')
 
@@ -91,7 +92,8 @@ def load_variables(directory, target: Mapping[str, Any] | None = None) -> dict[s
       shape, dtype and optionally sharding). When given, the checkpoint must have exactly its
       structure and shapes, and leaves come back with the target's dtype; those whose target
       has a sharding come back as jax.Arrays placed by it. Other leaves come back as they were
-      saved (NumPy or jax.Array).
+      saved (NumPy or jax.Array). A checkpoint in the other models.scan_layout than the
+      target's (config.model.scan_blocks) comes back converted to the target's.
 
   Returns:
     {'params': ..., 'batch_stats': ...}.
@@ -114,7 +116,11 @@ def load_variables(directory, target: Mapping[str, Any] | None = None) -> dict[s
   checkpointing.quiet_abandoned_reads()
   with ocp.StandardCheckpointer() as checkpointer:
     try:
-      restored = checkpointer.restore(path, target)
+      if target is None:
+        restored = checkpointer.restore(path)
+      else:  # Converted to the target's scan_layout (the converters write the canonical one).
+        stored = checkpointer.metadata(path).item_metadata['params']
+        restored = scan_layout.restore(lambda t: checkpointer.restore(path, t), stored, target)
     except FileNotFoundError as e:
       raise ValueError(f'{path} is not an orbax variables checkpoint: {e}') from e
     except ValueError as e:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from asymfusion_jax.models import scan_layout
+
 DATA_PARALLEL_PREFIX = 'module.'
 NUM_BATCHES_TRACKED = 'num_batches_tracked'
 # Flax BatchNorm leaves and their PyTorch names, in the order PyTorch lists them.
@@ -159,11 +161,12 @@ def to_torch(variables: Mapping[str, Any], entry: Entry) -> np.ndarray:
 
 
 def abstract_variables(model, num_modalities: int, **init_kwargs) -> dict[str, Any]:
-  """The shapes and dtypes of the variables of a model with (M, B, H, W, 3) input."""
+  """The shapes and dtypes of the variables of a model with (M, B, H, W, 3) input, in the
+  canonical (unscanned) models.scan_layout whatever the model's scan_blocks."""
   probe = jax.ShapeDtypeStruct(
       (num_modalities, 1, _SHAPE_PROBE_SIZE, _SHAPE_PROBE_SIZE, 3), jnp.float32)
   init = functools.partial(model.init, **init_kwargs)
-  return dict(jax.eval_shape(init, jax.random.key(0), probe))
+  return scan_layout.canonical(dict(jax.eval_shape(init, jax.random.key(0), probe)))
 
 
 def require(state_dict: Mapping[str, Any], key: str) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 
 from asymfusion_jax import variables_io
 from asymfusion_jax.convert import keys
+from asymfusion_jax.models import scan_layout
 from asymfusion_jax.models.refinenet import RefineNet
 from asymfusion_jax.models.resnet import STAGE_SIZES, ResNet
 
@@ -175,7 +176,7 @@ def refinenet_to_torch(variables: Mapping[str, Any], num_batches_tracked=0,
   """asymfusion_jax RefineNet variables as the reference implementation's state_dict.
 
   Args:
-    variables: {'params': ..., 'batch_stats': ...} of a RefineNet.
+    variables: {'params': ..., 'batch_stats': ...} of a RefineNet, in either models.scan_layout.
     num_batches_tracked: the BatchNorm counters to write, which the Flax variables do not hold
       (see the module docstring): an int for all of them, or a state_dict (with or without the
       `module.` prefix) to copy every `...bn_{m}.num_batches_tracked` from.
@@ -186,6 +187,7 @@ def refinenet_to_torch(variables: Mapping[str, Any], num_batches_tracked=0,
     as (out, in, kh, kw)) and int64 0-d num_batches_tracked, ready for
     `model.load_state_dict({k: torch.from_numpy(v) ...})`.
   """
+  variables = scan_layout.canonical(variables)
   counters = None
   if isinstance(num_batches_tracked, Mapping):
     counters = keys.strip_data_parallel(num_batches_tracked)

@@ -82,6 +82,8 @@ def _check_refinenet(config) -> int:
   v.integer(config, 'model.decoder_width', 1)
   v.number(config, 'model.dropout_rate', 0, 1)
   v.choice(config, 'model.remat', refinenet.REMAT)
+  if 'scan_blocks' in config.model:
+    v.boolean(config, 'model.scan_blocks')
   return num_classes
 
 
@@ -101,6 +103,8 @@ def _check_deeplab(config) -> int:
   v.number(config, 'model.dropout_rate', 0, 1)
   v.choice(config, 'model.remat', deeplab.REMAT)
   v.boolean(config, 'model.upsample_logits')
+  if 'scan_blocks' in config.model:
+    v.boolean(config, 'model.scan_blocks')
   if 'bn_momentum' in config.model:
     v.number(config, 'model.bn_momentum', 0, 1)
   if not config.model.upsample_logits:
