@@ -5,7 +5,7 @@
 
 For every config, experiments/benchmark.py runs twice back to back, each in a fresh process
 (nothing cached between them; the persistent compilation cache is switched off): without and
-with --config.model.scan_blocks=True, at a small batch and crop so that the step also runs on a
+with --config.model.scan_blocks=True (--scan_first: the other way round), at a small batch and crop so that the step also runs on a
 CPU (compile time barely depends on them). Each result line (benchmark.py's JSON plus the
 config) is appended to --out as it comes; a table of compile time (wall and CPU seconds), their
 ratios and the step times is printed at the end.
@@ -29,6 +29,8 @@ flags.DEFINE_integer('batch_size', 2, 'Batch size of the timed train step.')
 flags.DEFINE_integer('crop_size', 64, 'Square crop of the timed train step.')
 flags.DEFINE_integer('steps', 3, 'Timed steps (benchmark.py --steps).')
 flags.DEFINE_bool('compile_only', False, 'Compile without running steps.')
+flags.DEFINE_bool('scan_first', False, 'Measure with scan_blocks first, then without (a second '
+                  'round in the other order tells drift on a shared machine from the effect).')
 
 
 def measure(config: str, scan: bool) -> dict:
@@ -69,7 +71,7 @@ def main(argv):
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   results = []
   for config in FLAGS.configs:
-    for scan in (False, True):
+    for scan in (True, False) if FLAGS.scan_first else (False, True):
       result = measure(config, scan)
       results.append(result)
       with open(FLAGS.out, 'a') as f:
