@@ -119,7 +119,10 @@ def load_variables(directory, target: Mapping[str, Any] | None = None) -> dict[s
       if target is None:
         restored = checkpointer.restore(path)
       else:  # Converted to the target's scan_layout (the converters write the canonical one).
-        stored = checkpointer.metadata(path).item_metadata['params']
+        try:
+          stored = checkpointer.metadata(path).item_metadata['params']
+        except Exception:  # pylint: disable=broad-except  # The restore names what is wrong.
+          stored = target
         restored = scan_layout.restore(lambda t: checkpointer.restore(path, t), stored, target)
     except FileNotFoundError as e:
       raise ValueError(f'{path} is not an orbax variables checkpoint: {e}') from e

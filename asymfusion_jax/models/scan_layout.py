@@ -89,22 +89,16 @@ def groups(tree) -> frozenset[str]:
   the canonical layout."""
   found = set()
 
-  def visit(node):
-    if isinstance(node, Mapping):
-      for key, value in node.items():
-        if isinstance(key, str) and _GROUP.match(key):
-          found.add(key)
-        visit(value)
-    elif isinstance(node, (list, tuple)):
-      for value in node:
-        visit(value)
+  def visit(mapping):
+    found.update(k for k in mapping if isinstance(k, str) and _GROUP.match(k))
+    return mapping
 
-  visit(tree)
+  _map_nodes(tree, visit)
   return frozenset(found)
 
 
 def _is_array(leaf) -> bool:
-  return isinstance(leaf, (np.ndarray, np.generic, jax.Array, jax.core.Tracer))
+  return isinstance(leaf, (np.ndarray, np.generic, jax.Array))  # Tracers are jax.Arrays.
 
 
 def _sharding(leaf, spec: Callable[[tuple], tuple]):
