@@ -21,7 +21,7 @@ def assert_trees_close(actual, expected, tolerance=1e-5):
   bits; gradients that are zero in exact arithmetic, such as a BatchNorm bias's before another
   train-mode BatchNorm, are rounding noise on the scale of the largest gradients)."""
   assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected)
-  largest = max(float(np.abs(e).max()) for e in jax.tree.leaves(expected))
+  largest = max((float(np.abs(e).max()) for e in jax.tree.leaves(expected)), default=0.0)
 
   def close(a, e):
     a, e = np.asarray(a), np.asarray(e)
@@ -31,18 +31,19 @@ def assert_trees_close(actual, expected, tolerance=1e-5):
   jax.tree.map(close, actual, expected)
 
 
-def train_step(model):
-  """(loss, (outputs, batch_stats update)) and the gradients of a backbone's train-mode forward
-  pass (ResNet and Xception65 both take (x, use_running_average))."""
+def train_step(model, with_eval: bool = False):
+  """The jitted ((loss, (outputs, batch_stats update)), gradients, eval-mode outputs or None)
+  of a backbone (ResNet and Xception65 both take (x, use_running_average)), in one program."""
   def loss(variables, x):
     out, updates = model.apply(variables, x, False, mutable=['batch_stats'])
     return (sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(out)),
             (out, updates['batch_stats']))
-  return jax.jit(jax.value_and_grad(loss, has_aux=True))
 
+  def step(variables, x):
+    value, grads = jax.value_and_grad(loss, has_aux=True)(variables, x)
+    return value, grads, model.apply(variables, x, True) if with_eval else None
 
-def eval_output(model, variables, x):
-  return jax.jit(lambda v: model.apply(v, x, True))(variables)
+  return jax.jit(step)
 
 
 def both_layouts(model, x):
@@ -53,46 +54,48 @@ def both_layouts(model, x):
   return scanned, variables, scan_layout.to_layout(variables, like)
 
 
-def check_equal(model, x, groups):
-  """The scanned model's outputs, train-mode BatchNorm updates and gradients are the unscanned
-  model's, given the same weights."""
-  scanned, variables, scanned_variables = both_layouts(model, x)
+def check_equal(steps, variables, scanned_variables, x, groups):
+  """The scanned model's outputs (train and eval mode), train-mode BatchNorm updates and
+  gradients are the unscanned model's, given the same weights. steps: train_step of the
+  unscanned and of the scanned model."""
   assert scan_layout.groups(scanned_variables) == groups
-  (loss, (out, stats)), grads = train_step(model)(variables, x)
-  (loss_s, (out_s, stats_s)), grads_s = train_step(scanned)(scanned_variables, x)
+  (loss, (out, stats)), grads, evaluated = steps[False](variables, x)
+  (loss_s, (out_s, stats_s)), grads_s, evaluated_s = steps[True](scanned_variables, x)
   assert scan_layout.groups(grads_s) == scan_layout.groups(stats_s) == groups
   assert_trees_close(out_s, out)
+  assert_trees_close(evaluated_s, evaluated)
   assert_trees_close(scan_layout.canonical(stats_s), stats)
   assert_trees_close(scan_layout.canonical(grads_s), grads)
   np.testing.assert_allclose(loss_s, loss, rtol=1e-5)
-  return scanned, scanned_variables, grads, out
+  return grads, out
 
 
 @pytest.fixture(scope='module')
 def resnet():
-  """(unscanned model, scanned model, input, unscanned variables, scanned variables): the
-  multimodal ResNet (M=2, AsymFusion, per-modality BatchNorm) of RefineNet."""
+  """(train_step of the unscanned and the scanned model, input, unscanned variables, scanned
+  variables): the multimodal ResNet (M=2, AsymFusion, per-modality BatchNorm) of RefineNet."""
   x = jax.random.normal(jax.random.key(1), (2, 1, 32, 32, 3))
   model = ResNet(depth=32, width=4)
   scanned, variables, scanned_variables = both_layouts(model, x)
-  return model, scanned, x, variables, scanned_variables
+  steps = {False: train_step(model, with_eval=True), True: train_step(scanned, with_eval=True)}
+  return steps, x, variables, scanned_variables
 
 
 def test_resnet_scanned_equals_unscanned(resnet):
-  model, scanned, x, _, _ = resnet
-  scanned, scanned_variables, grads, out = check_equal(model, x, {GROUP})
+  steps, x, variables, scanned_variables = resnet
+  grads, out = check_equal(steps, variables, scanned_variables, x, {GROUP})
   # Not vacuous: the scanned blocks matter (their gradients are not zero) ...
   assert float(jnp.abs(grads['params']['layer3_2']['conv2']['kernel']).max()) > 0
   # ... and swapping their two sets of weights changes the output.
   swapped = jax.tree.map(lambda a: a, scanned_variables)
   swapped['params'][GROUP] = jax.tree.map(lambda a: a[::-1], swapped['params'][GROUP])
-  (_, (out_swapped, _)), _ = train_step(scanned)(swapped, x)
+  (_, (out_swapped, _)), _, _ = steps[True](swapped, x)
   assert not np.allclose(out_swapped['l4'], out['l4'], rtol=1e-3)
 
 
 def test_scan_composes_with_remat(resnet):
   """config.model.remat's recomputation runs inside the scanned body (traced only)."""
-  _, _, x, _, scanned_variables = resnet
+  _, x, _, scanned_variables = resnet
   model = ResNet(depth=32, width=4, remat=True, scan_blocks=True)
   jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, False, mutable=['batch_stats']))(
       scanned_variables)
@@ -111,21 +114,21 @@ def test_scan_composes_with_remat(resnet):
 
 
 def test_xception_scanned_equals_unscanned():
+  model, x = Xception65(width_divisor=8, middle_flow_units=3), jax.random.normal(
+      jax.random.key(2), (2, 1, 33, 33, 3))
+  scanned, variables, scanned_variables = both_layouts(model, x)
   # The middle flow's units 1 and 2; unit 3 fuses and stays apart.
-  check_equal(Xception65(width_divisor=8, middle_flow_units=3),
-              jax.random.normal(jax.random.key(2), (2, 1, 33, 33, 3)),
-              {'middle_flow_block1_unit_1_to_2'})
+  check_equal({False: train_step(model), True: train_step(scanned)}, variables,
+              scanned_variables, x, {'middle_flow_block1_unit_1_to_2'})
 
 
 def test_configs_build_scanned_models():
   """config.model.scan_blocks reaches the backbones of RefineNet and DeepLab (shapes only)."""
-  refinenet = config_lib.nyudv2_paper(depth=50, modalities=('rgb', 'depth'), fusion='asym')
+  refinenet = config_lib.nyudv2_paper(depth=32, modalities=('rgb', 'depth'), fusion='asym')
+  refinenet.model.width = refinenet.model.decoder_width = 8
   deeplab = config_lib.cityscapes_deeplab(modalities=('rgb', 'depth'))
-  deeplab.model.width_divisor, deeplab.model.middle_flow_units = 8, 4
-  expected = {
-      id(refinenet): {'layer2_1_to_2', 'layer3_1_to_4'},  # Stages of 3, 4, 6 and 3 blocks.
-      id(deeplab): {'middle_flow_block1_unit_1_to_3'},
-  }
+  deeplab.model.width_divisor, deeplab.model.middle_flow_units = 8, 3
+  expected = {id(refinenet): {GROUP}, id(deeplab): {'middle_flow_block1_unit_1_to_2'}}
   for config in (refinenet, deeplab):
     x = jnp.zeros((2, 1, 64, 64, 3))
     shapes = lambda: jax.eval_shape(lambda: models.build_model(config).init(
@@ -150,7 +153,7 @@ def train_state(variables):
 
 
 def test_layout_round_trip(resnet):
-  _, _, _, variables, scanned_variables = resnet
+  _, _, variables, scanned_variables = resnet
   backbone, stacked = variables['params'], scanned_variables['params']
   assert 'layer3_1' not in stacked and 'layer3_3' in stacked and 'layer3_0' in stacked
   for i, block in enumerate(('layer3_1', 'layer3_2')):  # Stacked in block order.
@@ -179,9 +182,8 @@ def test_checkpoints_restore_into_either_layout(resnet, tmp_path):
   """A checkpoint written with scan_blocks off resumes and evaluates with it on, and the
   reverse; a converted (canonical) variables checkpoint and pretrained weights load into a
   scanned model."""
-  model, scanned, x, variables, scanned_variables = resnet
-  expected = eval_output(scanned, scanned_variables, x)
-  assert_trees_close(expected, eval_output(model, variables, x))
+  steps, x, variables, scanned_variables = resnet
+  expected = steps[True](scanned_variables, x)[2]  # Eval-mode outputs (equal to the unscanned).
   states = {False: train_state(variables), True: train_state(scanned_variables)}
   record = {'step': 7, 'data_position': 7, 'best_metric': None, 'best_value': None}
   for written in (False, True):
@@ -196,9 +198,7 @@ def test_checkpoints_restore_into_either_layout(resnet, tmp_path):
       jax.tree.map(np.testing.assert_array_equal, state, states[wanted])
       jax.tree.map(np.testing.assert_array_equal, best,
                    {k: states[wanted][k] for k in checkpointing.COLLECTIONS})
-    with checkpointing.Checkpoints(workdir, create=False) as ckpts:
-      best, _ = ckpts.restore_variables(checkpointing.abstract(states[True]))
-    jax.tree.map(np.testing.assert_array_equal, eval_output(scanned, best, x), expected)
+      assert_trees_close(steps[wanted](best, x)[2], expected)  # The same evaluation.
 
   # What `python -m asymfusion_jax.convert` writes (canonical), loaded for a scanned model.
   path = variables_io.save_variables(tmp_path / 'converted', jax.device_get(variables))
