@@ -35,8 +35,9 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.model.decoder_width = 256
   c.model.dropout_rate = 0.5
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
-  # Runs of identical backbone blocks as one nn.scan (asymfusion_jax.models.scan_layout):
-  # the same model, less to compile; checkpoints of either setting load into the other.
+  # Runs of identical backbone blocks as one nn.scan (asymfusion_jax.models.scan_layout): the
+  # same model as a smaller program, for accelerators (on CPUs it barely compiles faster and
+  # steps slower); checkpoints of either setting load into the other.
   c.model.scan_blocks = False
   # 'auto': the CPU-tuned 1x1 convolutions and max-pooling where lowered for a CPU, the stock
   # XLA ops elsewhere; 'cpu' or 'xla': one of them everywhere (asymfusion_jax.models.kernels).
@@ -145,8 +146,9 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.model.middle_flow_units = 16
   c.model.dropout_rate = 0.1
   c.model.remat = 'none'  # 'none', 'backbone' or 'all': recompute activations in the backward.
-  # Runs of identical backbone blocks as one nn.scan (asymfusion_jax.models.scan_layout):
-  # the same model, less to compile; checkpoints of either setting load into the other.
+  # Runs of identical backbone blocks as one nn.scan (asymfusion_jax.models.scan_layout): the
+  # same model as a smaller program, for accelerators (on CPUs it barely compiles faster and
+  # steps slower); checkpoints of either setting load into the other.
   c.model.scan_blocks = False
   c.model.upsample_logits = True  # Logits at the input size; False: at stride 4.
   c.model.bn_momentum = 0.9997  # BatchNorm running statistics (TF-DeepLab's decay).
