@@ -24,7 +24,7 @@ and the timed steps):
 
   case                     est. s  what it answers
   paper_bf16               75   the paper's goal case first: RefineNet-101 bfloat16 train step
-                                against <= 67 ms, compile < 60 s, peak <= 12.9 GB; HLO to DIR/hlo
+                                against <= 67 ms, compile < 60 s, peak <= 12.9 GB; HLO to LOGS/hlo
   torch_bf16               35   the PyTorch reference on the same card, bf16 autocast +
                                 channels_last (149 ms on an H200): the JAX/PyTorch ratio
   kernels_cpu              60   RefineNet with config.model.kernels='cpu' (the CPU rewrites):
@@ -37,6 +37,9 @@ and the timed steps):
   deeplab_kernels_cpu      80   DeepLab has no CPU rewrite: the same program again, so its ratio
                                 is the run-to-run noise of the A/B ratios (last: least to learn)
 
+The order: what a lease must not end without comes first (the issue's goal, then the same-card
+PyTorch ratio that judges it), then the open questions (whether 'auto' is right on a GPU, the two
+settings never measured), then the fp32 pair (a reference figure exists), the noise control last.
 They add up to 485 s of the default --budget_s=500, which leaves 40 s of a 9-minute window for
 the Python start and margin. More cases, not run by default: eval_bf16 (the eval step),
 batch_sweep (bfloat16 at every --batch_sizes value, cases batch_<B>), remat_backbone and

@@ -187,3 +187,34 @@ def test_the_torch_cases_run_where_jax_ran_or_say_why_not(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)  # As if torch were not installed.
   assert benchmark_torch_device.run(nyudv2_refinenet101.get_config(), 'cuda') == {
       'skipped': 'torch not installed'}
+
+
+@pytest.mark.parametrize('precision,dtype,layout', [('bf16', 'bfloat16', 'channels_last'),
+                                                    ('fp32', 'float32', 'contiguous_format')])
+def test_the_torch_cases_run_the_reference_in_their_precision_and_layout(monkeypatch, precision,
+                                                                         dtype, layout):
+  torch = pytest.importorskip('torch')
+  from configs import demo  # pylint: disable=import-outside-toplevel
+  from tests import torch_reference  # pylint: disable=import-outside-toplevel
+  seen = {}
+  randomize = torch_reference.randomize_
+
+  def spy(model, generator):  # The step's model, with a hook on its M + 1 outputs.
+    randomize(model, generator)
+    seen['model'] = model
+    model.register_forward_hook(lambda m, i, outs: seen.update(dtypes={o.dtype for o in outs}))
+  monkeypatch.setattr(torch_reference, 'randomize_', spy)
+  config = demo.get_config()
+  config.model.width, config.model.decoder_width, config.crop_size = 8, 16, 32
+  config.batch_size = 2
+  threads = torch.get_num_threads()
+  try:  # One thread: a shared 2-core machine keeps no OpenMP barrier waiting.
+    result = benchmark_torch_device.run(config, 'cpu', precision, steps=1, warmup=0, threads=1)
+  finally:
+    torch.set_num_threads(threads)
+  assert seen['dtypes'] == {getattr(torch, dtype)}
+  kernel = next(p for p in seen['model'].parameters() if p.dim() == 4 and p.shape[-1] > 1)
+  assert kernel.is_contiguous(memory_format=getattr(torch, layout))
+  assert (result['compute_dtype'], result['channels_last'], result['platform']) == (
+      dtype, layout == 'channels_last', 'cpu')
+  assert result['step_ms'] > 0 and result['peak_memory_gb'] is None
