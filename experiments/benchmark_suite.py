@@ -101,12 +101,20 @@ class Case(NamedTuple):
 CONFIGS = {'config': 'configs/nyudv2_refinenet101.py',
            'deeplab_config': 'configs/cityscapes_deeplab_xception65.py',
            'translation_config': 'configs/taskonomy_shade_normal_edge.py'}
-# model -> (script, flag naming its config file, flags of its extra arguments).
+
+
+class Model(NamedTuple):
+  script: str  # In experiments/.
+  config_flag: str  # The flag naming its config file (a key of CONFIGS).
+  arg_flags: tuple[str, ...]  # The flags of its extra arguments.
+  torch: bool  # PyTorch: runs on --torch_device, or is skipped; else JAX (gets --peak_tflops).
+
+
 MODELS = {
-    'refinenet': ('benchmark.py', 'config', ('refinenet_arg',)),
-    'deeplab': ('benchmark.py', 'deeplab_config', ('deeplab_arg',)),
-    'translation': ('benchmark.py', 'translation_config', ('translation_arg',)),
-    'torch': ('benchmark_torch_device.py', 'config', ('refinenet_arg', 'torch_arg')),
+    'refinenet': Model('benchmark.py', 'config', ('refinenet_arg',), False),
+    'deeplab': Model('benchmark.py', 'deeplab_config', ('deeplab_arg',), False),
+    'translation': Model('benchmark.py', 'translation_config', ('translation_arg',), False),
+    'torch': Model('benchmark_torch_device.py', 'config', ('refinenet_arg', 'torch_arg'), True),
 }
 
 CASES = {
@@ -177,15 +185,15 @@ def expand_cases(names, batch_sizes) -> list[tuple[str, Case]]:
 
 def case_command(case: Case, values: dict, passthrough, out: str, log_dir: str) -> list[str]:
   """The case's command line. values: flag name -> value (--config, --deeplab_arg, ...)."""
-  script, config_flag, arg_flags = MODELS[case.model]
-  args = [f'--config={values[config_flag]}', *passthrough]
-  for name in arg_flags:
+  model = MODELS[case.model]
+  args = [f'--config={values[model.config_flag]}', *passthrough]
+  for name in model.arg_flags:
     args += values[name]
-  if script == 'benchmark.py' and values.get('peak_tflops'):
+  if not model.torch and values.get('peak_tflops'):
     args.append(f'--peak_tflops={values["peak_tflops"]}')
   # The case's own arguments come last, so that they win over the common ones.
   args += [a.format(out=out, log_dir=log_dir) for a in case.args]
-  return [sys.executable, os.path.join(_REPO, 'experiments', script), *args]
+  return [sys.executable, os.path.join(_REPO, 'experiments', model.script), *args]
 
 
 def run_case(name, command, xla_flags, log_dir, timeout_s) -> dict:
@@ -277,7 +285,7 @@ def main(argv):
     command = case_command(case, values, passthrough, out, log_dir)
     if left < needed:
       record = {'case': name, 'skipped': f'{left:.0f} s of the budget left, needs ~{needed:.0f} s'}
-    elif case.model == 'torch':
+    elif MODELS[case.model].torch:
       device, why = torch_device(records, FLAGS.torch_device, probe)
       record = ({'case': name, 'skipped': why} if device is None else
                 run_case(name, command + [f'--device={device}'], case.xla_flags, log_dir, left))
