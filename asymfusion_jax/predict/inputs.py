@@ -1,11 +1,11 @@
 """predict's inputs: which files make up each image, and reading them into network input.
 
 Two ways to name them:
-- one folder per modality (`--input rgb=DIR --input depth=DIR`): every image file under each
-  folder (recursively; hidden files and other extensions ignored; .npy arrays too for a dataset
-  that stores modalities as arrays, rgbx), paired across the folders by
-  their path relative to the folder, without the extension and without the dataset's per-modality
-  suffix (Cityscapes' _leftImg8bit / _disparity, Taskonomy's _domain_<domain>);
+- one folder per modality (`--input rgb=DIR --input depth=DIR`): every file of the dataset's
+  extensions under each folder (images; rgbx: .npy arrays too; recursively, hidden files and
+  other extensions ignored), paired across the folders by their path relative to the folder,
+  without the extension and without the dataset's per-modality suffix (Cityscapes'
+  _leftImg8bit / _disparity, Taskonomy's _domain_<domain>);
 - a list file (`--list=FILE`): one image per line, its files' paths separated by tabs or
   spaces, in the order of the model's modalities, relative to the list file's folder; blank lines
   and lines starting with # are skipped.
