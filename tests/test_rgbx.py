@@ -5,9 +5,9 @@ resumed, evaluated, exported and predicted on with each new config's data settin
 and 3; every bad input; .npy inputs of predict; the synthetic generator.
 
 Cost: the M = 2 runs use the tiny demo's model, recipe and shapes (tests/tiny.py), so their
-programs come from the compilation cache that the tiny demo run fills; the M = 1 runs (SUN RGB-D's
-:rgb and :x, one compiled model) and the M = 3 run (MFNet's settings) are one train step and one
-evaluation each, without prediction images.
+programs come from the compilation cache that the tiny demo run fills; the M = 1 run (SUN RGB-D's
+:rgb; its :x row's batches are checked, the same program would train them) and the M = 3 run
+(MFNet's settings) are one train step and one evaluation each, without prediction images.
 """
 
 import json
