@@ -158,7 +158,7 @@ class Pool:
       for future in futures:
         try:
           row, values = future.result()  # Raises a worker's exception here, in the consumer.
-        except concurrent.futures.process.BrokenProcessPool:
+        except concurrent.futures.BrokenExecutor:
           raise RuntimeError('A data worker process died (killed, e.g. by the out-of-memory '
                              "killer, or crashed); config.data.worker_kind='process' cannot "
                              'go on.') from None
