@@ -95,7 +95,9 @@ class SharedBatch:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
       try:
-        os.posix_fallocate(fd, 0, size)  # Fails now, rather than a worker's write later.
+        os.ftruncate(fd, size)
+        if hasattr(os, 'posix_fallocate'):  # Linux: fails now, rather than a worker's write.
+          os.posix_fallocate(fd, 0, size)
       except OSError as e:
         os.unlink(path)
         raise OSError(f"config.data.worker_kind='process' needs {size / 2**20:.0f} MiB of "
