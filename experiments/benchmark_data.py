@@ -19,10 +19,12 @@ any training run's. --worker_kind picks thread or process workers (config.data.w
 --grid times both datasets (DATA_DIR/nyudv2, DATA_DIR/cityscapes) with 1 and 2 worker threads and
 1 and 2 worker processes, in --rounds rounds that each run every case once in turn (A B C D A B C
 D: a load that changes over time reaches every case alike), each case for at least --seconds
-after its first batch; then prints a table of the median examples/s per case, the CPU seconds
-an example costs (the consumer and its worker processes together, from /proc), the load average
-while it ran, and the cores an accelerator needs to be fed at the --goal examples/s of each
-dataset.
+after its first batch; then prints a table of the median examples/s per case, its ratio to the
+same kind's 1 worker (2.0x: the work scales), the CPU seconds an example costs (the consumer and
+its worker processes together, from /proc), the load average while it ran, and the cores an
+accelerator needs to be fed at the --goal examples/s of each dataset: goal x CPU time per example
+(what the cores would do if the work scales, as with processes), and goal / examples/s x workers
+(what the measured rates give). On a busy machine only the CPU time means much.
 """
 
 import json
@@ -183,16 +185,19 @@ def _grid() -> None:
             f'examples/s, {result["cpu_s_per_example"] * 1000:.0f} ms CPU an example, first '
             f'batch after {result["first_batch_s"]:.1f} s, load {result["load_average"]:.1f}',
             flush=True)
-  print('\n| dataset | workers | examples/s (median; each round) | CPU ms / example | first '
-        'batch | load average | cores for the goal |\n|---|---|---|---|---|---|---|')
+  print('\n| dataset | workers | examples/s (median; each round) | over 1 worker | CPU ms / '
+        'example | first batch | load average | cores for the goal |\n'
+        '|---|---|---|---|---|---|---|---|')
   for case in cases:
     dataset, kind, workers = case
     rates = [r['examples_per_s'] for r in results[case]]
+    one = statistics.median(r['examples_per_s'] for r in results[(dataset, kind, 1)])
     cpu = statistics.median(r['cpu_s_per_example'] for r in results[case])
     goal = float(goals[dataset])
-    print(f'| {dataset} | {workers} {kind}{"s" if workers > 1 else ""} | '
+    kinds = kind if workers == 1 else {'thread': 'threads', 'process': 'processes'}[kind]
+    print(f'| {dataset} | {workers} {kinds} | '
           f'{statistics.median(rates):.2f} ({", ".join(f"{x:.2f}" for x in rates)}) | '
-          f'{cpu * 1000:.0f} | {statistics.median(r["first_batch_s"] for r in results[case]):.1f}'
+          f'{statistics.median(rates) / one:.2f}x | {cpu * 1000:.0f} | {statistics.median(r["first_batch_s"] for r in results[case]):.1f}'
           f' s | {statistics.median(r["load_average"] for r in results[case]):.1f} | '
           f'{goal * cpu:.1f} (by CPU time), {goal / statistics.median(rates) * workers:.1f} '
           f'(by rate) |', flush=True)
