@@ -108,6 +108,8 @@ class _SaveLog(logging_std.Filter):
 
 
 SAVE_LOG = _SaveLog()
+# Whether an orbax restore failed in this process: the reads it abandoned may end later.
+RESTORE_FAILED = threading.Event()
 
 
 def remove_partial_save(paths: list[str], timeout: float = 60.0) -> None:
@@ -139,8 +141,9 @@ def quiet_abandoned_reads() -> None:
   When one read of a restore (or write of a save) fails, orbax closes its event loop while
   TensorStore still finishes the others, and each of their completion callbacks fails with "Event
   loop is closed"; Python prints those (sys.unraisablehook), hundreds of tracebacks after the
-  restore's own error. They go to debug level, and the unfinished writes of a failed save that
-  Python collects at exit are dropped; other unraisable errors go to the previous hook.
+  restore's own error. They go to debug level, as do the unfinished reads and writes of a failed
+  restore or save that Python collects later, with their errors unretrieved (when depends on
+  the machine's load); other unraisable errors go to the previous hook.
   Installed once per process.
   """
   previous = sys.unraisablehook
@@ -154,8 +157,13 @@ def quiet_abandoned_reads() -> None:
                     'event loop closed.')
       return
     code = getattr(unraisable.object, 'cr_code', None)  # A coroutine collected unfinished.
-    if SAVE_LOG.failed and '/orbax/' in getattr(code, 'co_filename', ''):
-      return  # A write of the failed save, collected (often at exit) before it ended.
+    if ((SAVE_LOG.failed or RESTORE_FAILED.is_set())
+        and '/orbax/' in getattr(code, 'co_filename', '')):
+      # A write of the failed save or a read of the failed restore, collected (often at exit,
+      # or when a loaded machine runs the collector late) with its error unretrieved.
+      logging.debug('An orbax read or write abandoned by a failed restore or save ended '
+                    'with: %s', error)
+      return
     previous(unraisable)
 
   hook.asymfusion_quiet = True

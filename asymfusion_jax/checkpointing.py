@@ -39,9 +39,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from asymfusion_jax import checksums
+from asymfusion_jax.checkpoint_failures import (RESTORE_FAILED, SAVE_LOG, disk_full,
+                                                quiet_abandoned_reads, reason,
+                                                remove_partial_save)
 from asymfusion_jax.models import scan_layout
-from asymfusion_jax.checkpoint_failures import (SAVE_LOG, disk_full, quiet_abandoned_reads,
-                                                reason, remove_partial_save)
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
 COLLECTIONS = ('params', 'batch_stats')  # The `variables` item: what evaluation and export need.
@@ -367,8 +368,12 @@ class Checkpoints:
         if not variables_only:
           args[TRAIN] = ocp.args.StandardRestore(
               {k: v for k, v in tree.items() if k not in COLLECTIONS})
-      restored = manager.restore(step, args=ocp.args.Composite(
-          **args, **{RECORD: ocp.args.JsonRestore()}))
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            **args, **{RECORD: ocp.args.JsonRestore()}))
+      except Exception:
+        RESTORE_FAILED.set()  # Its abandoned reads may end later: quiet_abandoned_reads.
+        raise
       records.append(restored[RECORD])
       return dict(restored[STATE]) if whole else {
           **restored[VARIABLES], **(restored[TRAIN] if TRAIN in args else {})}

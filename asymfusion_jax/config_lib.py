@@ -56,6 +56,7 @@ def nyudv2_paper(depth: int = 101, modalities=('rgb', 'depth'), fusion: str = 'a
   c.data.scale_range = (0.5, 2.0)
   c.data.min_short_side = 350
   c.data.num_workers = 4
+  c.data.worker_kind = 'thread'  # Or 'process' (see data/workers.py).
   c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.batch_size = 6
   c.crop_size = 500
@@ -167,7 +168,8 @@ def cityscapes_deeplab(modalities=('rgb', 'depth'), fusion: str = 'asym',
   c.data.ignore_label = 255
   c.data.scale_range = (0.5, 2.0)  # Random scales low, low + step, ..., high.
   c.data.scale_step = 0.25
-  c.data.num_workers = 8  # Threads that read, decode and augment examples.
+  c.data.num_workers = 8  # Workers that read, decode and augment examples.
+  c.data.worker_kind = 'thread'  # Or 'process' (see data/workers.py).
   c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.batch_size = 8
   c.crop_size = 769
@@ -244,6 +246,7 @@ def taskonomy_paper(modalities=('reshading', 'depth_euclidean'),
   c.data.num_val = 500
   c.data.load_size = 286  # Train images are resized to this, then cropped to crop_size.
   c.data.num_workers = 4
+  c.data.worker_kind = 'thread'  # Or 'process' (see data/workers.py).
   c.data.prefetch_to_device = 2  # Train batches transferred to the devices ahead of their step.
   c.crop_size = 256  # Train crop and validation size.
   c.batch_size = 1

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 from asymfusion_jax import cli
 from asymfusion_jax import checkpointing
 from asymfusion_jax import config_io
-from asymfusion_jax import config_lib
 from asymfusion_jax import logger
+from asymfusion_jax import model_flags
 from asymfusion_jax import sharding
 from asymfusion_jax import tasks
 from asymfusion_jax import torch_pickle
@@ -349,19 +349,8 @@ def export(source: Source, out: str, fmt: str = 'jax', **jax_options) -> None:
 
 
 def _source_from_flags(args) -> Source:
-  if bool(args.workdir) == bool(args.checkpoint):
-    raise app.UsageError('pass exactly one of --workdir (a training run) and --checkpoint '
-                         '(a converted checkpoint, with --config)')
-  if args.workdir:
-    if args.config is not None:
-      raise app.UsageError('--config goes with --checkpoint; a workdir\'s config is read from '
-                           f'{config_io.CONFIG_FILE}')
+  if model_flags.chosen(args) == 'workdir':
     return from_workdir(args.workdir, args.step)
-  if args.config is None:
-    raise app.UsageError('--checkpoint needs --config, the config file of its model')
-  if args.step is not None:
-    raise app.UsageError('--step selects a checkpoint of a --workdir; a converted --checkpoint '
-                         'has only one')
   return from_checkpoint(args.checkpoint, args.config)
 
 
@@ -389,13 +378,7 @@ def main(argv):
 
 def _define_flags():
   """CLI flags, defined only when run as a script so that importing this module defines none."""
-  flags.DEFINE_string('workdir', None, 'Training workdir to export (its config.json and best '
-                      'checkpoint, or the checkpoint of --step).')
-  flags.DEFINE_integer('step', None, 'With --workdir: export the periodic checkpoint of this step '
-                       'instead of the best one.')
-  flags.DEFINE_string('checkpoint', None, 'Instead of --workdir: a checkpoint written by '
-                      '`python -m asymfusion_jax.convert`; needs --config.')
-  config_lib.DEFINE_config_file('config', None, 'With --checkpoint: its config file.')
+  model_flags.define()
   flags.DEFINE_string('out', None, 'File to write. --format=jax also writes OUT.json.')
   flags.DEFINE_enum('format', 'jax', FORMATS, 'jax: a jax.export artifact with a JSON sidecar; '
                     'torch: a .pth state_dict of the reference PyTorch implementation.')

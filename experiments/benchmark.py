@@ -61,6 +61,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from asymfusion_jax import config_lib, hlo_summary, logger, models  # pylint: disable=g-import-not-at-top
+from asymfusion_jax.models import kernels  # pylint: disable=g-import-not-at-top
 from asymfusion_jax.step_program import build_step  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -188,6 +189,8 @@ def run_benchmark(config, mode: str = 'train', steps: int = 10, warmup: int = 2,
       'device_count': jax.device_count(),
       'jax_version': jax.__version__,
       'remat': str(config.model.get('remat', 'none')),
+      # The variant config.model.kernels ran here ('auto' resolved for this platform).
+      'kernels': kernels.lowered(config.model.get('kernels', 'auto'), device.platform),
       'scan_blocks': bool(config.model.get('scan_blocks', False)),
   }
   if hlo:

@@ -31,6 +31,7 @@ model, cores, flags), the load average before and after, and the versions are pr
 last line is one JSON object with everything.
 """
 
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -98,7 +99,7 @@ def translation_batch(config, mode: str, seed: int) -> dict:
 # The two workers. Each builds its step once, then answers ('run', n) with n (wall, cpu) pairs.
 
 
-def _timed(step, n: int) -> list[tuple[float, float]]:
+def timed(step, n: int) -> list[tuple[float, float]]:
   times = []
   for _ in range(n):
     wall, cpu = time.perf_counter(), time.process_time()
@@ -116,7 +117,7 @@ def _serve(conn, step, info: dict, profile=None) -> None:
     if message[0] == 'profile':
       conn.send(profile(step) if profile else None)
       continue
-    conn.send(_timed(step, message[1]))
+    conn.send(timed(step, message[1]))
 
 
 def _torch_profile(step) -> str:
@@ -155,7 +156,12 @@ def jax_worker(conn, config_dict: dict, mode: str, seed: int, cores: int | None)
                       'threads': len(os.sched_getaffinity(0))})
 
 
-def _torch_segmentation_step(torch, config, mode: str, batch: dict):
+def torch_segmentation_step(torch, config, mode: str, batch: dict, device: str = 'cpu',
+                             channels_last: bool = False, autocast_dtype=None):
+  """The reference's step on `device`; channels_last: the model and the images in NHWC memory
+  layout; autocast_dtype (e.g. torch.bfloat16): the forward pass and the loss under
+  torch.autocast in that dtype (float32 weights, optimiser and gradients), as mixed-precision
+  PyTorch training runs."""
   import torch.nn.functional as F  # pylint: disable=import-outside-toplevel
   from tests import torch_reference  # pylint: disable=import-outside-toplevel
   m = len(config.modalities)
@@ -164,15 +170,19 @@ def _torch_segmentation_step(torch, config, mode: str, batch: dict):
       num_parallel=m, fusion=config.model.fusion, width=config.model.width,
       decoder_width=config.model.decoder_width)
   torch_reference.randomize_(model, torch.Generator().manual_seed(config.seed))
-  images = [torch.from_numpy(batch['image'][i]).permute(0, 3, 1, 2).contiguous()
-            for i in range(m)]
-  label = torch.from_numpy(batch['label']).long()
+  layout = torch.channels_last if channels_last else torch.contiguous_format
+  model = model.to(device, memory_format=layout)
+  images = [torch.from_numpy(batch['image'][i]).permute(0, 3, 1, 2).to(device)
+            .contiguous(memory_format=layout) for i in range(m)]
+  label = torch.from_numpy(batch['label']).long().to(device)
   size = tuple(label.shape[-2:])
+  autocast = functools.partial(torch.autocast, torch.device(device).type, dtype=autocast_dtype,
+                               enabled=autocast_dtype is not None)
   if mode == 'eval':
     model.eval()
 
     def eval_step():
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         outs = model(images)
         return [F.interpolate(o, size=size, mode='bicubic', align_corners=False).argmax(1)
                 for o in outs]
@@ -193,9 +203,11 @@ def _torch_segmentation_step(torch, config, mode: str, batch: dict):
 
   def train_step():
     opt.zero_grad(set_to_none=True)
-    outs = model(images)
-    loss = sum(F.cross_entropy(F.interpolate(o, size=size, mode='bilinear', align_corners=False),
-                               label, ignore_index=ignore) for o in outs)
+    with autocast():
+      outs = model(images)
+      loss = sum(F.cross_entropy(F.interpolate(o, size=size, mode='bilinear',
+                                               align_corners=False), label, ignore_index=ignore)
+                 for o in outs)
     loss.backward()
     opt.step()
     return loss
@@ -256,7 +268,7 @@ def _torch_translation_step(torch, config, mode: str, batch: dict):
 
 
 # config.task -> (the PyTorch step builder, the synthetic batch of process 0) of that task.
-TORCH_STEPS = {'segmentation': (_torch_segmentation_step, segmentation_batch),
+TORCH_STEPS = {'segmentation': (torch_segmentation_step, segmentation_batch),
                'translation': (_torch_translation_step, translation_batch)}
 
 

@@ -378,6 +378,111 @@ def test_train_is_deterministic_and_resumable(marker):
   assert not np.array_equal(next(pipeline.train_batches(other_seed))['image'], first[0]['image'])
 
 
+def _worker_config(config, kind, **overrides):
+  out = config.copy_and_resolve_references()
+  out.data.worker_kind = kind
+  for key, value in overrides.items():
+    out.data[key] = value
+  return out
+
+
+def test_process_workers_give_the_thread_workers_batches_bit_for_bit(marker):
+  """config.data.worker_kind='process': 2 spawned workers that open the build themselves give
+  the train batches (from step 0 and resumed from step 2) and the eval batches of the thread
+  workers, and are gone when each loop ends."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  config, _ = marker
+  threads, procs = _worker_config(config, 'thread'), _worker_config(config, 'process')
+  for start, steps in ((0, 4), (2, 2)):
+    batches = pipeline.train_batches(procs, start_step=start)
+    for a, b in zip(_take(pipeline.train_batches(threads, start), steps), _take(batches, steps)):
+      assert a.keys() == b.keys()
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert len(multiprocessing.active_children()) == 2
+    batches.close()  # The end of training (or a SIGTERM the run turned into a stop).
+    assert not multiprocessing.active_children()
+  for a, b in zip(pipeline.eval_batches(threads), pipeline.eval_batches(procs), strict=True):
+    assert a['name'] == b['name'] and a.keys() == b.keys()
+    for k in ('image', 'label', 'mask'):
+      np.testing.assert_array_equal(a[k], b[k])
+  assert not multiprocessing.active_children()
+
+
+def _shared_dirs():
+  return set(pathlib.Path('/dev/shm').glob('asymfusion_data_*'))
+
+
+def test_process_worker_errors_are_the_thread_workers_and_stop_the_workers(marker,
+                                                                           monkeypatch):
+  """A worker's exception reaches the consumer when its batch is due, as the same one-line error
+  for both kinds; the worker processes and their shared files are gone after it."""
+  import multiprocessing  # pylint: disable=g-import-not-at-top
+  from asymfusion_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(data.DATASETS, 'toy', 'tests.toy_dataset')
+  config = marker[0].copy_and_resolve_references()
+  config.data.name = 'toy'
+  before, seen = _shared_dirs(), {}
+  for kind in ('thread', 'process'):
+    batches = data.get('toy').train_batches(
+        _worker_config(config, kind, unreadable=('toy/train_5.png',)), start_step=1)
+    done = 0
+    with pytest.raises(ValueError) as error:
+      for done, _ in enumerate(batches):
+        pass
+    seen[kind] = (done, error.type, str(error.value))
+    assert not multiprocessing.active_children()
+  assert seen['thread'] == seen['process']
+  assert seen['thread'][2] == 'Unreadable image toy/train_5.png.'
+  assert _shared_dirs() == before
+  # A dataset that worker processes cannot import is refused before any starts.
+  monkeypatch.setitem(data.DATASETS, 'toy', data.get('toy'))
+  with pytest.raises(ValueError, match=r"registered in asymfusion_jax\.data\.DATASETS by its "
+                                       r"module path"):
+    data.get('toy').train_batches(_worker_config(config, 'process'))
+
+
+_KILLED_SCRIPT = """
+import multiprocessing, os, signal
+from asymfusion_jax import config_lib, data
+data.DATASETS['toy'] = 'tests.toy_dataset'
+if __name__ == '__main__':
+  config = config_lib.nyudv2_paper()
+  config.data.name, config.data.worker_kind, config.data.num_workers = 'toy', 'process', 2
+  config.batch_size, config.crop_size = 2, 32
+  batches = data.get(config).train_batches(config)
+  next(batches)
+  print(*[p.pid for p in multiprocessing.active_children()], flush=True)
+  os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_process_workers_exit_when_the_consumer_is_killed():
+  """A consumer killed by SIGTERM, which it does not handle (no clean-up runs: as SIGKILL),
+  takes its worker processes and their shared files with it."""
+  import time  # pylint: disable=g-import-not-at-top
+  before = _shared_dirs()
+  out = subprocess.run([sys.executable, '-c', _KILLED_SCRIPT], capture_output=True,
+                       text=True, timeout=120, check=False,
+                       env={**os.environ, 'PYTHONPATH': str(pathlib.Path(__file__).parent.parent)})
+  assert out.returncode < 0, out.stderr[-3000:]
+  pids = [int(pid) for pid in out.stdout.split()]
+  assert len(pids) == 2, out.stderr[-3000:]
+
+  def alive(pid):
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+    except FileNotFoundError:
+      return False
+
+  deadline = time.monotonic() + 30
+  while any(map(alive, pids)) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert not any(map(alive, pids))
+  assert _shared_dirs() == before
+
+
 def test_train_epochs_visit_every_example(marker):
   config, _ = marker
   n = len(TRAIN_SIZES)

@@ -1,14 +1,15 @@
-"""The generic RGB-X dataset (data/rgbx): a dataset written here by hand in DFormer's layout (JPEG
-RGB, 16-bit depth PNGs, a 3-channel .npy modality, an 8-bit thermal PNG, labels with offset 1),
-read without loss, trained, resumed, evaluated and exported with each new config's data
-settings; M = 1, 2 and 3; every bad input; the synthetic generator.
+"""The generic RGB-X dataset (data/rgbx): datasets written here by hand in DFormer's layout (JPEG
+RGB, 16-bit depth PNGs, a 3-channel .npy modality, an 8-bit thermal PNG, labels with offset 1)
+and in CMX's (PNG RGB, Modal/ thermal, labels as they are), read without loss, trained,
+resumed, evaluated, exported and predicted on with each new config's data settings; M = 1, 2
+and 3; every bad input; .npy inputs of predict; the synthetic generator.
 
 Cost: the M = 2 runs use the tiny demo's model, recipe and shapes (tests/tiny.py), so their
-programs come from the compilation cache that the tiny demo run fills; the M = 1 and M = 3 runs
-are one train step and one evaluation each.
+programs come from the compilation cache that the tiny demo run fills; the M = 1 run (SUN RGB-D's
+:rgb; its :x row's batches are checked, the same program would train them) and the M = 3 run
+(MFNet's settings) are one train step and one evaluation each, without prediction images.
 """
 
-import functools
 import json
 import os
 import shutil
@@ -20,14 +21,13 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import checkpointing, config_lib, export, predict, sharding, train
+from asymfusion_jax import checkpointing, config_io, config_lib, export, predict, tasks, train
 from asymfusion_jax import validation
 from asymfusion_jax.data import rgbx
 from asymfusion_jax.data.layout import LayoutError
 from asymfusion_jax.data.rgbx import layout as rgbx_layout
 from asymfusion_jax.data.rgbx import synthetic as rgbx_synthetic
-from asymfusion_jax.models import build_model
-from asymfusion_jax.tasks.segmentation import optim, task as segmentation
+from asymfusion_jax.predict import inputs as predict_inputs
 from asymfusion_jax.tasks.segmentation import validation as segmentation_checks
 from asymfusion_jax.tasks.segmentation import visualize
 from tests import tiny
@@ -61,20 +61,30 @@ def _sample(rng):
 
 
 EXTENSIONS = {'RGB': '.jpg', 'Depth': '.png', 'Normal': '.npy', 'Modal': '.png', 'Label': '.png'}
+# MFNet as CMX prepares it: PNG RGB, Modal/ thermal PNGs, labels as they are; Normal/ arrays too.
+CMX_EXTENSIONS = {'RGB': '.png', 'Modal': '.png', 'Normal': '.npy', 'Label': '.png'}
 
 
-def write_hand_dataset(root, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=0):
+def write_hand_dataset(root, num_train=NUM_TRAIN, num_val=NUM_VAL, seed=0, cmx=False):
   """DFormer's layout, written file by file: train.txt lines 'RGB/<name>.jpg' (DFormer),
-  test.txt bare names (CMX) and one line naming its label explicitly. Returns the arrays."""
+  test.txt bare names (CMX) and one line naming its label explicitly. With cmx, CMX's layout
+  (CMX_EXTENSIONS) with bare names in both lists and labels of offset 0 (raw 0 is written as 8,
+  the last of MFNet's 9 classes). Returns the arrays."""
   rng = np.random.default_rng(seed)
   arrays = {}
   lines = {'train': [], 'val': []}
+  extensions = CMX_EXTENSIONS if cmx else EXTENSIONS
   for i in range(num_train + num_val):
     name = f'img{i:03d}'
-    arrays[name] = _sample(rng)
+    sample = _sample(rng)
+    if cmx:
+      sample['Label'] = np.where(sample['Label'] == 0, 8, sample['Label']).astype(np.uint8)
+    arrays[name] = {folder: sample[folder] for folder in extensions}
     for folder, array in arrays[name].items():
-      rgbx_layout.write_image(os.path.join(root, folder, name + EXTENSIONS[folder]), array)
-    if i < num_train:
+      rgbx_layout.write_image(os.path.join(root, folder, name + extensions[folder]), array)
+    if cmx:
+      lines['train' if i < num_train else 'val'].append(name)
+    elif i < num_train:
       lines['train'].append(f'RGB/{name}.jpg')
     else:
       lines['val'].append(name if i % 2 else f'{name} Label/{name}.png')
@@ -102,6 +112,15 @@ def hand(tmp_path_factory):
   arrays = write_hand_dataset(str(root / 'dataset'))
   dirs = {'data.manual_dir': str(root / 'dataset'), 'data.tfds_data_dir': str(root / 'tfds')}
   rgbx.prepare(rgbx_config('rgbx_nyudv2_refinenet101.py', dirs))
+  return arrays, dirs
+
+
+@pytest.fixture(scope='module')
+def cmx(tmp_path_factory):
+  """(arrays of every sample, data dirs) of a hand-written dataset in CMX's layout."""
+  root = tmp_path_factory.mktemp('cmx')
+  arrays = write_hand_dataset(str(root / 'dataset'), seed=1, cmx=True)
+  dirs = {'data.manual_dir': str(root / 'dataset'), 'data.tfds_data_dir': str(root / 'tfds')}
   return arrays, dirs
 
 
@@ -300,12 +319,63 @@ def test_an_empty_dataset_folder_is_one_line_before_any_workdir(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def _metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _check_trained_run(workdir, results, step):
+  """metrics.jsonl of a run that trained to `step` and evaluated there: finite train losses, and
+  the evaluation's scores as train_and_evaluate returned them."""
+  records = _metrics(workdir)
+  losses = [r['train/loss'] for r in records if 'train/loss' in r]
+  assert losses and np.isfinite(losses).all()
+  evaluated, = [r for r in records if 'eval/ensemble/miou' in r and r['step'] == step]
+  assert {k: v for k, v in evaluated.items() if k.startswith('eval/')} == pytest.approx(
+      {f'eval/{b}/{m}': v for b, r in results.items() for m, v in r.items()})
+
+
+def _sidecar(workdir, step=None):
+  """The export sidecar of a workdir's checkpoint, as written (through JSON)."""
+  source = export.from_workdir(workdir, step=step)
+  exported = export.export_forward(source, HEIGHT, WIDTH, platforms=('cpu',))
+  return json.loads(json.dumps(export.sidecar(source, exported, 'model.jax')))
+
+
+def _check_sidecar(meta, config, train_arrays):
+  """The sidecar describes config's inputs: each modality's normalisation, a measured one with
+  the mean and standard deviation of `train_arrays` ({modality: the train split's raw arrays})."""
+  names, k = list(config.modalities), config.model.num_classes
+  assert meta['modalities'] == names and meta['num_classes'] == k
+  assert meta['label_offset'] == config.data.label_offset
+  assert meta['class_names'] == list(config.data.class_names)
+  assert len(meta['class_names']) in (0, k)
+  assert meta['palette'] == [list(c) for c in config.data.palette]
+  for name in names:
+    n = meta['normalisation'][name]
+    if name == 'rgb':
+      assert (n['source'], n['interpolation']) == ('imagenet', 'cubic')
+      continue
+    raw = np.stack(train_arrays[name]).astype(np.float64)
+    channels = 3 if raw.ndim == 4 else 1
+    flat = raw.reshape(-1, channels)
+    assert (n['source'], n['channels']) == ('measured', channels)
+    assert n['interpolation'] == ('linear' if name == 'thermal' else 'nearest')
+    np.testing.assert_allclose(n['mean'], np.broadcast_to(flat.mean(axis=0), (3,)), rtol=1e-6)
+    np.testing.assert_allclose(n['std'], np.broadcast_to(flat.std(axis=0), (3,)), rtol=1e-6)
+
+
 def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
   """M = 2 with the NYUDv2 config's data settings, shrunk: main trains to step 6, the same
   config resumes to step 12 with the parameters of an uninterrupted run, --mode=eval reproduces
-  the last evaluation (with the prediction images), and the export's sidecar describes the
-  rgbx inputs. Evaluations only at the end of each run: the programs are the tiny demo's."""
-  _, dirs = hand
+  the last evaluation (with the prediction images), the export's sidecar describes the rgbx
+  inputs, and predict writes labels in the dataset's convention, from images and .npy arrays.
+  Evaluations only at the end of each run: the programs are the tiny demo's.
+
+  Resuming is checked with this config only: it restores the checkpoint's TrainState and data
+  position, and the batch of step t is a function of (config.seed, t) alone (batching.
+  train_batches, which every rgbx config and NYUDv2 share); no data setting enters it."""
+  arrays, dirs = hand
   workdir, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
   once = {'eval_every_epochs': 100, 'num_prediction_images': 1}
   result = subprocess.run(
@@ -319,6 +389,7 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
   assert recorded['data']['name'] == 'rgbx' and recorded['data']['label_offset'] == 1
   config = rgbx_config('rgbx_nyudv2_refinenet101.py', dirs, **once)
   results = train.train_and_evaluate(config, workdir)  # Resumed from step 6.
+  _check_trained_run(workdir, results, 12)
   train.train_and_evaluate(config, straight)
   params = {}
   for name in (workdir, straight):
@@ -331,16 +402,11 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
   assert {b: pytest.approx(r) for b, r in results.items()} == evaluated
   assert os.listdir(os.path.join(workdir, 'eval', 'step_12', 'predictions')) == ['0000.png']
 
-  source = export.from_workdir(workdir, step=12)
-  exported = export.export_forward(source, HEIGHT, WIDTH, platforms=('cpu',))
-  meta = json.loads(json.dumps(export.sidecar(source, exported, 'model.jax')))  # As written.
-  norms = rgbx.normalisation(config)
-  assert meta['modalities'] == ['rgb', 'depth'] and meta['label_offset'] == 1
+  meta = _sidecar(workdir, step=12)
+  assert meta['outputs'] == ['rgb', 'depth', 'ensemble']
   assert meta['input_shape'] == [2, 'b', HEIGHT, WIDTH, 3]
-  assert meta['normalisation']['depth']['source'] == 'measured'
-  assert meta['normalisation']['depth']['mean'] == list(norms['depth'].mean)
-  assert meta['normalisation']['depth']['channels'] == 1
-  assert meta['normalisation']['rgb']['source'] == 'imagenet'
+  assert meta['output_shape'][0] == 3 and meta['output_shape'][-1] == K
+  _check_sidecar(meta, config, {'depth': [arrays[n]['Depth'] for n in sorted(arrays)[:NUM_TRAIN]]})
   # What the sidecar says turns a raw val sample into the batch that evaluation fed the model.
   sample, batch = rgbx.read(config, 'val', 0), next(rgbx.eval_batches(config, batch_size=2))
   for m, name in enumerate(meta['modalities']):
@@ -350,69 +416,101 @@ def test_main_trains_resumes_evaluates_and_exports(hand, tmp_path):
     np.testing.assert_allclose(batch['image'][m, 0], (raw * n['scale'] - n['mean']) / n['std'],
                                rtol=1e-5, atol=1e-5)
 
-  # predict on two of the dataset's own files (batch 2 at 48x64: tests/test_predict.py's
-  # program): labels come back in the dataset's convention, class c as c + 1.
+  # predict on a file of the dataset, and on the same image with its depth as a .npy array of
+  # floats (batch 2 at 48x64: tests/test_predict.py's program): the same outputs, and labels in
+  # the dataset's convention, class c as c + 1.
   folders = {}
   for name, folder, ext in (('rgb', 'RGB', '.jpg'), ('depth', 'Depth', '.png')):
     folders[name] = str(tmp_path / 'new' / folder)
     os.makedirs(folders[name])
-    for stem in ('img016', 'img017'):
-      shutil.copy(os.path.join(dirs['data.manual_dir'], folder, stem + ext), folders[name])
+    shutil.copy(os.path.join(dirs['data.manual_dir'], folder, 'img016' + ext), folders[name])
+  shutil.copy(os.path.join(folders['rgb'], 'img016.jpg'), os.path.join(folders['rgb'], 'array.jpg'))
+  np.save(os.path.join(folders['depth'], 'array.npy'), arrays['img016']['Depth'].astype(np.float32))
   model = predict.from_workdir(workdir, step=12)
   out = tmp_path / 'predicted'
   predict.predict(model, predict.images(model.config, folders), str(out),
-                  predict.Options(batch_size=2))
-  labels = cv2.imread(str(out / 'ensemble' / 'labels' / 'img016.png'), cv2.IMREAD_UNCHANGED)
-  assert labels.shape == (HEIGHT, WIDTH) and 1 <= labels.min() and labels.max() <= K
+                  predict.Options(batch_size=2, logits=True))
+  labels = {s: cv2.imread(str(out / 'ensemble' / 'labels' / f'{s}.png'), cv2.IMREAD_UNCHANGED)
+            for s in ('img016', 'array')}
+  logits = {s: np.load(out / 'ensemble' / 'logits' / f'{s}.npy') for s in ('img016', 'array')}
+  assert labels['img016'].shape == (HEIGHT, WIDTH)
+  np.testing.assert_array_equal(labels['img016'], logits['img016'].argmax(-1) + 1)
+  np.testing.assert_array_equal(labels['array'], labels['img016'])
+  np.testing.assert_allclose(logits['array'], logits['img016'], rtol=1e-6)
 
 
-@pytest.mark.parametrize('spec,modalities,folders', [
-    # SUN RGB-D's settings, RGB only (M = 1).
-    ('sunrgbd_refinenet101.py:rgb', ('rgb',), None),
-    # MFNet's settings (offset 0, 9 classes, palette, bilinear thermal) with a third, .npy
-    # modality (M = 3).
-    ('mfnet_rgbt_refinenet101.py', ('rgb', 'thermal', 'normal'),
-     {'rgb': 'RGB', 'thermal': 'Modal', 'normal': 'Normal'}),
-])
-def test_one_and_three_modalities_reach_the_train_step_evaluation_and_export(
-    hand, spec, modalities, folders):
-  """The real batches of M = 1 and M = 3 through the train step, the evaluation step and the
-  export's sidecar, traced abstractly: compiling these models would cost the suite a minute,
-  and nothing in the step depends on M but the shapes (the M = 2 run above trains, resumes,
-  evaluates and exports for real; tests/test_torch_reference.py checks M = 1, 2, 3 outputs)."""
-  _, dirs = hand
+# Each new config's data settings, shrunk (the tiny model, one train step, one evaluation), with
+# its own recipe (frozen BatchNorm, no clipping; the M = 2 run above takes the tiny demo's to
+# share its programs, and checks resuming), trained for real: each M compiles its own model.
+@pytest.mark.parametrize('spec', ['sunrgbd_refinenet101.py:rgb', 'mfnet_rgbt_refinenet101.py'])
+def test_each_config_trains_evaluates_and_exports(hand, cmx, tmp_path, spec):
+  """SUN RGB-D: DFormer's layout (the hand-written dataset), 37 classes, offset 1, RGB only
+  (M = 1; its depth-only row :x reads depth alone into the same shapes, so the same program
+  trains it). MFNet: CMX's layout (RGB/, Modal/ thermal, Label/, bare names in the lists), 9
+  classes, offset 0, thermal normalised with its measured statistics and resized bilinearly,
+  and a third modality of .npy arrays (Normal/): M = 3."""
+  arrays, dirs = cmx if spec.startswith('mfnet') else hand
   base = config_lib.load(f'configs/{spec}')
   config = rgbx_config(spec, dirs, model__num_classes=base.model.num_classes,
-                       data__class_names=base.data.class_names)
-  if folders:
-    config.data.modality_folders = folders
-  config.modalities = modalities
-  segmentation_checks.check_training(config)
-  rgbx.prepare(config)
-  m, k = len(modalities), base.model.num_classes
-  model, mesh = build_model(config), sharding.make_mesh()
-  state = train.abstract_train_state(config, mesh)
-  batch = next(rgbx.train_batches(config))
-  assert batch['image'].shape == (m, 4, 32, 32, 3) and np.isfinite(batch['image']).all()
-  tx = optim.make_optimizer(config, rgbx.steps_per_epoch(config))
-  new_state, metrics = jax.eval_shape(functools.partial(
-      segmentation.train_step, model=model, tx=tx, ignore_label=255), state, batch)
-  assert metrics['loss'].shape == () and jax.tree.map(
-      lambda a: (a.shape, a.dtype), new_state.params) == jax.tree.map(
-          lambda a: (a.shape, a.dtype), state.params)
-  eval_batch = next(rgbx.eval_batches(config))
-  assert eval_batch['image'].shape == (m, 4, HEIGHT, WIDTH, 3)
-  logits = jax.eval_shape(functools.partial(model.apply, train=False), state.variables(),
-                          eval_batch['image'])
-  assert logits.shape == (m + 1, 4, HEIGHT // 4, WIDTH // 4, k)
-  encoding = json.loads(json.dumps(rgbx.input_encoding(config)))  # The export sidecar's inputs.
-  assert encoding['modalities'] == list(modalities)
-  assert encoding['class_names'] == list(base.data.class_names)
-  assert encoding['palette'] == [list(c) for c in base.data.palette]
-  assert encoding['label_offset'] == base.data.label_offset
-  if 'normal' in modalities:
-    assert encoding['normalisation']['normal']['channels'] == 3
-    assert encoding['normalisation']['thermal']['interpolation'] == 'linear'
+                       data__class_names=base.data.class_names, max_steps=1,
+                       eval_every_epochs=100, num_prediction_images=0, frozen_bn=True,
+                       optim__clip_grad_norm=0.0)
+  if spec.startswith('mfnet'):
+    config.data.modality_folders = {'rgb': 'RGB', 'thermal': 'Modal', 'normal': 'Normal'}
+    config.modalities = ('rgb', 'thermal', 'normal')
+  workdir = str(tmp_path / 'run')
+  results = train.train_and_evaluate(config, workdir)
+  assert list(results) == list(config.modalities) + ['ensemble']
+  _check_trained_run(workdir, results, 1)
+  # The export sidecar's description of the inputs (export.sidecar takes it from the task, for
+  # the workdir's config; the M = 2 run above checks the whole sidecar of an artifact).
+  recorded = config_io.load_workdir_config(workdir)
+  folders = dict(config.data.modality_folders)
+  train_names = sorted(arrays)[:NUM_TRAIN]
+  described = json.loads(json.dumps(tasks.get(recorded).export_sidecar(recorded)))
+  _check_sidecar(described, config,
+                 {m: [arrays[n][folders[m]] for n in train_names] for m in config.modalities})
+  if spec.endswith(':rgb'):  # The depth-only row: depth, normalised as measured, alone.
+    x = rgbx_config('sunrgbd_refinenet101.py:x', dirs, model__num_classes=base.model.num_classes)
+    depth = rgbx.read(x, 'val', 0)['depth']
+    norm = rgbx.normalisation(x)['depth']
+    batch = next(rgbx.eval_batches(x, batch_size=1))
+    assert x.modalities == ('depth',) and batch['image'].shape == (1, 1, HEIGHT, WIDTH, 3)
+    np.testing.assert_allclose(batch['image'][0, 0], ((depth - norm.mean[0]) / norm.std[0])[
+        ..., None].repeat(3, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_predict_reads_npy_arrays_with_the_builds_checks(hand, tmp_path):
+  """predict --input normal=DIR of .npy arrays (an rgbx dataset's modality): read as the build
+  reads them, and each problem the build stops on a one-line error naming the file."""
+  _, dirs = hand
+  config = rgbx_config('rgbx_nyudv2_refinenet101.py', dirs)
+  config.data.modality_folders = {'rgb': 'RGB', 'depth': 'Depth', 'normal': 'Normal'}
+  config.modalities = ('rgb', 'normal')
+  config.data.normalisation = {'normal': {'mean': (0.5, 0, 1), 'std': 2}}
+  folders = {m: str(tmp_path / m) for m in config.modalities}
+  rng = np.random.default_rng(0)
+  normal = rng.normal(size=(8, 12, 3)).astype(np.float32)
+  nan = normal.copy()
+  nan[3, 4, 1] = np.nan
+  for stem, array in (('a', normal), ('b', nan), ('c', np.zeros((8, 12, 2), np.float32)),
+                      ('d', np.zeros((8, 10), np.float32))):
+    rgbx_layout.write_image(os.path.join(folders['rgb'], stem + '.png'),
+                            rng.integers(0, 256, (8, 12, 3), np.uint8))
+    rgbx_layout.write_image(os.path.join(folders['normal'], stem + '.npy'), array)
+  images = predict.images(config, folders)
+  assert [(im.stem, os.path.basename(im.files['normal'])) for im in images] == [
+      ('a', 'a.npy'), ('b', 'b.npy'), ('c', 'c.npy'), ('d', 'd.npy')]
+  io = rgbx.predict_io(config)
+  np.testing.assert_allclose(predict_inputs.read(images[0], io)['normal'],
+                             (normal - (0.5, 0, 1)) / 2, rtol=1e-6)
+  for image, match in zip(images[1:], (
+      r'/normal/b\.npy holds NaN or infinite values; replace',
+      r'/normal/c\.npy has shape \(8, 12, 2\); a modality has one or three channels',
+      r'/normal/d\.npy is 8x10 but .*/rgb/d\.png is 8x12: the modalities of an image')):
+    with pytest.raises(predict.InputError, match=match) as error:
+      predict_inputs.read(image, io)
+    assert '\n' not in str(error.value) and str(error.value).count('.npy') == 1
 
 
 def test_class_names_and_palette_reach_the_prediction_images():

@@ -43,6 +43,7 @@ BAD_VALUES = [
     ('modalities', ('rgb', 'rgb'), r'without repeats'),
     ('data.ignore_label', 3, r'outside the classes 0\.\.4'),
     ('data.scale_range', (2.0, 0.5), r'0 < low <= high'),
+    ('data.worker_kind', 'fork', r"one of \('thread', 'process'\)"),
     ('seed', -1, r'an integer >= 0'),
     ('num_prediction_images', -1, r'an integer >= 0'),
     ('batch_size', 17, r'larger than the 16 training examples'),

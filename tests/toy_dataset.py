@@ -4,7 +4,8 @@ tests/test_datasets.py registers it (data.DATASETS['toy'] = 'tests.toy_dataset')
 evaluates it through the normal program. Its examples live in memory: RGB-D images whose label
 is the quadrant's class, where it is not the ignore label; the batches come from the shared
 helpers of data/ (batching, augment, modalities) exactly as NYUDv2's do, and every batch call is
-recorded in CALLS so that the test can see who read what.
+recorded in CALLS so that the test can see who read what. The train examples named in
+config.data.unreadable (if the key exists) fail as a file that cannot be read would.
 
 Its images are 48x64, 16 train and 6 val, as the tiny synthetic NYUDv2 set of tests/tiny.py, so
 that a tiny config's programs are those of the other tests (the compilation cache serves them).
@@ -84,6 +85,8 @@ def train_batches(config, start_step: int = 0, process_index: int = 0, process_c
 
   def fill(batch, row, index, rng):
     example = examples[index]
+    if example['name'] in config.data.get('unreadable', ()):  # A bad file, as a reader sees it.
+      raise ValueError(f'Unreadable image {example["name"]}.')
     aug = augment.draw_augmentation(rng, HEIGHT, WIDTH, crop, tuple(config.data.scale_range),
                                     int(config.data.min_short_side))
     images, label = augment.apply_augmentation(aug, {m: example[m] for m in names},

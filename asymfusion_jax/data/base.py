@@ -6,7 +6,7 @@ A dataset is a module (or any object) with the members below, registered under i
 ones are the packages data/nyudv2/, data/cityscapes/ and data/taskonomy/, each a `layout` (its
 files on disk), a TFDS `builder`, a `pipeline` (batches) and a `synthetic` generator, with the
 members in its __init__.py. What they share sits beside them in data/ (common.py, batching.py,
-workers.py, augment.py, modalities.py, manual_builder.py, layout.py, pil_resize.py).
+workers.py, processes.py, augment.py, modalities.py, manual_builder.py, layout.py, pil_resize.py).
 
 `Dataset` lists what every dataset provides; `SegmentationDataset` what a dataset of the
 segmentation task provides besides. The protocols are documentation and the checklist that

@@ -1,8 +1,8 @@
 """The batch loops of every input pipeline (NYUDv2, Cityscapes, Taskonomy) and their schedule.
 
 A dataset's pipeline says how one row is filled; these loops decide which example goes in
-which row of which batch, and run the filling on worker threads (`workers.run_ahead`) ahead of
-the consumer.
+which row of which batch, and run the filling on workers (`workers.run_ahead`: threads or, with
+config.data.worker_kind='process', processes) ahead of the consumer.
 
 Train batches are a pure function of (config.seed, global step), so a run resumes exactly by
 asking for the batches from its saved step on:
@@ -17,7 +17,6 @@ size) and fills the last one up with padding rows (mask False), so every batch h
 and jit compiles once.
 """
 
-import functools
 import itertools
 import math
 from typing import Callable
@@ -85,7 +84,7 @@ def train_batches(config: ml_collections.ConfigDict, num_examples: int, empty: E
   """This process's train batches for steps start_step, start_step + 1, ... forever.
 
   Each batch is empty(local batch size), whose row j fill(batch, j, example index, rng) fills
-  from the example the schedule puts there, drawing its augmentation from rng.
+  (all of it) from the example the schedule puts there, drawing its augmentation from rng.
   """
   local = check_train_request(config, start_step, process_index, process_count)
   seed, global_batch = int(config.seed), int(config.batch_size)
@@ -96,12 +95,11 @@ def train_batches(config: ml_collections.ConfigDict, num_examples: int, empty: E
 
   def plan(step):
     rows = train_schedule(seed, step, global_batch, num_examples)
-    batch = empty(local)
-    return batch, [functools.partial(fill_row, batch, j, *row)
-                   for j, row in enumerate(rows[process_index * local:][:local])]
+    return empty(local), [(j, *row) for j, row in enumerate(rows[process_index * local:][:local])]
 
-  return workers.run_ahead(map(plan, itertools.count(start_step)), int(config.data.num_workers),
-                           PREFETCH)
+  return workers.run_ahead(map(plan, itertools.count(start_step)), fill_row, config, PREFETCH,
+                           ('train_batches', (start_step, process_index, process_count)),
+                           whole_rows=True)
 
 
 def eval_batches(config: ml_collections.ConfigDict, num_examples: int, empty: EmptyBatch,
@@ -119,13 +117,14 @@ def eval_batches(config: ml_collections.ConfigDict, num_examples: int, empty: Em
   def plan(k):
     batch = empty(local)
     batch['mask'] = np.zeros((local,), bool)
-    tasks = []
+    rows = []
     for row in range(local):
       index = k * global_batch + process_index * local + row
       if index < num_examples:
         batch['mask'][row] = True
-        tasks.append(functools.partial(fill, batch, row, index))
-    return batch, tasks
+        rows.append((row, index))
+    return batch, rows
 
-  return workers.run_ahead(map(plan, range(math.ceil(num_examples / global_batch))),
-                           int(config.data.num_workers), PREFETCH)
+  return workers.run_ahead(map(plan, range(math.ceil(num_examples / global_batch))), fill,
+                           config, PREFETCH,
+                           ('eval_batches', (process_index, process_count, batch_size)))

@@ -29,8 +29,13 @@ def configure_tensorflow(num_threads: int) -> None:
   """Keeps TensorFlow off the accelerators (JAX owns them) and to a few CPU threads.
 
   Both settings only take effect before TensorFlow's runtime starts; if another library started
-  it already, TensorFlow keeps its own settings, which is harmless.
+  it already, TensorFlow keeps its own settings, which is harmless. Worker
+  processes (`processes`) only read builds, which TFDS's data source does without TensorFlow:
+  there it is not imported.
   """
+  from asymfusion_jax.data import processes  # pylint: disable=g-import-not-at-top
+  if processes.in_worker():
+    return
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     tf.config.set_visible_devices([], 'GPU')

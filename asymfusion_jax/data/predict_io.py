@@ -18,17 +18,20 @@ its prediction.py; get(config) asks the dataset. The built-in ones:
               files pair by the stem before _domain_<domain>; padded with 0 (mid-grey). The
               U-Net's InstanceNorm sees padded pixels, so give images at a multiple of
               2**model.num_downs, or tile them (predict --tile) at the training size.
-  rgbx        any modalities, read as the build reads them (no .npy: predict reads images) and
-              normalised as in training; labels written as the dataset's raw values (class +
-              config.data.label_offset), coloured with config.data.palette.
+  rgbx        any modalities, read as the build reads them (images and .npy arrays, with the
+              build's checks) and normalised as in training; labels written as the dataset's raw
+              values (class + config.data.label_offset), coloured with config.data.palette.
 
-Every read error is a ValueError whose message says what is wrong with the image; predict adds
-the file's path.
+Two members are optional: `extensions`, the file extensions predict takes from an input folder
+(default IMAGE_EXTENSIONS), and `decode(data, path)`, a file's array as the dataset stores it
+(default `decode`, images only). Every read error is a ValueError whose message says what is
+wrong with the file; predict adds the file's path where the message does not name it.
 """
 
 import cv2
 import numpy as np
 
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -76,6 +79,18 @@ def single_channel(image: np.ndarray, dtypes, what: str) -> np.ndarray:
 
 def strip_suffix(stem: str, suffix: str) -> str:
   return stem[:-len(suffix)] if suffix and stem.endswith(suffix) else stem
+
+
+def extensions(dataset) -> tuple[str, ...]:
+  """The file extensions (lower case, with the dot) that `dataset`'s predict I/O reads."""
+  return tuple(getattr(dataset, 'extensions', IMAGE_EXTENSIONS))
+
+
+def read_file(dataset, data: bytes, path: str) -> np.ndarray:
+  """The array of a file (`data`, read from `path`): the dataset's own decode(data, path) where
+  it has one, else `decode`."""
+  own = getattr(dataset, 'decode', None)
+  return own(data, path) if own is not None else decode(data)
 
 
 def get(config):

@@ -33,6 +33,14 @@ def check(kernels: str) -> str:
   return kernels
 
 
+def lowered(kernels: str, platform: str) -> str:
+  """The variant ('cpu' or 'xla') that `kernels` runs where lowered for `platform` (a
+  jax.Device's platform, e.g. 'cpu', 'gpu', 'tpu', or a lowering platform such as 'cuda')."""
+  if check(kernels) != 'auto':
+    return kernels
+  return 'cpu' if platform == 'cpu' else 'xla'
+
+
 def choose(kernels: str, cpu: Callable, xla: Callable, *args):
   """cpu(*args) or xla(*args), as `kernels` says ('auto': per lowering platform, see above)."""
   if check(kernels) == 'cpu':

@@ -18,21 +18,13 @@ from absl import flags
 from absl import logging
 
 from asymfusion_jax import cli
-from asymfusion_jax import config_io
-from asymfusion_jax import config_lib
 from asymfusion_jax import logger
+from asymfusion_jax import model_flags
 from asymfusion_jax import predict as predict_lib
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string('workdir', None, 'A training workdir: its best checkpoint (or --step) and '
-                    'config.json.')
-flags.DEFINE_integer('step', None, 'With --workdir: the periodic checkpoint of this step.')
-flags.DEFINE_string('checkpoint', None, 'A checkpoint written by `python -m asymfusion_jax.'
-                    'convert`; needs --config.')
-config_lib.DEFINE_config_file('config', None, 'With --checkpoint: its config file.')
-flags.DEFINE_string('artifact', None, 'An artifact written by `python -m asymfusion_jax.export` '
-                    '(its sidecar FILE.json beside it).')
+model_flags.define(artifact=True)
 flags.DEFINE_multi_string('input', [], 'MODALITY=FOLDER, once per modality of the model; files '
                           'are paired by name.')
 flags.DEFINE_string('list', None, 'Instead of --input: a file whose lines list one image\'s '
@@ -95,20 +87,10 @@ def _folders(specs: list[str]) -> dict[str, str]:
 
 
 def _model() -> predict_lib.Model:
-  chosen = [f for f in ('workdir', 'checkpoint', 'artifact') if FLAGS[f].value]
-  if len(chosen) != 1:
-    raise app.UsageError('pass exactly one of --workdir (a training run), --checkpoint (a '
-                         'converted checkpoint, with --config) and --artifact (an export)')
-  if FLAGS.step is not None and not FLAGS.workdir:
-    raise app.UsageError('--step selects a checkpoint of a --workdir')
-  if FLAGS['config'].present and not FLAGS.checkpoint:
-    raise app.UsageError('--config goes with --checkpoint; a workdir\'s config is read from '
-                         f'{config_io.CONFIG_FILE}, an artifact\'s from its sidecar')
-  if FLAGS.workdir:
+  kind = model_flags.chosen(FLAGS, artifact=True)
+  if kind == 'workdir':
     return predict_lib.from_workdir(FLAGS.workdir, FLAGS.step)
-  if FLAGS.checkpoint:
-    if FLAGS.config is None:
-      raise app.UsageError('--checkpoint needs --config, the config file of its model')
+  if kind == 'checkpoint':
     return predict_lib.from_checkpoint(FLAGS.checkpoint, FLAGS.config)
   return predict_lib.from_artifact(FLAGS.artifact)
 

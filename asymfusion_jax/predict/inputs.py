@@ -1,10 +1,11 @@
 """predict's inputs: which files make up each image, and reading them into network input.
 
 Two ways to name them:
-- one folder per modality (`--input rgb=DIR --input depth=DIR`): every image file under each
-  folder (recursively; hidden files and other extensions ignored), paired across the folders by
-  their path relative to the folder, without the extension and without the dataset's per-modality
-  suffix (Cityscapes' _leftImg8bit / _disparity, Taskonomy's _domain_<domain>);
+- one folder per modality (`--input rgb=DIR --input depth=DIR`): every file of the dataset's
+  extensions under each folder (images; rgbx: .npy arrays too; recursively, hidden files and
+  other extensions ignored), paired across the folders by their path relative to the folder,
+  without the extension and without the dataset's per-modality suffix (Cityscapes'
+  _leftImg8bit / _disparity, Taskonomy's _domain_<domain>);
 - a list file (`--list=FILE`): one image per line, its files' paths separated by tabs or
   spaces, in the order of the model's modalities, relative to the list file's folder; blank lines
   and lines starting with # are skipped.
@@ -25,8 +26,6 @@ import numpy as np
 
 from asymfusion_jax.data import predict_io
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
 
 class InputError(ValueError):
   """An input folder, list file or image that predict cannot use; the message names it."""
@@ -39,13 +38,13 @@ class Image:
   files: dict  # modality -> path, in the order of the model's modalities.
 
 
-def _image_files(folder: str) -> list[str]:
-  """Relative paths of the image files under `folder`, sorted."""
+def _image_files(folder: str, extensions: Sequence[str]) -> list[str]:
+  """Relative paths of the files under `folder` with one of `extensions`, sorted."""
   found = []
   for root, dirs, files in os.walk(folder):
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     for name in sorted(files):
-      if not name.startswith('.') and name.lower().endswith(IMAGE_EXTENSIONS):
+      if not name.startswith('.') and name.lower().endswith(tuple(extensions)):
         found.append(os.path.relpath(os.path.join(root, name), folder))
   return found
 
@@ -62,20 +61,20 @@ def from_folders(folders: dict, dataset, names: Sequence[str]) -> list[Image]:
     raise InputError(f'the model takes --input for {", ".join(names)}; '
                      + (f'missing: {", ".join(missing)}' if missing else
                         f'not a modality of the model: {", ".join(extra)}'))
-  keyed = {}
+  keyed, extensions = {}, predict_io.extensions(dataset)
   for name in names:
     folder = folders[name]
     if not os.path.isdir(folder):
       raise InputError(f'--input {name}={folder}: no such folder')
     files = {}
-    for relative in _image_files(folder):
+    for relative in _image_files(folder, extensions):
       key = dataset.pairing_key(name, _stem(relative))
       if key in files:
         raise InputError(f'{os.path.join(folder, files[key])} and {os.path.join(folder, relative)}'
                          f' are both the {name} file of image {key!r}; keep one')
       files[key] = relative
     if not files:
-      raise InputError(f'nothing to predict: no image files ({", ".join(IMAGE_EXTENSIONS)}) in '
+      raise InputError(f'nothing to predict: no image files ({", ".join(extensions)}) in '
                        f'{folder} (--input {name})')
     keyed[name] = files
   keys = list(keyed[names[0]])
@@ -149,9 +148,9 @@ def read(image: Image, dataset) -> dict[str, np.ndarray]:
     except OSError as e:
       raise InputError(f'unreadable file {path}: {e.strerror or e}') from e
     try:
-      out[name] = dataset.network_input(name, predict_io.decode(data))
+      out[name] = dataset.network_input(name, predict_io.read_file(dataset, data, path))
     except ValueError as e:
-      raise InputError(f'{path}: {e}') from e
+      raise InputError(str(e) if path in str(e) else f'{path}: {e}') from e
     if first is None:
       first = path
     elif out[name].shape != out[next(iter(out))].shape:

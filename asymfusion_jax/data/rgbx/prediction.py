@@ -1,9 +1,11 @@
 """What predict asks of an RGB-X dataset (data/predict_io.py): each modality's own normalisation,
 pad values and the dataset's label convention.
 
-New images are read as the build reads its files (16 bits kept, colour in RGB order) and
-normalised as in training (`normalisation`: the config's, ImageNet for 'rgb', or the statistics
-the build measured, which therefore must be at hand). Predicted classes are written back in the
+New images (image files and `.npy` arrays, layout.EXTENSIONS) are read as the build reads its
+files (16 bits kept, colour in RGB order, arrays as they are: layout.decode), checked as the
+build checks them (one or three channels, no NaN: layout.check_modality) and normalised as in
+training (`normalisation`: the config's, ImageNet for 'rgb', or the statistics the build
+measured, which therefore must be at hand). Predicted classes are written back in the
 dataset's own convention: class c as the raw value c + config.data.label_offset.
 """
 
@@ -26,11 +28,19 @@ class PredictIO(nyudv2_prediction.PredictIO):
     self.label_dtype = np.uint8 if top < 256 else np.uint16
     self.colours = pipeline.palette(config)
 
+  # The files a dataset folder may hold (layout.EXTENSIONS: images and .npy arrays).
+  extensions = layout.EXTENSIONS
+
+  def decode(self, data: bytes, path: str) -> np.ndarray:
+    """A file's array as the build reads it, checked as the build checks it; a LayoutError (a
+    ValueError) naming `path`."""
+    array = layout.decode(data, path)
+    layout.check_modality(array, path)
+    return array
+
   def network_input(self, modality: str, image: np.ndarray) -> np.ndarray:
-    """float32 (H, W, 3) network input of a decoded image of `modality`."""
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] == 3)):
-      raise ValueError(f'a {modality} image of shape {image.shape}; expected one or three '
-                       'channels')
+    """float32 (H, W, 3) network input of a decoded array of `modality` (decode's output)."""
+    layout.check_modality(image, f'a {modality} input')
     return modality_lib.normalise(self.norms[modality], layout.as_float(image))
 
   def pad_value(self, modality: str) -> np.ndarray:

@@ -11,6 +11,7 @@ from asymfusion_jax import data
 from asymfusion_jax import sharding
 from asymfusion_jax import validation as v
 from asymfusion_jax.data import modalities as modality_lib
+from asymfusion_jax.data import workers
 from asymfusion_jax.models import deeplab, refinenet, resnet
 from asymfusion_jax.tasks.segmentation import optim
 
@@ -47,6 +48,7 @@ def check_config(config) -> None:
   if not (v.is_number(low) and v.is_number(high) and 0 < low <= high):
     v.fail('data.scale_range', (low, high), '(low, high) with 0 < low <= high')
   v.integer(config, 'data.num_workers', 0)
+  v.choice(config, 'data.worker_kind', workers.KINDS)
   v.integer(config, 'data.prefetch_to_device', 0)
 
   for key in ('batch_size', 'eval_batch_size', 'crop_size'):

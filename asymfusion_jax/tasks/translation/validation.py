@@ -5,6 +5,7 @@ import jax
 from asymfusion_jax import data
 from asymfusion_jax import sharding
 from asymfusion_jax import validation as v
+from asymfusion_jax.data import workers
 
 
 def check_config(config) -> None:
@@ -29,6 +30,7 @@ def check_config(config) -> None:
   for key in ('data.num_train', 'data.num_val'):
     v.integer(config, key, 1)
   v.integer(config, 'data.num_workers', 0)
+  v.choice(config, 'data.worker_kind', workers.KINDS)
   v.integer(config, 'data.prefetch_to_device', 0)
   crop = v.integer(config, 'crop_size', 1)
   if crop % 2 ** num_downs:
