@@ -6,8 +6,8 @@ or a skipped case ('skipped': why).
 """
 
 COLUMNS = ('case', 'model', 'mode', 'compute_dtype', 'kernels', 'batch_size', 'crop_size',
-           'remat', 'xla_flags', 'step_ms', 'images_per_s', 'compile_s', 'peak_memory_gb',
-           'planned_memory_gb', 'tflop_per_step', 'achieved_tflops', 'peak_fraction')
+           'remat', 'scan_blocks', 'xla_flags', 'step_ms', 'images_per_s', 'compile_s',
+           'peak_memory_gb', 'planned_memory_gb', 'tflop_per_step', 'achieved_tflops', 'peak_fraction')
 
 # (what the ratio is, case A, case B): A / B of the median step time and of the peak memory.
 # paper_bf16, deeplab_bf16 and translation_bf16 run config.model.kernels='auto', which lowers to
@@ -21,6 +21,8 @@ RATIOS = (
     ('JAX / PyTorch: RefineNet train bf16 (PyTorch: autocast + channels_last)', 'paper_bf16',
      'torch_bf16'),
     ('JAX / PyTorch: RefineNet train fp32', 'paper_fp32', 'torch_fp32'),
+    ('scanned / unscanned blocks: RefineNet train bf16 (config.model.scan_blocks)', 'scan_blocks',
+     'paper_bf16'),
 )
 
 
