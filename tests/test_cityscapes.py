@@ -307,15 +307,8 @@ def test_eval_at_output_stride_8_multiscale_and_flip_with_and_without_depth(cs_r
   (config.eval.missing, fill 'drop'): missing.json has the rows, the ensemble is the rgb branch,
   and the missing evaluation's compiled step, the same model at stride 8, gives the same
   probabilities and predictions whatever depth's pixels are."""
-  made = []  # Every Evaluator evaluate_checkpoint makes, and the variables it runs.
-
-  class Spy(evaluation.Evaluator):
-
-    def run(self, variables, *args, **kwargs):
-      made.append((self, variables))
-      return super().run(variables, *args, **kwargs)
-
-  monkeypatch.setattr(evaluation, 'Evaluator', Spy)
+  # Every Evaluator that evaluate_checkpoint runs, and the variables it runs.
+  made = tiny.record_evaluator_runs(monkeypatch, evaluation)
   workdir = str(tmp_path / 'copy')
   shutil.copytree(cs_run[0], workdir)
   config = tiny_config(cs_data, eval__output_stride=8, eval__scales=(0.75, 1.25), eval__flip=True,

@@ -197,15 +197,8 @@ def test_eval_without_depth_fills_it_with_the_training_mean(run, data_dir, tmp_p
   of training inputs is every training image once), the missing evaluation's compiled step
   gives the same sums whatever depth's pixels are, and what it gives is the full evaluation's
   step on inputs whose depth is the mean."""
-  made = []  # Every Evaluator evaluate_checkpoint runs, and the variables it runs.
-
-  class Spy(translation_eval.Evaluator):
-
-    def run(self, variables, *args, **kwargs):
-      made.append((self, variables))
-      return super().run(variables, *args, **kwargs)
-
-  monkeypatch.setattr(translation_eval, 'Evaluator', Spy)
+  # Every Evaluator that evaluate_checkpoint runs, and the variables it runs.
+  made = tiny.record_evaluator_runs(monkeypatch, translation_eval)
   workdir = str(tmp_path / 'copy')
   shutil.copytree(run[0], workdir)
   config = tiny.translation_config(data_dir, data__load_size=64,
