@@ -11,8 +11,9 @@ best checkpoint without every proper non-empty subset of its modalities, once pe
       [--fills=pad,mean,drop] [--seeds=0,1,2] [--max_steps=N]
 
 Runs live in WORKDIR/<config>_p<rate>/seed_S (asymfusion_jax.runs: a rerun skips finished runs
-and resumes interrupted ones); each run's evaluations without modalities are kept as
-missing_<fill>.json beside its final_scores.json (skipped when present). Writes
+and resumes interrupted ones), each config's synthetic dataset in WORKDIR/data/<config>; each
+run's evaluations without modalities are kept as missing_<fill>.json beside its
+final_scores.json (skipped when present). Writes
 WORKDIR/missing_modality.md (the table: the ensemble's main metric, mean ± sample std over the
 seeds, per config, dropout rate, fill and missing subset; 'none' is the full input),
 WORKDIR/missing_modality.json (every branch and metric of every run) and
@@ -98,10 +99,10 @@ def run_variant(spec: str, rate: float, seed: int, fills, workdir: str, max_step
   config.seed, config.max_steps = seed, max_steps
   config.train.modality_dropout = rate
   variant = variant_name(spec, rate)
-  runs.train_or_read(config, workdir, variant)
-  with config.unlocked():  # train_or_read set the data dirs of the workdir's shared dataset.
-    config.data.manual_dir = os.path.join(workdir, 'data', 'synthetic')
-    config.data.tfds_data_dir = os.path.join(workdir, 'data', 'tfds')
+  # Each config's synthetic dataset apart (the RGB-D and the RGB-X demos' differ).
+  data_dir = os.path.join(workdir, 'data', config_name(spec))
+  runs.train_or_read(config, workdir, variant, data_dir)
+  runs.use_data_dir(config, data_dir)  # As train_or_read does for the runs it trains.
   return {fill: evaluate_missing(config, runs.run_dir(workdir, variant, seed), fill)
           for fill in fills}
 

@@ -16,12 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-from asymfusion_jax import data, models, train, validation
+from asymfusion_jax import data, missing, models, running_sums, sharding, train, validation
 from asymfusion_jax.data import layout
 from asymfusion_jax.data.cityscapes import layout as cityscapes
 from asymfusion_jax.data.cityscapes import pipeline as cityscapes_pipeline
 from asymfusion_jax.data.cityscapes import synthetic as synthetic_cityscapes
-from asymfusion_jax.tasks.segmentation import optim
+from asymfusion_jax.tasks.segmentation import evaluation, optim
 from asymfusion_jax.tasks.segmentation import validation as segmentation_validation
 from tests import tiny
 
@@ -301,10 +301,18 @@ def test_resume_after_a_kill_is_exact(cs_run, cs_data, tmp_path):
                read_params(workdir, 4), read_params(cs_run[0], 4))
 
 
-def test_eval_at_output_stride_8_multiscale_and_flip(cs_run, cs_data, tmp_path):
+def test_eval_at_output_stride_8_multiscale_and_flip_with_and_without_depth(cs_run, cs_data,
+                                                                            tmp_path, monkeypatch):
+  """TF-DeepLab's evaluation at output stride 8, two scales and mirrored, also without depth
+  (config.eval.missing, fill 'drop'): missing.json has the rows, the ensemble is the rgb branch,
+  and the missing evaluation's compiled step, the same model at stride 8, gives the same
+  probabilities and predictions whatever depth's pixels are."""
+  # Every Evaluator that evaluate_checkpoint runs, and the variables it runs.
+  made = tiny.record_evaluator_runs(monkeypatch, evaluation)
   workdir = str(tmp_path / 'copy')
   shutil.copytree(cs_run[0], workdir)
-  config = tiny_config(cs_data, eval__output_stride=8, eval__scales=(0.75, 1.25), eval__flip=True)
+  config = tiny_config(cs_data, eval__output_stride=8, eval__scales=(0.75, 1.25), eval__flip=True,
+                       eval__missing=('depth',), eval__missing_fill='drop')
   results = train.evaluate_checkpoint(config, workdir)
   with open(os.path.join(workdir, 'eval', 'step_4', 'eval_step_4.json')) as f:
     record = json.load(f)
@@ -312,6 +320,31 @@ def test_eval_at_output_stride_8_multiscale_and_flip(cs_run, cs_data, tmp_path):
   assert record['branches']['ensemble']['miou'] == pytest.approx(results['ensemble']['miou'])
   assert np.asarray(record['confusion']['rgb']).sum() == np.asarray(
       json.load(open(os.path.join(cs_run[0], 'eval_step_4.json')))['confusion']['rgb']).sum()
+
+  with open(os.path.join(workdir, 'eval', 'step_4', 'missing.json')) as f:
+    rows = json.load(f)['missing']
+  assert rows['none'] == results and set(rows) == {'none', 'depth'}
+  assert set(rows['depth']) == {'rgb', 'ensemble'}  # The dropped branch is not reported.
+  assert rows['depth']['ensemble'] == rows['depth']['rgb']
+  (_, variables), (without_depth, _) = made
+  assert isinstance(without_depth.model, missing.MissingModel)
+  assert without_depth.model.output_stride == 8
+  batch = next(without_depth.dataset.eval_batches(config, 0, 1, without_depth.batch_size))
+  batch.pop('name')
+  noisy = {**batch, 'image': batch['image'].copy()}
+  depth = config.modalities.index('depth')
+  noisy['image'][depth] = np.random.default_rng(0).normal(size=noisy['image'][depth].shape) * 5
+  (totals, preds), (noisy_totals, noisy_preds) = (
+      without_depth._eval(variables, sharding.global_batch(without_depth.mesh, b),
+                          without_depth._zeros()) for b in (batch, noisy))
+  preds, noisy_preds = np.asarray(preds), np.asarray(noisy_preds)
+  totals, noisy_totals = (running_sums.counts_to_host(t) for t in (totals, noisy_totals))
+  rgb = config.modalities.index('rgb')
+  for b in (rgb, -1):  # rgb, ensemble: bitwise the same; the ensemble predicts as rgb.
+    np.testing.assert_array_equal(preds[b], noisy_preds[b])
+    np.testing.assert_array_equal(totals[b], noisy_totals[b])
+  np.testing.assert_array_equal(preds[-1], preds[rgb])
+  assert totals[rgb].sum() > 0
 
 
 def test_config_bn_momentum_sets_every_batch_norm():

@@ -28,7 +28,8 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
   trained = []
 
   def fake_train(config, workdir):
-    trained.append((tuple(config.modalities), config.seed, config.max_steps, workdir))
+    trained.append((tuple(config.modalities), config.seed, config.max_steps, workdir,
+                    config.data.manual_dir, config.data.tfds_data_dir))
     return {'rgb': scores(10.0), 'ensemble': scores(10.0)}
 
   def config(seed, max_steps):
@@ -41,9 +42,13 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
   assert not trained
   # Another budget retrains, and a new seed trains, each in its own directory.
   assert runs.train_or_read(config(1, 5), str(tmp_path), 'rgb')['ensemble']['miou'] == 10.0
-  runs.train_or_read(config(2, -1), str(tmp_path), 'rgb')
-  assert trained == [(('rgb',), 1, 5, run_dir),
-                     (('rgb',), 2, -1, str(tmp_path / 'rgb' / 'seed_2'))]
+  # The dataset in WORKDIR/data, or (an experiment with several datasets) where it is told.
+  runs.train_or_read(config(2, -1), str(tmp_path), 'rgb', str(tmp_path / 'data' / 'demo'))
+  assert trained == [
+      (('rgb',), 1, 5, run_dir, str(tmp_path / 'data' / 'synthetic'),
+       str(tmp_path / 'data' / 'tfds')),
+      (('rgb',), 2, -1, str(tmp_path / 'rgb' / 'seed_2'),
+       str(tmp_path / 'data' / 'demo' / 'synthetic'), str(tmp_path / 'data' / 'demo' / 'tfds'))]
   record = json.loads((tmp_path / 'rgb' / 'seed_2' / runs.FINAL_SCORES).read_text())
   assert (record['seed'], record['max_steps']) == (2, -1)
   assert record['scores']['ensemble']['miou'] == 10.0

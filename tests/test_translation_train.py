@@ -190,6 +190,49 @@ def test_evaluation_counts_every_image_once(run, data_dir):
     assert results[name]['l2'] == pytest.approx(np.sqrt(host['mse_sum'][i] / 6), rel=1e-12)
 
 
+def test_eval_without_depth_fills_it_with_the_training_mean(run, data_dir, tmp_path, monkeypatch):
+  """--mode=eval with config.eval.missing=('depth_euclidean',) and fill 'mean': missing.json has
+  the rows (every branch: 'mean' drops none), its fill values are the training images' mean
+  computed here (data.load_size = crop_size: no crop, and a flip keeps the mean, so one epoch
+  of training inputs is every training image once), the missing evaluation's compiled step
+  gives the same sums whatever depth's pixels are, and what it gives is the full evaluation's
+  step on inputs whose depth is the mean."""
+  # Every Evaluator that evaluate_checkpoint runs, and the variables it runs.
+  made = tiny.record_evaluator_runs(monkeypatch, translation_eval)
+  workdir = str(tmp_path / 'copy')
+  shutil.copytree(run[0], workdir)
+  config = tiny.translation_config(data_dir, data__load_size=64,
+                                   eval__missing=('depth_euclidean',), eval__missing_fill='mean')
+  results = train.evaluate_checkpoint(config, workdir, step=12)
+  with open(os.path.join(workdir, 'eval', 'step_12', 'missing.json')) as f:
+    record = json.load(f)
+  assert record['fill'] == 'mean' and set(record['missing']) == {'none', 'depth_euclidean'}
+  assert record['missing']['none'] == results
+  assert set(record['missing']['depth_euclidean']) == set(BRANCHES)
+  split = translation_pipeline.load_split(config, 'train')
+  assert len(split) == translation_pipeline.steps_per_epoch(config) * config.batch_size
+  assert set(record['fill_values']) == set(BRANCHES[:2])
+  for name, values in record['fill_values'].items():
+    expected = (split.images[name].astype(np.float64) / 127.5 - 1).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-6)
+
+  (full, variables), (without_depth, _) = made
+  params = variables['params']['generator']
+  batch = next(translation_pipeline.eval_batches(config, batch_size=without_depth.batch_size))
+  depth = config.modalities.index('depth_euclidean')
+  noisy, filled = ({**batch, 'inputs': batch['inputs'].copy()} for _ in range(2))
+  noisy['inputs'][depth] = np.random.default_rng(0).uniform(-1, 1, batch['inputs'][depth].shape)
+  filled['inputs'][depth] = np.float32(record['fill_values']['depth_euclidean'])
+  sums = {}
+  for key, evaluator, x in (('without', without_depth, batch), ('noisy', without_depth, noisy),
+                            ('filled', full, filled)):
+    totals, _ = evaluator._step(params, sharding.global_batch(evaluator.mesh, x),
+                                evaluator._zeros())
+    sums[key] = np.stack([running_sums.floats_to_host(totals[k]) for k in ('abs_sum', 'mse_sum')])
+  np.testing.assert_array_equal(sums['without'], sums['noisy'])
+  np.testing.assert_allclose(sums['without'], sums['filled'], rtol=1e-5)
+
+
 def test_fid_kid_per_branch_and_best_by_fid(run, data_dir, tmp_path, monkeypatch):
   """FID and KID of the checkpoint (the Inception replaced by fid_stand_in) on one device, by
   hand, and on 2 processes x 2 devices, where each process extracts the features of its own

@@ -157,3 +157,19 @@ def write_finished_run(workdir, variant: str, seed: int, scores: dict, max_steps
     with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in metrics)
   return directory
+
+
+def record_evaluator_runs(monkeypatch, module) -> list:
+  """Replaces module.Evaluator (a task's evaluation module) by a subclass that appends
+  (evaluator, variables) to the returned list at each run, so a test can reuse what a run
+  compiled."""
+  made = []
+
+  class Recording(module.Evaluator):
+
+    def run(self, variables, *args, **kwargs):
+      made.append((self, variables))
+      return super().run(variables, *args, **kwargs)
+
+  monkeypatch.setattr(module, 'Evaluator', Recording)
+  return made
