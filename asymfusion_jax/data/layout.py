@@ -3,11 +3,13 @@
 Every dataset package has its own `layout` module (data/nyudv2/layout.py, ...) for its folder
 structure; this one holds what they have in common: `LayoutError`, the list files `train.txt`
 and `val.txt` (`LIST_FILES`, `list_lines`, `write_list`), decoding a file with an error that
-names it (`decode_image`), and writing PNGs (`write_png`). Every problem with an example raises
+names it (`decode_image`), writing PNGs (`write_png`), and one list line as a record that says where it
+is (`ListLine`). Every problem with an example raises
 `LayoutError` naming the file and the list line, because a dataset of thousands of images is
 repaired one bad file at a time.
 """
 
+import dataclasses
 import hashlib
 import os
 from typing import Callable, Iterable
@@ -17,6 +19,17 @@ import numpy as np
 from etils import epath
 
 LIST_FILES = {'train': 'train.txt', 'val': 'val.txt'}
+
+
+@dataclasses.dataclass(frozen=True)
+class ListLine:
+  """One line of a list file; the datasets' entries add what the line names."""
+  list_file: str
+  line_number: int  # 1-based, as an editor shows it.
+  line: str
+
+  def where(self) -> str:
+    return f'{self.list_file} line {self.line_number} ({self.line!r})'
 
 
 class LayoutError(ValueError):

@@ -37,17 +37,11 @@ CLASS_NAMES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
+class Entry(layout.ListLine):
   """One line of a list file: the example's three files, relative to the manual folder."""
-  list_file: str
-  line_number: int  # 1-based, as an editor shows it.
-  line: str
   rgb: str
   mask: str
   depth: str
-
-  def where(self) -> str:
-    return f'{self.list_file} line {self.line_number} ({self.line!r})'
 
 
 def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:

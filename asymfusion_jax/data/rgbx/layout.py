@@ -30,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from asymfusion_jax.data.layout import LayoutError
+from asymfusion_jax.data.layout import ListLine
 from asymfusion_jax.data.layout import decode_image
 
 SPLITS = ('train', 'val')
@@ -82,16 +83,10 @@ class Layout:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sample:
+class Sample(ListLine):
   """One list line: the sample's name and its files, relative to the dataset folder."""
-  list_file: str
-  line_number: int  # 1-based, as an editor shows it.
-  line: str
   name: str
   files: tuple[tuple[str, str], ...]  # (modality name or LABEL, relative path), build order.
-
-  def where(self) -> str:
-    return f'{self.list_file} line {self.line_number} ({self.line!r})'
 
   def file(self, key: str) -> str:
     return dict(self.files)[key]

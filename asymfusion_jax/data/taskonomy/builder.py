@@ -85,7 +85,7 @@ class Taskonomy(manual_builder.ManualBuilder):
       images = taskonomy.read_example(manual_dir, entry, self.domains)
       h, w = images[self.domains[0]].shape[:2]
       sizes.setdefault(f'{h}x{w}', entry.where())
-      yield index, {**images, 'index': index, 'name': entry.template}
+      yield index, {**images, 'index': index, 'name': entry.line}
 
 
 @functools.cache

@@ -56,17 +56,11 @@ def file_name(domain: str, point: int, view: int) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Entry:
-  """One line of a list file: a path template with the `{domain}` placeholder."""
-  list_file: str
-  line_number: int  # 1-based, as an editor shows it.
-  template: str
+class Entry(layout.ListLine):
+  """One line of a list file: a path template (the line) with the `{domain}` placeholder."""
 
   def path(self, domain: str) -> str:
-    return self.template.replace(PLACEHOLDER, domain)
-
-  def where(self) -> str:
-    return f'{self.list_file} line {self.line_number} ({self.template!r})'
+    return self.line.replace(PLACEHOLDER, domain)
 
 
 def read_list(manual_dir: os.PathLike | str, split: str) -> list[Entry]:
