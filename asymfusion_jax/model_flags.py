@@ -51,7 +51,7 @@ def chosen(args, artifact: bool = False) -> str:
                          f' and {_WHAT[kinds[-1]]}')
   if args.step is not None and given != ['workdir']:
     raise app.UsageError('--step selects a checkpoint of a --workdir; a converted --checkpoint '
-                         'or an artifact has only one')
+                         + ('or an --artifact ' if artifact else '') + 'has only one')
   if args.config is not None and given != ['checkpoint']:
     raise app.UsageError("--config goes with --checkpoint; a workdir's config is read from "
                          f"{config_io.CONFIG_FILE}, an artifact's from its sidecar")
